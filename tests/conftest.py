@@ -1,0 +1,10 @@
+"""Test-wide settings: offline hygiene before any library is imported, and an isolated home."""
+
+import os
+
+# Set before prefect / mlflow / onnxruntime are imported anywhere in the test session
+# (see ../shared/STACK-NOTES.md: without them they phone home or write into ~).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
