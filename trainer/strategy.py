@@ -65,3 +65,17 @@ class Strategy:
 
 class SingleDeviceStrategy(Strategy):
     """One process on one device (CPU or one GPU)."""
+
+
+def select_strategy(
+    strategy: str | Strategy, accelerator: str, devices: int | str, num_nodes: int
+) -> Strategy:
+    """Turn the Trainer's flags into a Strategy: 'auto' is one device for 1, DDP otherwise."""
+    if isinstance(strategy, Strategy):
+        return strategy
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    n_devices = 1 if devices == "auto" else int(devices)
+    if strategy in ("auto", "single_device") and n_devices == 1 and num_nodes == 1:
+        return SingleDeviceStrategy("cuda:0" if accelerator == "cuda" else "cpu")
+    raise NotImplementedError(f"strategy={strategy!r} with devices={devices!r} is not built yet")
