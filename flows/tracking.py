@@ -1,0 +1,360 @@
+"""Where MLflow tracking lives: the embedded default store, URI resolution, a fail-fast
+reachability check, and the MLflow UI on the embedded store (``trainflow ui``).
+
+The embedded default needs no server: ``sqlite:///<abs project>/.trainflow/mlflow.db`` with the
+artifacts beside it in ``.trainflow/mlartifacts``. Resolution order: an explicit URI (argument or
+config), then ``MLFLOW_TRACKING_URI``, then the embedded default. The project folder is
+``TRAINFLOW_PROJECT_DIR`` when set, else the current working directory.
+
+This module imports nothing heavy at import time (mlflow is imported inside the functions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "TrackingUnreachable",
+    "MLflowServer",
+    "artifact_root_for",
+    "check_reachable",
+    "default_tracking_uri",
+    "get_or_create_experiment",
+    "project_dir",
+    "resolve_tracking_uri",
+    "run_ui",
+    "sqlite_path",
+    "start_server",
+]
+
+for _name, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "ORT_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+STATE_DIR = ".trainflow"
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking URI cannot be used; the message says which URI and what to do."""
+
+
+def project_dir() -> Path:
+    """The project folder holding ``.trainflow/``: ``$TRAINFLOW_PROJECT_DIR`` or the CWD."""
+    return Path(os.environ.get("TRAINFLOW_PROJECT_DIR") or os.getcwd()).resolve()
+
+
+def default_tracking_uri(project: str | os.PathLike[str] | None = None) -> str:
+    """The embedded store: ``sqlite:///<abs project>/.trainflow/mlflow.db``."""
+    root = Path(project).resolve() if project is not None else project_dir()
+    return "sqlite:///" + str(root / STATE_DIR / DB_NAME)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (absolute), or None for other schemes."""
+    if not uri.startswith("sqlite://"):
+        return None
+    rest = uri[len("sqlite://") :]
+    if not rest.startswith("/"):
+        raise TrackingUnreachable(
+            f"tracking URI {uri!r}: a SQLite URI must be sqlite:///relative.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = rest[1:].split("?", 1)[0]
+    return Path(path).resolve() if path else None
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Pick the tracking URI (argument, ``$MLFLOW_TRACKING_URI``, embedded default) and normalise.
+
+    Relative SQLite paths become absolute (so artifacts never land in a random CWD); a bare
+    folder path (MLflow's deprecated file store) is refused with the fix.
+    """
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    chosen = chosen.strip()
+    db = sqlite_path(chosen)
+    if db is not None:
+        return "sqlite:///" + str(db)
+    scheme = urllib.parse.urlparse(chosen).scheme
+    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        raise TrackingUnreachable(
+            f"tracking URI {chosen!r}: MLflow's file store is not supported; use "
+            f"sqlite:///{Path(chosen.removeprefix('file://')).resolve() / DB_NAME} or an "
+            "http(s):// tracking server"
+        )
+    return chosen
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Where artifacts of new experiments go for ``uri``: beside the SQLite file, else the
+    server's choice (None)."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.parent / ARTIFACTS_DIR).as_uri()
+
+
+def _safe_dirname(name: str) -> str:
+    keep = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in name)
+    return keep.strip(".") or "experiment"
+
+
+def get_or_create_experiment(client: object, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (with its artifact location beside a SQLite store)
+    when missing; safe when two processes create it at once."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)  # type: ignore[attr-defined]
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingUnreachable(
+                f"MLflow experiment {name!r} is deleted in {uri}: restore it "
+                "(`mlflow experiments restore`) or choose another experiment name"
+            )
+        return exp.experiment_id
+    root = artifact_root_for(uri)
+    location = f"{root}/{_safe_dirname(name)}" if root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)  # type: ignore[attr-defined]
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)  # type: ignore[attr-defined]
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _http_health(uri: str, timeout: float) -> None:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http(s) only)
+            if resp.status != 200:
+                raise TrackingUnreachable(
+                    f"MLflow tracking server {uri} answered HTTP {resp.status} on /health: "
+                    "check the URI or the server"
+                )
+    except urllib.error.HTTPError as exc:
+        raise TrackingUnreachable(
+            f"MLflow tracking server {uri} answered HTTP {exc.code} on /health: check the URI "
+            "(a server bound elsewhere answers 403 to a foreign Host header)"
+        ) from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnreachable(
+            f"MLflow tracking server {uri} is unreachable ({reason}): start it "
+            "(`mlflow server --host 127.0.0.1`), fix MLFLOW_TRACKING_URI / config.tracking_uri, "
+            "or unset it to use the embedded store"
+        ) from None
+
+
+def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
+    """Fail fast, before training, when the tracking store cannot be used.
+
+    SQLite: the folder is created and must be writable, the schema is created/migrated.
+    HTTP(S): ``GET /health`` within ``timeout`` seconds (MLflow's own client would retry for
+    minutes). Returns the resolved URI; raises :class:`TrackingUnreachable` with a one-line message.
+    """
+    resolved = resolve_tracking_uri(uri)
+    db = sqlite_path(resolved)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingUnreachable(
+                f"tracking URI {resolved}: cannot create folder {db.parent} ({exc.strerror}): "
+                "choose a writable location"
+            ) from None
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingUnreachable(
+                f"tracking URI {resolved}: {db} is not writable: choose a writable location"
+            )
+        try:
+            from mlflow import MlflowClient
+
+            MlflowClient(resolved, resolved).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - one clear line instead of a DB traceback
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingUnreachable(
+                f"tracking URI {resolved}: cannot open the MLflow store ({first}): delete or "
+                "move the file if it is not an MLflow database"
+            ) from None
+        return resolved
+    scheme = urllib.parse.urlparse(resolved).scheme
+    if scheme in ("http", "https"):
+        _http_health(resolved, timeout)
+        return resolved
+    try:  # databases and other stores: one real call
+        from mlflow import MlflowClient
+
+        MlflowClient(resolved, resolved).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingUnreachable(f"tracking URI {resolved} is unusable: {first}") from None
+    return resolved
+
+
+# --------------------------------------------------------------------------- server / UI
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _server_cmd(uri: str, host: str, port: int, workers: int) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    db = sqlite_path(uri)
+    if db is not None:
+        dest = db.parent / ARTIFACTS_DIR
+        dest.mkdir(parents=True, exist_ok=True)
+        cmd += ["--artifacts-destination", str(dest)]
+    return cmd
+
+
+def _server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env.setdefault("DO_NOT_TRACK", "1")
+    return env
+
+
+@dataclass
+class MLflowServer:
+    """A running ``mlflow server`` child process; ``stop()`` terminates it (and its workers)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path | None = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Terminate the server's process group, then kill what is left after ``timeout``."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, 15)
+        except (ProcessLookupError, PermissionError):
+            self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, 9)
+            self.process.wait(5)
+
+
+def start_server(
+    tracking_uri: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    workers: int = 1,
+    startup_timeout: float = 90.0,
+    log_path: str | os.PathLike[str] | None = None,
+) -> MLflowServer:
+    """Start ``mlflow server`` on the (embedded) store and wait until ``/health`` answers.
+
+    Bound to 127.0.0.1 unless told otherwise; one worker, job execution off (STACK-NOTES).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port(host)
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        _server_cmd(uri, host, port, workers),
+        env=_server_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    if log_path:
+        out.close()  # type: ignore[union-attr]
+    url_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::1", "localhost") else host
+    server = MLflowServer(proc, f"http://{url_host}:{port}", Path(log_path) if log_path else None)
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = ""
+            if log_path:
+                tail = Path(log_path).read_text(errors="replace")[-2000:]
+            raise TrackingUnreachable(
+                f"mlflow server exited with code {proc.returncode} before answering: {tail}"
+            )
+        try:
+            _http_health(server.url, timeout=2.0)
+            return server
+        except TrackingUnreachable:
+            time.sleep(0.3)
+    server.stop()
+    raise TrackingUnreachable(
+        f"mlflow server on {server.url} did not answer /health within {startup_timeout:.0f}s"
+    )
+
+
+@contextlib.contextmanager
+def running_server(**kwargs: object) -> Iterator[MLflowServer]:
+    """Context manager around :func:`start_server` that always stops the server."""
+    server = start_server(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run_ui(
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    tracking_uri: str | None = None,
+    workers: int = 1,
+) -> int:
+    """Start the MLflow UI on the (embedded) store, print its URL, serve until Ctrl-C.
+
+    Returns the server's exit code (0 after Ctrl-C).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    if shutil.which("mlflow") is None and not _has_mlflow_module():
+        raise TrackingUnreachable("mlflow is not installed: pip install 'mlflow>=3.17,<4'")
+    server = start_server(uri, host=host, port=port, workers=workers)
+    print(f"MLflow UI: {server.url}  (store: {uri}; Ctrl-C to stop)", flush=True)
+    try:
+        return server.process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+def _has_mlflow_module() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mlflow") is not None

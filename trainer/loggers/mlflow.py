@@ -1,0 +1,525 @@
+"""MLflowLogger: hyperparameters, metrics, checkpoints and plots into an MLflow run.
+
+The training thread only appends ``(time, step, metrics)`` to a list; full chunks go through a
+bounded queue to one writer thread that sends them with ``MlflowClient.log_batch`` (≤ 1000
+metrics per call). ``save()`` (every epoch end) and ``finalize()`` flush and wait. The client
+and the thread are created lazily and dropped when pickled (the Trainer is pickled to DDP
+workers); the run is created before pickling so the workers and the caller share one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from trainer.loggers.base import Logger, global_rank
+
+__all__ = ["MLflowLogger", "flatten_params"]
+
+log = logging.getLogger(__name__)
+
+_STATUS = {"success": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+_MAX_PARAMS = 100  # MLflow: params per log_batch call
+_MAX_METRICS = 1000  # MLflow: metrics per log_batch call
+_MAX_PARAM_LEN = 6000
+_MAX_TAG_LEN = 8000
+_MAX_KEY_LEN = 250
+_HISTORY_CAP = 20_000  # points kept per metric for the plots (decimated beyond)
+
+
+def _sanitize_key(key: str) -> str:
+    clean = _BAD_KEY_CHARS.sub("_", str(key)).strip("/") or "_"
+    return clean[:_MAX_KEY_LEN]
+
+
+def flatten_params(params: Any, prefix: str = "", sep: str = ".") -> dict[str, str]:
+    """Flatten nested mappings / dataclasses / namespaces / lists into ``a.b.c -> str`` params."""
+    import dataclasses
+
+    out: dict[str, str] = {}
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        params = dataclasses.asdict(params)
+    elif hasattr(params, "model_dump"):  # pydantic v2
+        params = params.model_dump()
+    elif hasattr(params, "__dict__") and not isinstance(params, Mapping | str | bytes):
+        params = vars(params)
+    if isinstance(params, Mapping):
+        if not params and prefix:
+            out[prefix] = "{}"
+        for k, v in params.items():
+            key = f"{prefix}{sep}{k}" if prefix else str(k)
+            if isinstance(v, Mapping) or dataclasses.is_dataclass(v) or hasattr(v, "model_dump"):
+                out.update(flatten_params(v, key, sep))
+            else:
+                out[key] = _param_str(v)
+        return out
+    out[prefix or "value"] = _param_str(params)
+    return out
+
+
+def _param_str(value: Any) -> str:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    text = str(value)
+    return text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 3] + "..."
+
+
+class MLflowLogger(Logger):
+    """Log a fit into MLflow (embedded SQLite store by default).
+
+    Args:
+        experiment_name: MLflow experiment (created when missing, artifacts beside a SQLite store).
+        run_name: display name of a new run.
+        tracking_uri: MLflow tracking URI; None: ``$MLFLOW_TRACKING_URI``, else the embedded
+            ``sqlite:///<project>/.trainflow/mlflow.db``.
+        tags: run tags.
+        run_id: resume into this existing run instead of creating one.
+        log_checkpoints: ``True``: ModelCheckpoint's best and last files at the end of the run;
+            ``"all"``: every saved checkpoint, when saved; ``False``: none.
+        log_plots: draw metric curves (and keep the points for them) at the end of the run.
+        queue_size: bounded queue length, in chunks of ``chunk_size`` metric rows; a full queue
+            blocks the training thread (no metric is dropped).
+        chunk_size: metric rows gathered on the training thread before a hand-off.
+    """
+
+    def __init__(
+        self,
+        experiment_name: str = "trainflow",
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        log_checkpoints: bool | str = True,
+        log_plots: bool = True,
+        queue_size: int = 64,
+        chunk_size: int = 256,
+    ) -> None:
+        if log_checkpoints not in (True, False, "all"):
+            raise ValueError(
+                "MLflowLogger.log_checkpoints: must be True, False or 'all' "
+                f"(got {log_checkpoints!r})"
+            )
+        if queue_size < 1 or chunk_size < 1:
+            raise ValueError(
+                f"MLflowLogger: queue_size and chunk_size must be >= 1 (got {queue_size}, "
+                f"{chunk_size})"
+            )
+        self._experiment_name = experiment_name
+        self._run_name = run_name
+        self._tracking_uri_arg = tracking_uri
+        self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self._run_id = run_id
+        self._resume = run_id is not None
+        self.log_checkpoints = log_checkpoints
+        self.log_plots = log_plots
+        self.queue_size = queue_size
+        self.chunk_size = chunk_size
+        self._tracking_uri: str | None = None
+        self._experiment_id: str | None = None
+        self._best_path: str | None = None
+        self._best_score: float | None = None
+        self._last_path: str | None = None
+        self._finalized = False
+        self._init_runtime()
+
+    # ------------------------------------------------------------------ lifecycle / pickling
+
+    def _init_runtime(self) -> None:
+        self._client: Any = None
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue[Any] | None = None
+        self._buf: list[tuple[int, int, dict[str, float]]] = []
+        self._errors: list[str] = []
+        self._reported = 0
+        self._history: dict[str, list[tuple[int, float, float | None]]] = {}
+        self._keymap: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        if global_rank() == 0 and not self._finalized:
+            self._ensure_run()  # one run shared by the caller and the DDP workers
+            self._flush()
+        state = self.__dict__.copy()
+        for key in (
+            "_client",
+            "_thread",
+            "_queue",
+            "_buf",
+            "_errors",
+            "_reported",
+            "_history",
+            "_keymap",
+            "_lock",
+        ):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._run_id is not None:
+            self._resume = True
+        self._init_runtime()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The experiment name."""
+        return self._experiment_name
+
+    @property
+    def version(self) -> str | None:  # type: ignore[override]
+        """The run id (the run is created on first access, on rank zero)."""
+        if global_rank() == 0:
+            self._ensure_run()
+        return self._run_id
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id (creates the run on rank zero when needed)."""
+        return self.version
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The MLflow experiment id (after the run exists)."""
+        if global_rank() == 0:
+            self._ensure_run()
+        return self._experiment_id
+
+    @property
+    def tracking_uri(self) -> str:
+        """The resolved tracking URI."""
+        if self._tracking_uri is None:
+            from flows.tracking import resolve_tracking_uri
+
+            self._tracking_uri = resolve_tracking_uri(self._tracking_uri_arg)
+        return self._tracking_uri
+
+    @property
+    def experiment(self) -> Any:
+        """The ``MlflowClient`` (Lightning's name for it)."""
+        self._ensure_run()
+        return self._client
+
+    @property
+    def client(self) -> Any:
+        """The ``MlflowClient`` bound to this logger's tracking URI."""
+        return self.experiment
+
+    # ------------------------------------------------------------------ setup
+
+    def check(self) -> str:
+        """Fail fast (``TrackingUnreachable``) if the tracking store cannot be used; returns the
+        URI. Called on the first log; call it yourself before a long setup."""
+        from flows.tracking import check_reachable
+
+        self._tracking_uri = check_reachable(self.tracking_uri)
+        return self._tracking_uri
+
+    def _ensure_run(self) -> None:
+        if self._client is not None:
+            return
+        with self._lock:
+            if self._client is not None:
+                return
+            from mlflow import MlflowClient
+            from mlflow.exceptions import MlflowException
+
+            from flows.tracking import get_or_create_experiment
+
+            uri = self.check()
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            if self._run_id is not None:
+                try:
+                    run = client.get_run(self._run_id)
+                except MlflowException:
+                    raise ValueError(
+                        f"MLflowLogger.run_id: no run {self._run_id!r} in {uri}: pass an "
+                        "existing run id or None to start a new run"
+                    ) from None
+                self._experiment_id = run.info.experiment_id
+                if run.info.status != "RUNNING":
+                    client.update_run(self._run_id, status="RUNNING")
+                if self._tags:
+                    self._log_tags(client, self._tags)
+            else:
+                self._experiment_id = get_or_create_experiment(client, self._experiment_name, uri)
+                tags = dict(self._tags)
+                tags.setdefault("trainflow.logger", "MLflowLogger")
+                run = client.create_run(self._experiment_id, run_name=self._run_name, tags=tags)
+                self._run_id = run.info.run_id
+            self._client = client
+
+    def _ensure_writer(self) -> None:
+        self._ensure_run()
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._queue = queue.Queue(maxsize=self.queue_size)
+        self._thread = threading.Thread(
+            target=self._writer,
+            args=(self._queue,),
+            name=f"mlflow-writer-{str(self._run_id)[:8]}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _log_tags(self, client: Any, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(_sanitize_key(k), str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()]
+        for i in range(0, len(items), _MAX_PARAMS):
+            client.log_batch(self._run_id, tags=items[i : i + _MAX_PARAMS])
+
+    # ------------------------------------------------------------------ Logger API
+
+    def log_hyperparams(self, params: Any) -> None:
+        """Log flattened hyperparameters, at most 100 per ``log_batch`` call.
+
+        Already-logged params with the same value are skipped (resume); a changed value keeps
+        the first one (MLflow params are immutable) and is reported in a warning.
+        """
+        if global_rank() != 0:
+            return
+        self._ensure_run()
+        from mlflow.entities import Param
+
+        flat = {_sanitize_key(k): v for k, v in flatten_params(params).items()}
+        existing = self._client.get_run(self._run_id).data.params
+        changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
+        if changed:
+            log.warning(
+                "MLflowLogger: params %s already logged with other values in run %s; kept the "
+                "first values (MLflow params cannot change)",
+                changed[:10],
+                self._run_id,
+            )
+        items = [Param(k, v) for k, v in flat.items() if k not in existing]
+        for i in range(0, len(items), _MAX_PARAMS):
+            self._client.log_batch(self._run_id, params=items[i : i + _MAX_PARAMS])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue metric values at ``step`` (written by the writer thread; no I/O here)."""
+        if global_rank() != 0:
+            return
+        if self._thread is None:
+            self._ensure_writer()
+        self._buf.append((int(time.time() * 1000), int(step), dict(metrics)))
+        if len(self._buf) >= self.chunk_size:
+            self._handoff()
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Remember ModelCheckpoint's best and last files (logged at the end, or now for 'all')."""
+        if global_rank() != 0 or not self.log_checkpoints:
+            return
+        best = getattr(checkpoint_callback, "best_model_path", None) or None
+        last = getattr(checkpoint_callback, "last_model_path", None) or None
+        score = getattr(checkpoint_callback, "best_model_score", None)
+        if best:
+            self._best_path = str(best)
+        if last:
+            self._last_path = str(last)
+        if score is not None:
+            try:
+                self._best_score = float(score)
+            except (TypeError, ValueError):
+                pass
+        if self.log_checkpoints == "all":
+            for path in {best, last} - {None}:
+                if Path(path).is_file():
+                    self._put(("artifact", str(path), "checkpoints"))
+
+    def save(self) -> None:
+        """Flush: hand the buffered rows to the writer and wait until they are written."""
+        if global_rank() != 0 or (self._thread is None and not self._buf):
+            return
+        self._flush()
+
+    def finalize(self, status: str = "success", error: BaseException | None = None) -> None:
+        """Flush, log checkpoints and plots, and end the run FINISHED / FAILED / KILLED.
+
+        ``status``: "success", "failed" or "interrupted"; ``error`` goes into the tags
+        ``error`` and ``error_type``. Safe to call twice.
+        """
+        if global_rank() != 0:
+            return
+        if status not in _STATUS:
+            raise ValueError(
+                f"MLflowLogger.finalize: status must be one of {sorted(_STATUS)} (got {status!r})"
+            )
+        self._ensure_run()
+        self._flush()
+        client = self._client
+        try:
+            if error is not None:
+                message = f"{type(error).__name__}: {error}"
+                self._log_tags(
+                    client, {"error": message[:_MAX_TAG_LEN], "error_type": type(error).__name__}
+                )
+            self._log_final_checkpoints()
+            if self.log_plots:
+                self._log_curves()
+        except Exception as exc:  # noqa: BLE001 - the run must still be closed
+            log.warning("MLflowLogger: could not log final artifacts: %s", exc)
+        finally:
+            self._stop_writer()
+            client.set_terminated(self._run_id, status=_STATUS[status])
+            self._finalized = True
+            if self._errors[self._reported :]:
+                self._report_errors()
+
+    # ------------------------------------------------------------------ extra helpers
+
+    def log_artifact(
+        self, local_path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Log a file into the run now (synchronously)."""
+        if global_rank() != 0:
+            return
+        self._ensure_run()
+        self._client.log_artifact(self._run_id, str(local_path), artifact_path)
+
+    def log_confusion_matrix(
+        self,
+        matrix: Any,
+        class_names: Iterable[str] | None = None,
+        artifact_file: str = "plots/confusion_matrix.png",
+        normalize: bool = False,
+        title: str = "Confusion matrix",
+    ) -> None:
+        """Draw ``matrix`` (rows true, columns predicted) and log it as a PNG artifact."""
+        if global_rank() != 0:
+            return
+        from trainer.loggers.plots import plot_confusion_matrix
+
+        folder, name = os.path.split(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_confusion_matrix(
+                matrix,
+                Path(tmp) / name,
+                class_names=list(class_names) if class_names is not None else None,
+                normalize=normalize,
+                title=title,
+            )
+            self.log_artifact(png, folder or None)
+
+    # ------------------------------------------------------------------ internals
+
+    def _put(self, item: Any) -> None:
+        self._ensure_writer()
+        assert self._queue is not None
+        self._queue.put(item)
+
+    def _handoff(self) -> None:
+        if self._buf:
+            buf, self._buf = self._buf, []
+            self._put(("metrics", buf))
+
+    def _flush(self, timeout: float = 300.0) -> None:
+        if self._thread is None and not self._buf:
+            return
+        self._handoff()
+        done = threading.Event()
+        self._put(("flush", done))
+        if not done.wait(timeout):
+            log.warning("MLflowLogger: flush of run %s took over %.0fs", self._run_id, timeout)
+        if self._errors[self._reported :]:
+            self._report_errors()
+
+    def _report_errors(self) -> None:
+        new = self._errors[self._reported :]
+        self._reported = len(self._errors)
+        log.warning(
+            "MLflowLogger: %d write(s) to run %s failed; first: %s", len(new), self._run_id, new[0]
+        )
+
+    def _stop_writer(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            assert self._queue is not None
+            self._queue.put(("stop", None))
+            self._thread.join(60)
+        self._thread = None
+        self._queue = None
+
+    def _writer(self, q: queue.Queue[Any]) -> None:
+        while True:
+            kind, payload, *rest = q.get()
+            try:
+                if kind == "stop":
+                    return
+                if kind == "flush":
+                    payload.set()
+                elif kind == "metrics":
+                    self._write_metrics(payload)
+                elif kind == "artifact":
+                    self._client.log_artifact(self._run_id, payload, rest[0])
+            except Exception as exc:  # noqa: BLE001 - keep training; reported at save/finalize
+                self._errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+
+    def _write_metrics(self, rows: list[tuple[int, int, dict[str, float]]]) -> None:
+        from mlflow.entities import Metric
+
+        keymap = self._keymap
+        batch: list[Any] = []
+        history = self._history if self.log_plots else None
+        for ts, step, metrics in rows:
+            epoch = metrics.get("epoch")
+            for key, value in metrics.items():
+                name = keymap.get(key)
+                if name is None:
+                    name = keymap[key] = _sanitize_key(key)
+                value = float(value)
+                batch.append(Metric(name, value, ts, step))
+                if history is not None:
+                    pts = history.setdefault(name, [])
+                    pts.append((step, value, None if epoch is None else float(epoch)))
+                    if len(pts) > _HISTORY_CAP:
+                        del pts[::2]
+        for i in range(0, len(batch), _MAX_METRICS):
+            self._client.log_batch(self._run_id, metrics=batch[i : i + _MAX_METRICS])
+
+    def _log_final_checkpoints(self) -> None:
+        if not self.log_checkpoints:
+            return
+        tags: dict[str, str] = {}
+        for kind, path in (("best", self._best_path), ("last", self._last_path)):
+            if path and Path(path).is_file():
+                self._client.log_artifact(self._run_id, path, f"checkpoints/{kind}")
+                tags[f"checkpoint.{kind}"] = f"checkpoints/{kind}/{Path(path).name}"
+        if self._best_score is not None:
+            tags["checkpoint.best_score"] = repr(self._best_score)
+        if tags:
+            self._log_tags(self._client, tags)
+
+    def _log_curves(self) -> None:
+        from trainer.loggers.plots import plot_metric_curves
+
+        epoch_hist: dict[str, list[tuple[float, float]]] = {}
+        step_hist: dict[str, list[tuple[float, float]]] = {}
+        for key, pts in self._history.items():
+            if key in ("epoch", "step"):
+                continue
+            if key.endswith("_step"):
+                step_hist[key] = [(s, v) for s, v, _ in pts]
+                continue
+            has_epoch = all(e is not None for _, _, e in pts)
+            if has_epoch:
+                epoch_hist[key] = [(e, v) for _, v, e in pts]  # type: ignore[misc]
+            else:
+                step_hist[key] = [(s, v) for s, v, _ in pts]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, hist, xlabel in (
+                ("metrics_epoch", epoch_hist, "epoch"),
+                ("metrics_step", step_hist, "step"),
+            ):
+                png = plot_metric_curves(hist, Path(tmp) / f"{name}.png", xlabel=xlabel)
+                if png is not None:
+                    self._client.log_artifact(self._run_id, str(png), "plots")
