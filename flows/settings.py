@@ -1,0 +1,54 @@
+"""Where the pipeline keeps its state, and the environment Prefect must see before it is imported.
+
+Everything the embedded defaults write lands in ``<project>/.trainflow/``: Prefect's home (its
+SQLite database for the ephemeral API), persisted task results (the cache), stage outputs
+(prepared data, checkpoints, exports) and the MLflow store (flows/tracking.py). The project folder
+is ``$TRAINFLOW_PROJECT_DIR`` when set, else the current working directory.
+
+A user's own Prefect server is used when ``PREFECT_API_URL`` (or a Prefect profile) says so; we
+never override that. ``PREFECT_HOME`` is only set when the user has not set it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+STATE_DIR = ".trainflow"
+
+
+def project_dir() -> Path:
+    """The project folder holding ``.trainflow/``: ``$TRAINFLOW_PROJECT_DIR`` or the CWD."""
+    return Path(os.environ.get("TRAINFLOW_PROJECT_DIR") or os.getcwd()).resolve()
+
+
+def home_dir() -> Path:
+    """``<project>/.trainflow``: the pipeline's state folder."""
+    return project_dir() / STATE_DIR
+
+
+def stage_dir(stage: str, home: Path | None = None) -> Path:
+    """Where a stage writes its content-addressed outputs: ``<home>/stages/<stage>``."""
+    return (home or home_dir()) / "stages" / stage
+
+
+def results_dir(home: Path | None = None) -> Path:
+    """Prefect's persisted task results (the cross-run cache): ``<home>/results``."""
+    return (home or home_dir()) / "results"
+
+
+def configure_environment(home: Path | None = None) -> Path:
+    """Point Prefect's home into the project (unless set) and quiet it; returns the home.
+
+    Call before ``import prefect``: Prefect reads its settings once, when first imported.
+    """
+    home = (home or home_dir()).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if "prefect" not in sys.modules:
+        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+        # Cold start of the ephemeral API runs migrations (~11 s here); the default 20 s is tight
+        # on a loaded 2-core machine.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return home

@@ -1,0 +1,139 @@
+"""Typed stage outputs. Each records where it came from (input hashes, config hash, code version).
+
+They hold paths and hashes, never DataFrames or tensors: they are persisted as Prefect results and
+a content hash travels with every path, so a file rewritten in place is never mistaken for the old.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Ref(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitRef(_Ref):
+    path: Path
+    rows: int
+    sha256: str
+
+
+class DatasetRef(_Ref):
+    """The prepared data: parquet splits, their content hash, the schema and the stats summary."""
+
+    root: Path
+    splits: dict[str, SplitRef]
+    content_hash: str  # over the split files' hashes: identical data → identical hash
+    features: list[str]
+    label: str
+    task: str
+    num_classes: int | None
+    source: str
+    source_hash: str
+    stats_path: Path
+    cache_key: str
+    code_version: str
+
+    def split(self, name: str) -> SplitRef:
+        return self.splits[name]
+
+
+class TrainResult(_Ref):
+    """The fitted model: its best checkpoint and the fit metrics."""
+
+    checkpoint: Path
+    checkpoint_sha256: str
+    metrics: dict[str, float]
+    epochs: int
+    global_step: int
+    mlflow_run_id: str | None = None
+    resumed_from: Path | None = None
+    data_hash: str
+    config_hash: str
+    cache_key: str
+    code_version: str
+
+
+class EvalReport(_Ref):
+    """Test metrics of the best checkpoint (synced across workers)."""
+
+    metrics: dict[str, float]
+    gate_metric: str
+    gate_value: float
+    checkpoint_sha256: str
+    mlflow_run_id: str | None = None
+    cache_key: str
+    code_version: str
+
+
+class ExportRef(_Ref):
+    """Exported artefacts and their parity with eager PyTorch."""
+
+    onnx: Path | None = None
+    onnx_sha256: str | None = None
+    torchscript: Path | None = None
+    torchscript_sha256: str | None = None
+    parity: dict[str, float] = Field(default_factory=dict)
+    checkpoint_sha256: str
+    cache_key: str
+    code_version: str
+
+
+class RegistryRef(_Ref):
+    """A registered model version and what happened at the promotion gate."""
+
+    name: str
+    version: str
+    promoted: bool | None = None
+    decision: str = ""
+    alias: str | None = None
+    cache_key: str
+
+
+class DataError(ValueError):
+    """The input data is unusable (missing column, non-numeric feature, empty, NaN by policy)."""
+
+
+class StageError(RuntimeError):
+    """A stage could not do its job for a reason that retrying will not fix."""
+
+
+_PERMANENT: tuple[type[BaseException], ...] = (
+    ValueError,  # ConfigError, DataError, pydantic errors
+    TypeError,
+    KeyError,
+    AttributeError,
+    ImportError,
+    NotImplementedError,
+    AssertionError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    StageError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error may go away on retry (I/O, timeouts, lost workers) or not (config, data)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _PERMANENT):
+            return False
+        exc = exc.__cause__  # an error raised "from" a permanent one is permanent too
+    return True
+
+
+def retry_transient(task: object, task_run: object, state: object) -> bool:
+    """Prefect ``retry_condition_fn``: retry transient errors only."""
+    exc = getattr(state, "data", None)
+    if not isinstance(exc, BaseException):
+        try:
+            exc = state.result(raise_on_failure=False)  # type: ignore[attr-defined]
+        except Exception as err:  # noqa: BLE001 - reading the state must not mask the decision
+            exc = err
+    return not isinstance(exc, BaseException) or is_transient(exc)
