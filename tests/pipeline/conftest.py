@@ -1,0 +1,38 @@
+"""Pipeline test fixtures: an isolated project folder and one Prefect test server per session.
+
+PREFECT_HOME and TRAINFLOW_PROJECT_DIR point into a session temp folder before prefect is
+imported, so nothing lands in the repo's own ``.trainflow/``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="trainflow-pipeline-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect-home"))
+os.environ["TRAINFLOW_PROJECT_DIR"] = str(_SESSION_TMP / "project")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = REPO / "models" / "data" / "digits.parquet"
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One real Prefect API (a local server on a temp database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh project folder: the pipeline's ``.trainflow/`` goes inside it."""
+    monkeypatch.setenv("TRAINFLOW_PROJECT_DIR", str(tmp_path))
+    return tmp_path
