@@ -30,8 +30,8 @@ class Callback:
     def _generate_state_key(self, **kwargs: Any) -> str:
         """``ClassName{'k': v, ...}`` (Lightning's format), or the class name alone."""
         if not kwargs:
-            return type(self).__qualname__
-        return f"{type(self).__qualname__}{repr(kwargs)}"
+            return type(self).__name__
+        return f"{type(self).__name__}{repr(kwargs)}"
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

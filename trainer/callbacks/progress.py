@@ -126,6 +126,7 @@ class ProgressBar(Callback):
         state = self.__dict__.copy()
         state["_progress"] = None  # a live display (and its thread, if any) does not travel
         state["_console"] = None
+        state["_user_console"] = None  # a Console (its file, its lock) stays in its process
         state["_train_bar"] = None
         state["_eval_bar"] = None
         return state
