@@ -1,0 +1,284 @@
+"""Classification metrics (binary / multiclass / multilabel), scikit-learn's conventions.
+
+Accuracy, Precision, Recall, F1Score, FBetaScore, Specificity and ConfusionMatrix keep one
+state, the confusion matrix of their task (int64, synced by one 'sum'), so a MetricCollection
+updates it once per batch for all of them (a compute group). AUROC and AveragePrecision keep
+the scores ('cat' states, exact) or, with ``thresholds=``, a fixed-size histogram.
+See :mod:`trainer.metrics.functional.classification` for the exact conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trainer.metrics.functional import classification as F
+from trainer.metrics.metric import Metric
+
+__all__ = [
+    "AUROC",
+    "Accuracy",
+    "AveragePrecision",
+    "ConfusionMatrix",
+    "F1Score",
+    "FBetaScore",
+    "Precision",
+    "Recall",
+    "Specificity",
+]
+
+
+class _ConfmatMetric(Metric):
+    """Shared base: a confusion-matrix state for the task (or a top-k state)."""
+
+    higher_is_better = True
+    _kind = ""
+
+    def __init__(
+        self,
+        task: F.Task,
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        threshold: float = 0.5,
+        average: F.Average = "micro",
+        ignore_index: int | None = None,
+        zero_division: object = "warn",
+        top_k: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        F.check_task_args(name, task, num_classes, num_labels, average, ignore_index, threshold)
+        F.check_zero_division(name, zero_division)
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"{name}.top_k: must be an int >= 1 (got {top_k!r})")
+        if top_k > 1 and task != "multiclass":
+            raise ValueError(f"{name}.top_k: top_k > 1 needs task='multiclass' (got {task!r})")
+        if top_k > 1 and num_classes is not None and top_k > num_classes:
+            raise ValueError(f"{name}.top_k: must be <= num_classes={num_classes} (got {top_k})")
+        self.task = task
+        self.num_classes = num_classes if task == "multiclass" else None
+        self.num_labels = num_labels if task == "multilabel" else None
+        self.threshold = float(threshold)
+        self.average = average
+        self.ignore_index = ignore_index
+        self.zero_division = zero_division
+        self.top_k = top_k
+        if top_k > 1:
+            default = torch.zeros(2, int(num_classes), dtype=torch.int64)  # type: ignore[arg-type]
+            self.add_state("topk_stats", default, "sum")
+        elif task == "binary":
+            self.add_state("confmat", torch.zeros(2, 2, dtype=torch.int64), "sum")
+        elif task == "multiclass":
+            c = int(num_classes)  # type: ignore[arg-type]
+            self.add_state("confmat", torch.zeros(c, c, dtype=torch.int64), "sum")
+        else:
+            n = int(num_labels)  # type: ignore[arg-type]
+            self.add_state("confmat", torch.zeros(n, 2, 2, dtype=torch.int64), "sum")
+
+    def _compute_group_key(self) -> tuple:
+        """Metrics with equal keys share their state in a MetricCollection."""
+        return ("confmat", self.task, self.num_classes, self.num_labels, self.threshold,
+                self.ignore_index, self.top_k, self.validate_args)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Accumulate a batch of predictions and targets."""
+        if self.top_k > 1:
+            st = F.topk_update(preds, target, self.num_classes, self.top_k,  # type: ignore[arg-type]
+                               self.ignore_index, self.validate_args, self._check,
+                               type(self).__name__)
+            self.topk_stats = self.topk_stats + st
+            return
+        cm = F.confmat_update(preds, target, self.task, self.num_classes, self.num_labels,
+                              self.threshold, self.ignore_index, self.validate_args, self._check,
+                              type(self).__name__)
+        self.__dict__["confmat"] = self.__dict__["confmat"] + cm
+
+    def extra_repr(self) -> str:
+        parts = [f"task={self.task!r}"]
+        if self.num_classes:
+            parts.append(f"num_classes={self.num_classes}")
+        if self.num_labels:
+            parts.append(f"num_labels={self.num_labels}")
+        parts.append(f"average={self.average!r}")
+        return ", ".join(parts)
+
+
+class Accuracy(_ConfmatMetric):
+    """Accuracy. binary / multiclass micro: sklearn ``accuracy_score``; multiclass macro:
+    ``balanced_accuracy_score`` (mean recall over classes present in the target); 'none':
+    per-class recall; multilabel: per-label accuracy (micro = ``1 - hamming_loss``);
+    ``top_k`` (multiclass): ``top_k_accuracy_score``."""
+
+    def compute(self) -> Tensor:
+        """The accuracy of everything accumulated."""
+        if self.top_k > 1:
+            return F.reduce_accuracy(self.topk_stats, self.task, self.average, self.top_k,
+                                     self.zero_division)
+        return F.reduce_accuracy(self.confmat, self.task, self.average, 1, self.zero_division)
+
+
+class Precision(_ConfmatMetric):
+    """Precision tp / (tp + fp), sklearn ``precision_score`` (zero_division as sklearn)."""
+
+    def compute(self) -> Tensor:
+        """The precision of everything accumulated."""
+        return F.reduce_prf(self.confmat, self.task, "precision", self.average, 1.0,
+                            self.zero_division)
+
+
+class Recall(_ConfmatMetric):
+    """Recall tp / (tp + fn), sklearn ``recall_score``."""
+
+    def compute(self) -> Tensor:
+        """The recall of everything accumulated."""
+        return F.reduce_prf(self.confmat, self.task, "recall", self.average, 1.0,
+                            self.zero_division)
+
+
+class Specificity(_ConfmatMetric):
+    """Specificity tn / (tn + fp): the recall of the negative class (per class for
+    multiclass / multilabel, averaged like recall)."""
+
+    def compute(self) -> Tensor:
+        """The specificity of everything accumulated."""
+        return F.reduce_prf(self.confmat, self.task, "specificity", self.average, 1.0,
+                            self.zero_division)
+
+
+class FBetaScore(_ConfmatMetric):
+    """F-beta, sklearn ``fbeta_score``."""
+
+    def __init__(self, task: F.Task, beta: float = 1.0, **kwargs: Any) -> None:
+        if not isinstance(beta, (int, float)) or not beta >= 0:
+            raise ValueError(f"{type(self).__name__}.beta: must be a number >= 0 (got {beta!r})")
+        super().__init__(task, **kwargs)
+        self.beta = float(beta)
+
+    def compute(self) -> Tensor:
+        """The F-beta score of everything accumulated."""
+        return F.reduce_prf(self.confmat, self.task, "fbeta", self.average, self.beta,
+                            self.zero_division)
+
+
+class F1Score(FBetaScore):
+    """F1, sklearn ``f1_score``."""
+
+    def __init__(self, task: F.Task, **kwargs: Any) -> None:
+        super().__init__(task, beta=1.0, **kwargs)
+
+
+class ConfusionMatrix(_ConfmatMetric):
+    """Confusion matrix (rows = true class): (2, 2), (C, C), or (L, 2, 2) for multilabel as
+    ``multilabel_confusion_matrix``; ``normalize`` 'true' | 'pred' | 'all' | None (sklearn)."""
+
+    higher_is_better = None
+
+    def __init__(self, task: F.Task, normalize: str | None = None, **kwargs: Any) -> None:
+        if normalize not in ("true", "pred", "all", None):
+            raise ValueError(
+                f"ConfusionMatrix.normalize: must be 'true', 'pred', 'all' or None "
+                f"(got {normalize!r})"
+            )
+        kwargs.pop("average", None)
+        super().__init__(task, **kwargs)
+        self.normalize = normalize
+
+    def compute(self) -> Tensor:
+        """The (normalised) confusion matrix."""
+        return F.normalize_confmat(self.confmat, self.normalize)
+
+
+class _CurveMetric(Metric):
+    higher_is_better = True
+    _kind = "auroc"
+
+    def __init__(
+        self,
+        task: F.Task,
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        average: F.Average = "macro",
+        thresholds: int | Sequence[float] | Tensor | None = None,
+        ignore_index: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        F.check_task_args(name, task, num_classes, num_labels, average, ignore_index)
+        self.task = task
+        self.num_classes = num_classes if task == "multiclass" else None
+        self.num_labels = num_labels if task == "multilabel" else None
+        self.average = average
+        self.ignore_index = ignore_index
+        if thresholds is None:
+            self.thresholds: Tensor | None = None
+            self.add_state("preds", [], "cat")
+            self.add_state("target", [], "cat")
+        else:
+            th = F.make_thresholds(thresholds, name)
+            self.thresholds = th
+            k = {"binary": 1, "multiclass": num_classes, "multilabel": num_labels}[task]
+            self.add_state("hist", torch.zeros(int(k), th.numel() + 1, 2, dtype=torch.int64),  # type: ignore[arg-type]
+                           "sum")
+
+    def _compute_group_key(self) -> tuple:
+        th = None if self.thresholds is None else tuple(self.thresholds.tolist())
+        return ("curve", self.task, self.num_classes, self.num_labels, th, self.ignore_index,
+                self.validate_args, self.compute_on_cpu)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Accumulate a batch of scores and targets."""
+        name = type(self).__name__
+        preds, target = F.format_curve_inputs(preds, target, self.task, self.num_classes,
+                                              self.num_labels, self.validate_args, self._check,
+                                              name)
+        if self.validate_args:
+            F.validate_curve_values(preds, target, self.task, self.num_classes,
+                                    self.ignore_index, self._check, name,
+                                    self.thresholds is not None)
+        if self.thresholds is None:
+            d = self.__dict__
+            d["preds"].append(preds.detach())
+            d["target"].append(target.detach())
+            return
+        th = self.thresholds
+        if th.device != preds.device:
+            th = self.thresholds = th.to(preds.device)
+        self.hist = self.hist + F.binned_update(preds, target, th, self.task, self.num_classes,
+                                                self.ignore_index)
+
+    def compute(self) -> Tensor:
+        """The score of everything accumulated."""
+        if self.thresholds is not None:
+            return F.curve_score_binned(self.hist, self.task, self._kind, self.average)  # type: ignore[arg-type]
+        d = self.__dict__
+        if not d["preds"]:
+            return torch.tensor(float("nan"))
+        preds = torch.cat(d["preds"]) if len(d["preds"]) > 1 else d["preds"][0]
+        target = torch.cat(d["target"]) if len(d["target"]) > 1 else d["target"][0]
+        return F.curve_score_exact(preds, target, self.task, self._kind, self.average,  # type: ignore[arg-type]
+                                   self.num_classes, self.ignore_index)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Metric:  # type: ignore[override]
+        super()._apply(fn, recurse)
+        if self.thresholds is not None:
+            self.thresholds = fn(self.thresholds)
+        return self
+
+
+class AUROC(_CurveMetric):
+    """Area under the ROC curve, sklearn ``roc_auc_score`` (multiclass: one-vs-rest).
+    One class only in the target: nan plus an UndefinedMetricWarning (sklearn 1.9)."""
+
+    _kind = "auroc"
+
+
+class AveragePrecision(_CurveMetric):
+    """Average precision, sklearn ``average_precision_score`` (multiclass: one-vs-rest).
+    No positive sample: 0.0 plus an UndefinedMetricWarning (sklearn)."""
+
+    _kind = "ap"

@@ -1,0 +1,804 @@
+"""Classification metrics as functions, and the state updates / reductions the classes use.
+
+Conventions (scikit-learn's, checked in tests/metrics against sklearn 1.9):
+
+- Inputs. binary: ``preds`` probabilities in [0, 1] (thresholded) or 0/1 labels, ``target``
+  0/1 integers, same shape. multiclass: ``preds`` class indices of ``target``'s shape, or
+  scores ``(N, C, ...)`` (argmax taken); ``target`` integers in ``[0, num_classes)``.
+  multilabel: ``preds`` ``(N, L, ...)`` probabilities or 0/1, ``target`` 0/1 of that shape.
+  Samples (or label entries) whose target equals ``ignore_index`` are left out.
+- Stat scores come from one confusion-matrix state: binary (2, 2), multiclass (C, C) with rows
+  the true class, multilabel (L, 2, 2) as ``sklearn.metrics.multilabel_confusion_matrix``.
+- Zero division (precision with no predicted positives, recall with no true samples, F with
+  neither): the value ``zero_division`` (0.0, 1.0 or nan; 'warn' = 0.0 plus an
+  :class:`UndefinedMetricWarning`), as sklearn. nan per-class values are left out of macro /
+  weighted averages; a weighted average whose weights are all 0 falls back to the plain mean.
+- Accuracy: binary and multiclass micro = ``accuracy_score``; multiclass macro = mean recall
+  over the classes present in the target (``balanced_accuracy_score``); multilabel = per-label
+  accuracy (micro = ``1 - hamming_loss``); ``top_k`` = ``top_k_accuracy_score``.
+- AUROC / average precision: exact from the stored scores (``roc_auc_score`` /
+  ``average_precision_score``, multiclass one-vs-rest); a class with only one kind of sample
+  gives nan (AUROC) or 0.0 (AP, no positives) plus a warning, as sklearn; macro averages take
+  the plain mean (nan propagates), weighted ones weight by support. ``thresholds=`` gives a
+  binned curve with fixed memory (exact when the scores lie on the threshold grid).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "UndefinedMetricWarning",
+    "accuracy",
+    "auroc",
+    "average_precision",
+    "confusion_matrix",
+    "f1_score",
+    "fbeta_score",
+    "precision",
+    "recall",
+    "specificity",
+    "stat_scores",
+]
+
+Task = Literal["binary", "multiclass", "multilabel"]
+Average = Literal["micro", "macro", "weighted", "none"] | None
+Check = Callable[[Tensor, str], None]
+_AVERAGES = ("micro", "macro", "weighted", "none", None)
+
+
+class UndefinedMetricWarning(UserWarning):
+    """A metric value is undefined on the data (zero division, one class only)."""
+
+
+def _eager_check(bad: Tensor, message: str) -> None:
+    if bool(bad):
+        raise ValueError(message)
+
+
+# ---------------------------------------------------------------- argument checks
+def check_task_args(
+    name: str,
+    task: str,
+    num_classes: int | None,
+    num_labels: int | None,
+    average: str | None = "micro",
+    ignore_index: int | None = None,
+    threshold: float = 0.5,
+) -> None:
+    """Validate the constructor / function arguments shared by the classification metrics."""
+    if task not in ("binary", "multiclass", "multilabel"):
+        raise ValueError(
+            f"{name}.task: must be 'binary', 'multiclass' or 'multilabel' (got {task!r})"
+        )
+    if task == "multiclass" and (not isinstance(num_classes, int) or num_classes < 2):
+        raise ValueError(
+            f"{name}.num_classes: task='multiclass' needs an int >= 2 (got {num_classes!r})"
+        )
+    if task == "multilabel" and (not isinstance(num_labels, int) or num_labels < 1):
+        raise ValueError(
+            f"{name}.num_labels: task='multilabel' needs an int >= 1 (got {num_labels!r})"
+        )
+    if average not in _AVERAGES:
+        raise ValueError(
+            f"{name}.average: must be 'micro', 'macro', 'weighted', 'none' or None "
+            f"(got {average!r})"
+        )
+    if ignore_index is not None and not isinstance(ignore_index, int):
+        raise ValueError(f"{name}.ignore_index: must be an int or None (got {ignore_index!r})")
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{name}.threshold: must be a float in [0, 1] (got {threshold!r})")
+
+
+def check_zero_division(name: str, zero_division: object) -> float:
+    """'warn' | 0 | 1 | nan → the value used on zero division."""
+    if zero_division == "warn":
+        return 0.0
+    if isinstance(zero_division, (int, float)) and (
+        zero_division in (0, 1) or math.isnan(zero_division)
+    ):
+        return float(zero_division)
+    raise ValueError(
+        f"{name}.zero_division: must be 'warn', 0, 1 or nan (got {zero_division!r})"
+    )
+
+
+def _check_int_target(name: str, target: Tensor) -> None:
+    if target.is_floating_point() or target.is_complex():
+        raise ValueError(
+            f"{name}: target must hold integer class labels (got dtype {target.dtype}); "
+            "convert with target.long()"
+        )
+
+
+def _check_range(
+    name: str, what: str, t: Tensor, high: int, ignore_index: int | None, check: Check
+) -> None:
+    """Values of t in [0, high) (ignore_index allowed); one cheap reduction."""
+    if t.numel() == 0:
+        return
+    if ignore_index is not None:
+        t = t.masked_fill(t == ignore_index, 0)
+    lo, hi = torch.aminmax(t)
+    msg = (
+        f"{name}: {what} must be in [0, {high - 1}]"
+        + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
+        + " (got values in [{lo}, {hi}])"
+    )
+    if t.device.type == "cpu":
+        lo_i, hi_i = int(lo), int(hi)
+        if lo_i < 0 or hi_i >= high:
+            raise ValueError(msg.format(lo=lo_i, hi=hi_i))
+    else:
+        check((lo < 0) | (hi >= high), msg.format(lo="?", hi="?"))
+
+
+def _check_probs(name: str, preds: Tensor, check: Check) -> None:
+    if preds.numel() == 0:
+        return
+    lo, hi = torch.aminmax(preds.detach())
+    msg = (
+        f"{name}: float preds must be probabilities in [0, 1] (got values in "
+        "[{lo}, {hi}]); apply torch.sigmoid (binary, multilabel) or softmax first"
+    )
+    if preds.device.type == "cpu":
+        lo_f, hi_f = float(lo), float(hi)
+        if not (lo_f >= 0.0 and hi_f <= 1.0):  # also catches nan
+            raise ValueError(msg.format(lo=lo_f, hi=hi_f))
+    else:
+        check(~((lo >= 0) & (hi <= 1)), msg.format(lo="?", hi="?"))
+
+
+def _check_same_shape(name: str, preds: Tensor, target: Tensor) -> None:
+    if preds.shape != target.shape:
+        raise ValueError(
+            f"{name}: preds and target must have the same shape (got preds "
+            f"{tuple(preds.shape)} and target {tuple(target.shape)})"
+        )
+
+
+def _count(idx: Tensor, n: int) -> Tensor:
+    """Counts of the values 0..n-1 in idx (int64), no host sync on accelerators."""
+    if idx.device.type == "cpu":
+        return torch.bincount(idx, minlength=n)
+    out = torch.zeros(n, dtype=torch.int64, device=idx.device)
+    return out.index_add_(0, idx, torch.ones_like(idx))
+
+
+# ---------------------------------------------------------------- confusion-matrix state
+def confmat_update(
+    preds: Tensor,
+    target: Tensor,
+    task: Task,
+    num_classes: int | None = None,
+    num_labels: int | None = None,
+    threshold: float = 0.5,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
+    check: Check = _eager_check,
+    name: str = "confusion_matrix",
+) -> Tensor:
+    """The confusion-matrix counts of one batch: (2, 2), (C, C) or (L, 2, 2), int64."""
+    if task == "binary":
+        if validate_args:
+            _check_same_shape(name, preds, target)
+            _check_int_target(name, target)
+            _check_range(name, "target", target, 2, ignore_index, check)
+            if preds.is_floating_point():
+                _check_probs(name, preds, check)
+            else:
+                _check_range(name, "integer preds", preds, 2, None, check)
+        p = preds >= threshold if preds.is_floating_point() else preds
+        idx = target.reshape(-1).long() * 2 + p.reshape(-1).long()
+        if ignore_index is not None:
+            idx = idx.masked_fill(target.reshape(-1) == ignore_index, 4)
+            return _count(idx, 5)[:4].view(2, 2)
+        return _count(idx, 4).view(2, 2)
+    if task == "multiclass":
+        c = int(num_classes)  # type: ignore[arg-type]
+        if preds.dim() == target.dim() + 1:
+            if validate_args and (
+                preds.shape[1] != c or preds.shape[:1] + preds.shape[2:] != target.shape
+            ):
+                raise ValueError(
+                    f"{name}: multiclass scores must have shape (N, {c}, ...) matching target "
+                    f"{tuple(target.shape)} (got preds {tuple(preds.shape)})"
+                )
+            if not preds.is_floating_point() and validate_args:
+                raise ValueError(f"{name}: multiclass scores (N, C) must be float")
+            preds = preds.argmax(1)
+        elif validate_args:
+            _check_same_shape(name, preds, target)
+            if preds.is_floating_point():
+                raise ValueError(
+                    f"{name}: multiclass preds of target's shape must be integer class indices "
+                    f"(got dtype {preds.dtype}); pass scores of shape (N, {c}) or preds.long()"
+                )
+            _check_range(name, "preds", preds, c, None, check)
+        if validate_args:
+            _check_int_target(name, target)
+            _check_range(name, "target", target, c, ignore_index, check)
+        t = target.reshape(-1)
+        idx = t.long() * c + preds.reshape(-1)
+        if ignore_index is not None:
+            idx = idx.masked_fill(t == ignore_index, c * c)
+            return _count(idx, c * c + 1)[: c * c].view(c, c)
+        return _count(idx, c * c).view(c, c)
+    # multilabel
+    n_l = int(num_labels)  # type: ignore[arg-type]
+    if validate_args:
+        _check_same_shape(name, preds, target)
+        if preds.dim() < 2 or preds.shape[1] != n_l:
+            raise ValueError(
+                f"{name}: multilabel preds and target must have shape (N, {n_l}, ...) "
+                f"(got {tuple(preds.shape)})"
+            )
+        _check_int_target(name, target)
+        _check_range(name, "target", target, 2, ignore_index, check)
+        if preds.is_floating_point():
+            _check_probs(name, preds, check)
+        else:
+            _check_range(name, "integer preds", preds, 2, None, check)
+    p = preds >= threshold if preds.is_floating_point() else preds
+    if preds.dim() > 2:  # (N, L, ...) → (N*..., L)
+        p = p.movedim(1, -1).reshape(-1, n_l)
+        target = target.movedim(1, -1).reshape(-1, n_l)
+    lab = torch.arange(n_l, device=target.device) * 4
+    idx = lab + target.long() * 2 + p.long()
+    if ignore_index is not None:
+        idx = idx.masked_fill(target == ignore_index, 4 * n_l)
+        return _count(idx.reshape(-1), 4 * n_l + 1)[: 4 * n_l].view(n_l, 2, 2)
+    return _count(idx.reshape(-1), 4 * n_l).view(n_l, 2, 2)
+
+
+def topk_update(
+    preds: Tensor,
+    target: Tensor,
+    num_classes: int,
+    top_k: int,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
+    check: Check = _eager_check,
+    name: str = "accuracy",
+) -> Tensor:
+    """(2, C) int64: per class, the samples whose class is among the top_k scores; support."""
+    c = num_classes
+    if validate_args:
+        if preds.dim() != target.dim() + 1 or preds.shape[1] != c or not preds.is_floating_point():
+            raise ValueError(
+                f"{name}: top_k > 1 needs float scores of shape (N, {c}, ...) (got preds "
+                f"{tuple(preds.shape)} {preds.dtype}, target {tuple(target.shape)})"
+            )
+        if top_k > c:
+            raise ValueError(f"{name}.top_k: must be <= num_classes={c} (got {top_k})")
+        _check_int_target(name, target)
+        _check_range(name, "target", target, c, ignore_index, check)
+    if preds.dim() > 2:
+        preds = preds.movedim(1, -1).reshape(-1, c)
+    t = target.reshape(-1).long()
+    if ignore_index is not None:
+        ignored = t == ignore_index
+        t = t.masked_fill(ignored, c)
+    top = preds.topk(top_k, dim=1).indices
+    hit = (top == t.unsqueeze(1)).any(1)
+    tp = _count(t.masked_fill(~hit, c), c + 1)[:c]
+    support = _count(t, c + 1)[:c]
+    return torch.stack([tp, support])
+
+
+def stat_scores(confmat: Tensor, task: Task) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """tp, fp, tn, fn from a confusion-matrix state (scalars for binary, per class otherwise)."""
+    cm = confmat
+    if task == "binary":
+        return cm[1, 1], cm[0, 1], cm[0, 0], cm[1, 0]
+    if task == "multilabel":
+        return cm[:, 1, 1], cm[:, 0, 1], cm[:, 0, 0], cm[:, 1, 0]
+    tp = cm.diagonal()
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    tn = cm.sum() - tp - fp - fn
+    return tp, fp, tn, fn
+
+
+# ---------------------------------------------------------------- reductions
+def _divide(
+    num: Tensor, den: Tensor, zero_division: object, what: str, warn: bool = True
+) -> Tensor:
+    num = num.double()
+    den = den.double()
+    zero = den == 0
+    out = num / torch.where(zero, torch.ones_like(den), den)
+    if bool(zero.any()):
+        value = check_zero_division(what, zero_division)
+        out = out.masked_fill(zero, value)
+        if zero_division == "warn" and warn:
+            warnings.warn(
+                f"{what} is ill-defined (0/0) for {int(zero.sum())} of {zero.numel()} "
+                f"classes/labels and set to 0.0; pass zero_division=0|1|nan to choose the "
+                "value and silence this warning",
+                UndefinedMetricWarning,
+                stacklevel=4,
+            )
+    return out
+
+
+def _average(scores: Tensor, average: str | None, weights: Tensor | None) -> Tensor:
+    """Average per-class scores the sklearn way (nan left out; zero weights → plain mean)."""
+    if average in ("none", None):
+        return scores.float()
+    keep = ~scores.isnan()
+    if not bool(keep.any()):
+        return torch.tensor(float("nan"))
+    s = scores[keep]
+    if average == "weighted" and weights is not None:
+        w = weights.double()[keep]
+        if float(w.sum()) != 0.0:
+            return ((s * w).sum() / w.sum()).float()
+    return s.mean().float()
+
+
+def reduce_prf(
+    confmat: Tensor,
+    task: Task,
+    kind: Literal["precision", "recall", "fbeta", "specificity"],
+    average: str | None,
+    beta: float = 1.0,
+    zero_division: object = "warn",
+) -> Tensor:
+    """Precision / recall / F-beta / specificity from a confusion-matrix state."""
+    tp, fp, tn, fn = stat_scores(confmat, task)
+    if task == "binary" or average == "micro":
+        tp, fp, tn, fn = tp.sum(), fp.sum(), tn.sum(), fn.sum()
+    if kind == "precision":
+        scores = _divide(tp, tp + fp, zero_division, "Precision")
+    elif kind == "recall":
+        scores = _divide(tp, tp + fn, zero_division, "Recall")
+    elif kind == "specificity":
+        scores = _divide(tn, tn + fp, zero_division, "Specificity")
+    else:
+        b2 = beta * beta
+        if math.isinf(beta):
+            scores = _divide(tp, tp + fn, zero_division, "Recall")
+        elif beta == 0:
+            scores = _divide(tp, tp + fp, zero_division, "Precision")
+        else:
+            scores = _divide(
+                (1 + b2) * tp.double(), (1 + b2) * tp.double() + b2 * fn + fp, zero_division,
+                "F-score",
+            )
+    if task == "binary" or average == "micro":
+        return scores.float()
+    return _average(scores, average, tp + fn)
+
+
+def reduce_accuracy(
+    state: Tensor, task: Task, average: str | None, top_k: int = 1, zero_division: object = "warn"
+) -> Tensor:
+    """Accuracy from a confusion-matrix state (or a top-k state (2, C))."""
+    if top_k > 1:
+        tp, support = state[0], state[1]
+    elif task == "binary":
+        total = state.sum()
+        return _divide(state[0, 0] + state[1, 1], total, zero_division, "Accuracy").float()
+    elif task == "multilabel":
+        tp, fp, tn, fn = stat_scores(state, task)
+        if average == "micro":
+            return _divide((tp + tn).sum(), (tp + fp + tn + fn).sum(), zero_division,
+                           "Accuracy").float()
+        scores = _divide(tp + tn, tp + fp + tn + fn, zero_division, "Accuracy")
+        return _average(scores, average, tp + fn)
+    else:
+        tp, support = state.diagonal(), state.sum(1)
+    if average in ("micro", "weighted"):
+        return _divide(tp.sum(), support.sum(), zero_division, "Accuracy").float()
+    if average == "macro":  # balanced accuracy: classes absent from the target are left out
+        present = support > 0
+        if not bool(present.any()):
+            return _divide(tp.sum(), support.sum(), zero_division, "Accuracy").float()
+        if top_k == 1 and task == "multiclass" and bool((state.sum(0)[~present] > 0).any()):
+            warnings.warn(
+                "Accuracy(average='macro'): preds contain classes absent from the target; "
+                "those classes are left out of the mean recall (balanced_accuracy_score)",
+                UndefinedMetricWarning,
+                stacklevel=3,
+            )
+        return (tp[present].double() / support[present]).mean().float()
+    return _divide(tp, support, zero_division, "Recall").float()  # 'none': per-class recall
+
+
+def normalize_confmat(confmat: Tensor, normalize: str | None) -> Tensor:
+    """sklearn's normalize='true'|'pred'|'all'|None (0/0 → 0)."""
+    if normalize is None:
+        return confmat
+    cm = confmat.double()
+    if normalize == "true":
+        out = cm / cm.sum(-1, keepdim=True)
+    elif normalize == "pred":
+        out = cm / cm.sum(-2, keepdim=True)
+    elif normalize == "all":
+        out = cm / cm.sum((-2, -1), keepdim=True)
+    else:
+        raise ValueError(
+            f"ConfusionMatrix.normalize: must be 'true', 'pred', 'all' or None (got {normalize!r})"
+        )
+    return torch.nan_to_num(out, nan=0.0).float()
+
+
+# ---------------------------------------------------------------- curves
+def format_curve_inputs(
+    preds: Tensor,
+    target: Tensor,
+    task: Task,
+    num_classes: int | None,
+    num_labels: int | None,
+    validate_args: bool,
+    check: Check,
+    name: str,
+    need_probs: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Validate and reshape scores/targets: binary (M,), multiclass (M, C) + (M,), multilabel
+    (M, L) + (M, L)."""
+    if task == "binary":
+        if validate_args:
+            _check_same_shape(name, preds, target)
+            _check_int_target(name, target)
+        return preds.reshape(-1), target.reshape(-1)
+    if task == "multiclass":
+        c = int(num_classes)  # type: ignore[arg-type]
+        if validate_args:
+            if preds.dim() != target.dim() + 1 or preds.shape[1] != c:
+                raise ValueError(
+                    f"{name}: multiclass scores must have shape (N, {c}, ...) with target "
+                    f"(N, ...) (got preds {tuple(preds.shape)}, target {tuple(target.shape)})"
+                )
+            _check_int_target(name, target)
+        if preds.dim() > 2:
+            preds = preds.movedim(1, -1).reshape(-1, c)
+        return preds, target.reshape(-1)
+    n_l = int(num_labels)  # type: ignore[arg-type]
+    if validate_args:
+        _check_same_shape(name, preds, target)
+        if preds.dim() < 2 or preds.shape[1] != n_l:
+            raise ValueError(
+                f"{name}: multilabel preds and target must have shape (N, {n_l}, ...) "
+                f"(got {tuple(preds.shape)})"
+            )
+        _check_int_target(name, target)
+    if preds.dim() > 2:
+        preds = preds.movedim(1, -1).reshape(-1, n_l)
+        target = target.movedim(1, -1).reshape(-1, n_l)
+    return preds, target
+
+
+def validate_curve_values(
+    preds: Tensor,
+    target: Tensor,
+    task: Task,
+    num_classes: int | None,
+    ignore_index: int | None,
+    check: Check,
+    name: str,
+    need_probs: bool,
+) -> None:
+    """Value checks of formatted curve inputs: target labels; probabilities when binned."""
+    high = int(num_classes) if task == "multiclass" else 2  # type: ignore[arg-type]
+    _check_range(name, "target", target, high, ignore_index, check)
+    if not preds.is_floating_point():
+        raise ValueError(f"{name}: preds must be float scores (got dtype {preds.dtype})")
+    if need_probs:
+        _check_probs(name, preds, check)
+
+
+def _binary_clf_curve(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """fps, tps at each distinct score, scores descending (sklearn's _binary_clf_curve)."""
+    order = torch.argsort(preds, descending=True, stable=True)
+    p = preds[order]
+    t = target[order].double()
+    distinct = torch.nonzero(p[1:] != p[:-1]).reshape(-1)
+    idx = torch.cat([distinct, torch.tensor([p.numel() - 1], device=p.device)])
+    tps = torch.cumsum(t, 0)[idx]
+    fps = (idx + 1).double() - tps
+    return fps, tps
+
+
+def _auc_from_counts(fps: Tensor, tps: Tensor, warn: bool) -> Tensor:
+    """Trapezoid area under (fps/N, tps/P); nan + warning where one class is missing."""
+    if tps.numel() == 0 or float(tps[-1]) == 0 or float(fps[-1]) == 0:
+        if warn:
+            warnings.warn(
+                "Only one class is present in y_true. ROC AUC score is not defined in that "
+                "case (nan)",
+                UndefinedMetricWarning,
+                stacklevel=4,
+            )
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64, device=fps.device)
+    fpr = torch.cat([zero, fps]) / fps[-1]
+    tpr = torch.cat([zero, tps]) / tps[-1]
+    return torch.trapezoid(tpr, fpr)
+
+
+def _ap_from_counts(fps: Tensor, tps: Tensor, warn: bool) -> Tensor:
+    """Step-wise average precision (sklearn): sum over thresholds of ΔR · P."""
+    if tps.numel() == 0 or float(tps[-1]) == 0:
+        if warn:
+            warnings.warn(
+                "No positive class found in y_true: average precision is 0.0",
+                UndefinedMetricWarning,
+                stacklevel=4,
+            )
+        return torch.tensor(0.0, dtype=torch.float64)
+    predicted = tps + fps
+    precision = torch.where(predicted > 0, tps / predicted.clamp(min=1), torch.ones_like(tps))
+    recall = tps / tps[-1]
+    prev = torch.cat([torch.zeros(1, dtype=torch.float64, device=tps.device), recall[:-1]])
+    return ((recall - prev) * precision).sum()
+
+
+def _binary_curve_score(preds: Tensor, target: Tensor, kind: str, warn: bool = True) -> Tensor:
+    if preds.numel() == 0:
+        fps = tps = torch.zeros(0, dtype=torch.float64)
+    else:
+        fps, tps = _binary_clf_curve(preds.double(), target)
+    return _auc_from_counts(fps, tps, warn) if kind == "auroc" else _ap_from_counts(fps, tps, warn)
+
+
+def _average_curve_scores(scores: Tensor, average: str | None, support: Tensor) -> Tensor:
+    """sklearn's _average_binary_score: plain mean (nan propagates) or support-weighted."""
+    if average in ("none", None):
+        return scores.float()
+    if average == "weighted":
+        w = support.double()
+        if float(w.sum()) == 0.0:
+            return torch.tensor(0.0)
+        scores = scores.masked_fill(w == 0, 0.0)
+        return ((scores * w).sum() / w.sum()).float()
+    return scores.mean().float()
+
+
+def curve_score_exact(
+    preds: Tensor,
+    target: Tensor,
+    task: Task,
+    kind: Literal["auroc", "ap"],
+    average: str | None,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+) -> Tensor:
+    """AUROC or AP from all scores (formatted by format_curve_inputs)."""
+    if task == "binary":
+        if ignore_index is not None:
+            keep = target != ignore_index
+            preds, target = preds[keep], target[keep]
+        return _binary_curve_score(preds, target, kind).float()
+    if task == "multiclass":
+        c = int(num_classes)  # type: ignore[arg-type]
+        if ignore_index is not None:
+            keep = target != ignore_index
+            preds, target = preds[keep], target[keep]
+        onehot = torch.nn.functional.one_hot(target.long(), c)
+    else:
+        onehot = target
+        if ignore_index is not None and average == "micro":
+            keep = onehot != ignore_index
+            return _binary_curve_score(preds[keep], onehot[keep], kind).float()
+    if average == "micro":
+        return _binary_curve_score(preds.reshape(-1), onehot.reshape(-1), kind).float()
+    scores = []
+    supports = []
+    for j in range(onehot.shape[1]):
+        p, t = preds[:, j], onehot[:, j]
+        if ignore_index is not None and task == "multilabel":
+            keep = t != ignore_index
+            p, t = p[keep], t[keep]
+        scores.append(_binary_curve_score(p, t, kind))
+        supports.append((t == 1).sum())
+    return _average_curve_scores(torch.stack(scores), average, torch.stack(supports))
+
+
+def make_thresholds(thresholds: int | Sequence[float] | Tensor, name: str) -> Tensor:
+    """thresholds=int n → linspace(0, 1, n); a sequence/tensor → sorted float32 tensor."""
+    if isinstance(thresholds, int):
+        if thresholds < 2:
+            raise ValueError(f"{name}.thresholds: an int must be >= 2 (got {thresholds})")
+        return torch.linspace(0, 1, thresholds)
+    t = torch.as_tensor(thresholds, dtype=torch.float32).reshape(-1)
+    if t.numel() < 2 or not bool((t[1:] > t[:-1]).all()):
+        raise ValueError(
+            f"{name}.thresholds: must be increasing with >= 2 values (got {thresholds!r})"
+        )
+    return t
+
+
+def binned_update(
+    preds: Tensor, target: Tensor, thresholds: Tensor, task: Task, num_classes: int | None,
+    ignore_index: int | None,
+) -> Tensor:
+    """Histogram (K, T+1, 2) of (bin, target) counts; bin = how many thresholds are <= pred."""
+    n_t = thresholds.numel()
+    if task == "binary":
+        preds, target = preds.reshape(-1, 1), target.reshape(-1, 1)
+    elif task == "multiclass":
+        c = int(num_classes)  # type: ignore[arg-type]
+        t = target.long()
+        ignored = t == ignore_index if ignore_index is not None else None
+        target = torch.nn.functional.one_hot(t.clamp(0, c - 1), c)
+        if ignored is not None:
+            target = target.masked_fill(ignored.unsqueeze(1), -1)
+        ignore_index = -1 if ignored is not None else None
+    k = preds.shape[1]
+    bins = torch.searchsorted(thresholds, preds.contiguous(), right=True)
+    idx = (torch.arange(k, device=preds.device) * (n_t + 1) + bins) * 2 + target.long()
+    size = k * (n_t + 1) * 2
+    if ignore_index is not None:
+        idx = idx.masked_fill(target == ignore_index, size)
+        return _count(idx.reshape(-1), size + 1)[:size].view(k, n_t + 1, 2)
+    return _count(idx.reshape(-1), size).view(k, n_t + 1, 2)
+
+
+def curve_score_binned(
+    hist: Tensor, task: Task, kind: Literal["auroc", "ap"], average: str | None
+) -> Tensor:
+    """AUROC or AP from a binned histogram (K, T+1, 2)."""
+    # tps at threshold i (descending) = positives in bins >= i+1
+    rev = hist.flip(1).cumsum(1).double()  # rev[:, j] = counts in bins >= T - j
+    tps_all, fps_all = rev[:, :-1, 1], rev[:, :-1, 0]  # thresholds T-1 .. 0
+    if average == "micro" and task != "binary":
+        tps_all, fps_all = tps_all.sum(0, keepdim=True), fps_all.sum(0, keepdim=True)
+    scores = []
+    for j in range(tps_all.shape[0]):
+        fps, tps = fps_all[j], tps_all[j]
+        if kind == "auroc":
+            scores.append(_auc_from_counts(fps, tps, True))
+        else:
+            scores.append(_ap_from_counts(fps, tps, True))
+    s = torch.stack(scores)
+    if task == "binary" or (average == "micro"):
+        return s[0].float()
+    return _average_curve_scores(s, average, hist[:, :, 1].sum(1))
+
+
+# ---------------------------------------------------------------- functional API
+def _prf(
+    kind: str, preds: Tensor, target: Tensor, task: Task, num_classes: int | None,
+    num_labels: int | None, threshold: float, average: str | None, ignore_index: int | None,
+    beta: float, zero_division: object, validate_args: bool,
+) -> Tensor:
+    check_task_args(kind, task, num_classes, num_labels, average, ignore_index, threshold)
+    cm = confmat_update(preds, target, task, num_classes, num_labels, threshold, ignore_index,
+                        validate_args, name=kind)
+    return reduce_prf(cm, task, kind, average, beta, zero_division)  # type: ignore[arg-type]
+
+
+def precision(
+    preds: Tensor, target: Tensor, task: Task, num_classes: int | None = None,
+    num_labels: int | None = None, threshold: float = 0.5, average: Average = "micro",
+    ignore_index: int | None = None, zero_division: object = "warn", validate_args: bool = True,
+) -> Tensor:
+    """Precision tp / (tp + fp) (sklearn precision_score)."""
+    return _prf("precision", preds, target, task, num_classes, num_labels, threshold, average,
+                ignore_index, 1.0, zero_division, validate_args)
+
+
+def recall(
+    preds: Tensor, target: Tensor, task: Task, num_classes: int | None = None,
+    num_labels: int | None = None, threshold: float = 0.5, average: Average = "micro",
+    ignore_index: int | None = None, zero_division: object = "warn", validate_args: bool = True,
+) -> Tensor:
+    """Recall tp / (tp + fn) (sklearn recall_score)."""
+    return _prf("recall", preds, target, task, num_classes, num_labels, threshold, average,
+                ignore_index, 1.0, zero_division, validate_args)
+
+
+def specificity(
+    preds: Tensor, target: Tensor, task: Task, num_classes: int | None = None,
+    num_labels: int | None = None, threshold: float = 0.5, average: Average = "micro",
+    ignore_index: int | None = None, zero_division: object = "warn", validate_args: bool = True,
+) -> Tensor:
+    """Specificity tn / (tn + fp) (the recall of the negative class)."""
+    return _prf("specificity", preds, target, task, num_classes, num_labels, threshold, average,
+                ignore_index, 1.0, zero_division, validate_args)
+
+
+def fbeta_score(
+    preds: Tensor, target: Tensor, task: Task, beta: float = 1.0, num_classes: int | None = None,
+    num_labels: int | None = None, threshold: float = 0.5, average: Average = "micro",
+    ignore_index: int | None = None, zero_division: object = "warn", validate_args: bool = True,
+) -> Tensor:
+    """F-beta (1+b²)tp / ((1+b²)tp + b²fn + fp) (sklearn fbeta_score)."""
+    if not beta >= 0:
+        raise ValueError(f"fbeta_score.beta: must be >= 0 (got {beta})")
+    return _prf("fbeta", preds, target, task, num_classes, num_labels, threshold, average,
+                ignore_index, beta, zero_division, validate_args)
+
+
+def f1_score(
+    preds: Tensor, target: Tensor, task: Task, num_classes: int | None = None,
+    num_labels: int | None = None, threshold: float = 0.5, average: Average = "micro",
+    ignore_index: int | None = None, zero_division: object = "warn", validate_args: bool = True,
+) -> Tensor:
+    """F1 (sklearn f1_score)."""
+    return fbeta_score(preds, target, task, 1.0, num_classes, num_labels, threshold, average,
+                       ignore_index, zero_division, validate_args)
+
+
+def accuracy(
+    preds: Tensor, target: Tensor, task: Task, num_classes: int | None = None,
+    num_labels: int | None = None, threshold: float = 0.5, average: Average = "micro",
+    top_k: int = 1, ignore_index: int | None = None, zero_division: object = "warn",
+    validate_args: bool = True,
+) -> Tensor:
+    """Accuracy (see the module docstring for the conventions per task and average)."""
+    check_task_args("accuracy", task, num_classes, num_labels, average, ignore_index, threshold)
+    if top_k > 1:
+        if task != "multiclass":
+            raise ValueError(
+                f"accuracy.top_k: only task='multiclass' supports top_k > 1 (got {task!r})"
+            )
+        st = topk_update(preds, target, int(num_classes), top_k, ignore_index,  # type: ignore[arg-type]
+                         validate_args)
+        return reduce_accuracy(st, task, average, top_k, zero_division)
+    cm = confmat_update(preds, target, task, num_classes, num_labels, threshold, ignore_index,
+                        validate_args, name="accuracy")
+    return reduce_accuracy(cm, task, average, 1, zero_division)
+
+
+def confusion_matrix(
+    preds: Tensor, target: Tensor, task: Task, num_classes: int | None = None,
+    num_labels: int | None = None, threshold: float = 0.5, normalize: str | None = None,
+    ignore_index: int | None = None, validate_args: bool = True,
+) -> Tensor:
+    """Confusion matrix: (2, 2), (C, C) rows = true class, or (L, 2, 2); sklearn's normalize."""
+    check_task_args("confusion_matrix", task, num_classes, num_labels, None, ignore_index,
+                    threshold)
+    cm = confmat_update(preds, target, task, num_classes, num_labels, threshold, ignore_index,
+                        validate_args)
+    return normalize_confmat(cm, normalize)
+
+
+def _curve(
+    kind: str, preds: Tensor, target: Tensor, task: Task, num_classes: int | None,
+    num_labels: int | None, average: Average, thresholds: int | Sequence[float] | Tensor | None,
+    ignore_index: int | None, validate_args: bool,
+) -> Tensor:
+    name = "auroc" if kind == "auroc" else "average_precision"
+    check_task_args(name, task, num_classes, num_labels, average, ignore_index)
+    preds, target = format_curve_inputs(preds, target, task, num_classes, num_labels,
+                                        validate_args, _eager_check, name)
+    if validate_args:
+        validate_curve_values(preds, target, task, num_classes, ignore_index, _eager_check,
+                              name, thresholds is not None)
+    if thresholds is None:
+        return curve_score_exact(preds, target, task, kind, average, num_classes,  # type: ignore[arg-type]
+                                 ignore_index)
+    th = make_thresholds(thresholds, name).to(preds.device)
+    hist = binned_update(preds, target, th, task, num_classes, ignore_index)
+    return curve_score_binned(hist, task, kind, average)  # type: ignore[arg-type]
+
+
+def auroc(
+    preds: Tensor, target: Tensor, task: Task, num_classes: int | None = None,
+    num_labels: int | None = None, average: Average = "macro",
+    thresholds: int | Sequence[float] | Tensor | None = None, ignore_index: int | None = None,
+    validate_args: bool = True,
+) -> Tensor:
+    """Area under the ROC curve (sklearn roc_auc_score; multiclass one-vs-rest)."""
+    return _curve("auroc", preds, target, task, num_classes, num_labels, average, thresholds,
+                  ignore_index, validate_args)
+
+
+def average_precision(
+    preds: Tensor, target: Tensor, task: Task, num_classes: int | None = None,
+    num_labels: int | None = None, average: Average = "macro",
+    thresholds: int | Sequence[float] | Tensor | None = None, ignore_index: int | None = None,
+    validate_args: bool = True,
+) -> Tensor:
+    """Average precision (sklearn average_precision_score; multiclass one-vs-rest)."""
+    return _curve("ap", preds, target, task, num_classes, num_labels, average, thresholds,
+                  ignore_index, validate_args)
