@@ -1,0 +1,165 @@
+"""MLflowLogger against a real SQLite MLflow store, driven directly (no Trainer)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import types
+from pathlib import Path
+
+import pytest
+
+from trainer.loggers.mlflow import MLflowLogger, flatten_params
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri, uri)
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_flatten_params_nested() -> None:
+    flat = flatten_params({"model": {"hidden": 64, "act": {"name": "relu"}}, "lr": 0.1, "l": [1]})
+    assert flat == {"model.hidden": "64", "model.act.name": "relu", "lr": "0.1", "l": "[1]"}
+
+
+def test_params_metrics_nan_flush_and_finish(store_uri: str) -> None:
+    logger = MLflowLogger(
+        "logger-basic",
+        run_name="basic",
+        tracking_uri=store_uri,
+        tags={"k": 1},
+        chunk_size=7,
+        queue_size=2,
+    )
+    params = {"model": {"hidden": 64}, **{f"p{i:03d}": i for i in range(250)}}
+    logger.log_hyperparams(params)  # 251 params: three log_batch calls of <= 100
+    for step in range(40):
+        logger.log_metrics({"train_loss_step": 1.0 / (step + 1), "weird key(1)": 2.0}, step=step)
+    logger.log_metrics({"val_loss": 0.5, "val_acc": float("nan"), "epoch": 0}, step=39)
+    logger.save()  # flushed: visible before finalize
+    client = _client(store_uri)
+    hist = client.get_metric_history(logger.run_id, "train_loss_step")
+    assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(40))
+    assert math.isnan(client.get_metric_history(logger.run_id, "val_acc")[0].value)
+    assert len(client.get_metric_history(logger.run_id, "weird key_1_")) == 40
+    logger.finalize("success")
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED"
+    assert len(run.data.params) == 251 and run.data.params["model.hidden"] == "64"
+    assert run.data.tags["k"] == "1"
+    arts = _artifacts(client, logger.run_id)
+    assert "plots/metrics_epoch.png" in arts and "plots/metrics_step.png" in arts
+    logger.finalize("success")  # idempotent
+
+
+@pytest.mark.parametrize(("status", "expected"), [("failed", "FAILED"), ("interrupted", "KILLED")])
+def test_failed_and_interrupted_runs(store_uri: str, status: str, expected: str) -> None:
+    logger = MLflowLogger("logger-status", tracking_uri=store_uri, log_plots=False)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    error = RuntimeError("boom at batch 3") if status == "failed" else KeyboardInterrupt()
+    logger.finalize(status, error)
+    run = _client(store_uri).get_run(logger.run_id)
+    assert run.info.status == expected
+    assert run.data.tags["error_type"] == type(error).__name__
+    if status == "failed":
+        assert run.data.tags["error"] == "RuntimeError: boom at batch 3"
+
+
+def test_resume_run_id_and_unknown_run(store_uri: str) -> None:
+    first = MLflowLogger("logger-resume", tracking_uri=store_uri, log_plots=False)
+    first.log_hyperparams({"lr": 0.1})
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.finalize("interrupted")
+    second = MLflowLogger(tracking_uri=store_uri, run_id=first.run_id, log_plots=False)
+    second.log_hyperparams({"lr": 0.1, "epochs": 3})  # same value again: skipped, no error
+    second.log_metrics({"loss": 0.5}, step=1)
+    second.finalize("success")
+    client = _client(store_uri)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1", "epochs": "3"}
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "loss")) == [0, 1]
+    with pytest.raises(ValueError, match="no run 'nope'"):
+        MLflowLogger(tracking_uri=store_uri, run_id="nope").log_metrics({"a": 1.0}, step=0)
+
+
+def test_pickle_drops_client_and_thread_keeps_run(store_uri: str) -> None:
+    logger = MLflowLogger("logger-pickle", tracking_uri=store_uri, log_plots=False)
+    logger.log_metrics({"loss": 1.0}, step=0)  # client + writer thread exist now
+    blob = pickle.dumps(logger)
+    state = logger.__getstate__()
+    assert "_client" not in state and "_thread" not in state and "_queue" not in state
+    clone = pickle.loads(blob)
+    assert clone._client is None and clone._thread is None
+    clone.log_metrics({"loss": 0.5}, step=1)
+    clone.finalize("success")
+    assert clone.run_id == logger.run_id
+    steps = sorted(m.step for m in _client(store_uri).get_metric_history(logger.run_id, "loss"))
+    assert steps == [0, 1]
+
+
+def test_pickle_before_first_log_creates_the_shared_run(store_uri: str) -> None:
+    logger = MLflowLogger("logger-pickle2", tracking_uri=store_uri, log_plots=False)
+    clone = pickle.loads(pickle.dumps(logger))
+    assert clone._run_id is not None and clone._run_id == logger._run_id
+
+
+def test_nonzero_rank_is_silent(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    logger = MLflowLogger("logger-rank", tracking_uri=store_uri)
+    logger.log_hyperparams({"a": 1})
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    logger.finalize("success")
+    assert logger._client is None and logger._run_id is None
+
+
+def test_checkpoints_and_confusion_matrix(store_uri: str, tmp_path: Path) -> None:
+    best, last = tmp_path / "epoch=1-step=4.ckpt", tmp_path / "last.ckpt"
+    best.write_bytes(b"best")
+    last.write_bytes(b"last")
+    logger = MLflowLogger("logger-ckpt", tracking_uri=store_uri, log_plots=False)
+    cb = types.SimpleNamespace(
+        best_model_path=str(best), last_model_path=str(last), best_model_score=0.25
+    )
+    logger.after_save_checkpoint(cb)
+    logger.log_confusion_matrix([[5, 1], [2, 7]], class_names=["cat", "dog"])
+    logger.finalize("success")
+    client = _client(store_uri)
+    arts = _artifacts(client, logger.run_id)
+    assert "checkpoints/best/epoch=1-step=4.ckpt" in arts
+    assert "checkpoints/last/last.ckpt" in arts
+    assert "plots/confusion_matrix.png" in arts
+    tags = client.get_run(logger.run_id).data.tags
+    assert tags["checkpoint.best_score"] == "0.25"
+
+
+def test_checkpoints_all_mode_logs_each_save(store_uri: str, tmp_path: Path) -> None:
+    logger = MLflowLogger(
+        "logger-ckpt-all", tracking_uri=store_uri, log_checkpoints="all", log_plots=False
+    )
+    for i in range(2):
+        path = tmp_path / f"e{i}.ckpt"
+        path.write_bytes(b"x" * (i + 1))
+        logger.after_save_checkpoint(
+            types.SimpleNamespace(best_model_path=str(path), last_model_path="")
+        )
+    logger.save()
+    arts = _artifacts(_client(store_uri), logger.run_id, "checkpoints")
+    assert {"checkpoints/e0.ckpt", "checkpoints/e1.ckpt"} <= set(arts)
+    logger.finalize("success")
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="log_checkpoints"):
+        MLflowLogger(log_checkpoints="best")
+    with pytest.raises(ValueError, match="status must be one of"):
+        MLflowLogger().finalize("done")
