@@ -16,43 +16,58 @@ def sum_val_batches(trainer: Any) -> float:
     return float(n or 0)
 
 
-def validation_runs_this_epoch(trainer: Any) -> bool:
-    """Whether the fit loop runs validation in the current epoch (from the Trainer's flags)."""
-    if sum_val_batches(trainer) <= 0:
-        return False
-    every = getattr(trainer, "check_val_every_n_epoch", 1)
-    if every is None:
-        return True
-    return (int(trainer.current_epoch) + 1) % int(every) == 0
-
-
 class EpochActionTimer:
     """Decides whether a monitor-type callback acts in on_validation_end or on_train_epoch_end.
 
-    The contract: act in ``on_validation_end`` when validation runs this epoch, else in
-    ``on_train_epoch_end``. ``on_train_epoch_end=True/False`` forces one of the two.
+    With ``on_train_epoch_end=None`` (the default) it follows Lightning: a validation that ends
+    inside an epoch (``val_check_interval`` < the epoch) is acted on at once, in
+    ``on_validation_end``; the validation at an epoch's end is acted on in that epoch's
+    ``on_train_epoch_end``, which the Trainer calls after the epoch's metrics are computed, so
+    both ``val_*`` and the training epoch metrics are current; a fit without validation data
+    acts in ``on_train_epoch_end``; epochs of a fit with validation in which validation does not
+    run (``check_val_every_n_epoch`` > 1) do not act (the monitored ``val_*`` would be stale).
+    ``True``/``False`` force ``on_train_epoch_end``/``on_validation_end``.
     """
 
     def __init__(self, on_train_epoch_end: bool | None) -> None:
         self.on_train_epoch_end = on_train_epoch_end
-        self._val_ran_epoch: int | None = None
+        self._pending = False  # an end-of-epoch validation waits for on_train_epoch_end
+        self._val_ran = False
 
     def note_validation_end(self, trainer: Any) -> bool:
-        """Record a (non-sanity) validation end; return whether to act now."""
-        self._val_ran_epoch = int(trainer.current_epoch)
-        return self.on_train_epoch_end is not True
+        """Record a (non-sanity, fit-time) validation end; return whether to act now."""
+        self._val_ran = True
+        if self.on_train_epoch_end is not None:
+            return not self.on_train_epoch_end
+        if _at_epoch_end(trainer):
+            self._pending = True
+            return False
+        return True
 
     def act_on_train_epoch_end(self, trainer: Any) -> bool:
         """Whether to act at this train epoch end."""
+        pending, self._pending = self._pending, False
         if self.on_train_epoch_end is not None:
             return self.on_train_epoch_end
-        if self._val_ran_epoch == int(trainer.current_epoch):
-            return False  # validation ran (and acted) during this epoch
-        return not validation_runs_this_epoch(trainer)
+        return pending or sum_val_batches(trainer) <= 0
 
     def validation_has_run(self) -> bool:
         """Whether any fit-time validation has ended so far."""
-        return self._val_ran_epoch is not None
+        return self._val_ran
+
+
+def _at_epoch_end(trainer: Any) -> bool:
+    """Whether the train loop has consumed the epoch's last batch (validation at epoch end)."""
+    fit_loop = getattr(trainer, "fit_loop", None)
+    batch_idx = getattr(fit_loop, "batch_idx", None)
+    total = getattr(trainer, "num_training_batches", None)
+    if batch_idx is None or total is None:
+        return False
+    try:
+        total = float(total)
+    except (TypeError, ValueError):
+        return False
+    return not math.isinf(total) and int(batch_idx) + 1 >= total
 
 
 def to_float(value: Any) -> float:

@@ -237,9 +237,16 @@ class ProgressBar(Callback):
         self._stop_progress()
 
     # ------------------------------------------------------------------ train
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        if self._enabled:
+            self._countdown = 1  # a resumed mid-epoch run gets no on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         if not self._enabled:
             return
+        self._open_train_bar(trainer, start=0)
+
+    def _open_train_bar(self, trainer: Any, start: int) -> None:
         epoch = int(trainer.current_epoch)
         max_epochs = getattr(trainer, "max_epochs", None)
         if max_epochs is not None and max_epochs > 0:
@@ -247,12 +254,10 @@ class ProgressBar(Callback):
         else:
             desc = f"Epoch {epoch}"
         total = _total(getattr(trainer, "num_training_batches", None))
-        fit_loop = getattr(trainer, "fit_loop", None)
-        start = int(getattr(fit_loop, "batch_idx", 0) or 0) if fit_loop is not None else 0
         progress = self._progress
         if not self.leave and progress is not None and self._train_bar is not None:
             progress.remove_task(self._train_bar.task)  # type: ignore[arg-type]
-        self._train_bar = self._new_bar(desc, total, start_count=start if start > 0 else 0)
+        self._train_bar = self._new_bar(desc, total, start_count=start)
         self._last_check = self._train_bar.start
         self._last_refresh = self._train_bar.start
         self._stride = 1
@@ -278,7 +283,8 @@ class ProgressBar(Callback):
         self._countdown = self._stride
         self._last_check = now
         bar = self._train_bar
-        if bar is None:
+        if bar is None:  # resumed inside an epoch: open its bar where it stands
+            self._open_train_bar(trainer, start=max(completed - 1, 0))
             return
         if self._progress is not None:
             if now - self._last_refresh >= self.refresh_interval:
