@@ -1,0 +1,117 @@
+"""Checkpoint files: atomic writes, safe reads.
+
+A checkpoint is data, not code: it is written to a temporary file in the target folder, flushed
+to disk (fsync) and renamed over the target, so a reader never sees half a file; it is read
+with ``torch.load(weights_only=True)``, so loading it cannot run code. Everything the Trainer
+stores is therefore made of tensors, numbers, strings, lists, tuples and dicts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "collect_rng_states",
+    "restore_rng_states",
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, foreign or holds something other than data."""
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; any failure is a CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, non-data globals, ...
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read as a trainflow checkpoint "
+            f"(truncated, foreign or not data-only): {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a trainflow checkpoint (no 'state_dict' entry)"
+        )
+    return obj
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """python, numpy, torch (and cuda) RNG states, in a weights_only-loadable form."""
+    np_state = np.random.get_state(legacy=False)
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of collect_rng_states."""
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in states:
+        s = states["numpy"]
+        np.random.set_state(
+            {
+                "bit_generator": s["bit_generator"],
+                "state": {"key": s["key"].numpy().astype(np.uint32), "pos": s["pos"]},
+                "has_gauss": s["has_gauss"],
+                "gauss": s["gauss"],
+            }
+        )
+    if "torch" in states:
+        torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])

@@ -1,0 +1,401 @@
+"""TrainModule: what a user writes (steps, hooks, optimizers), modelled on Lightning 1.0's API."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TrainModule", "AttributeDict", "ManualOptimizer"]
+
+_HPARAM_TYPES = (int, float, str, bool, type(None), Tensor)
+
+
+class AttributeDict(dict):
+    """A dict whose keys read as attributes: ``self.hparams.lr``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"hparams has no {key!r} (known: {sorted(self)})") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+def _check_hparam(name: str, value: Any) -> None:
+    if isinstance(value, _HPARAM_TYPES):
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_hparam(f"{name}[{i}]", v)
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str | int):
+                break
+            _check_hparam(f"{name}[{k!r}]", v)
+        else:
+            return
+    raise TypeError(
+        f"save_hyperparameters(): {name} is a {type(value).__name__}, which a checkpoint "
+        "cannot hold as data (numbers, strings, bools, None, tensors, lists and dicts of them "
+        f"only); pass ignore=[{name.split('[')[0]!r}] and give it to __init__ again when loading"
+    )
+
+
+class ManualOptimizer:
+    """An optimizer as ``self.optimizers()`` returns it in manual optimization.
+
+    ``step()`` goes through the precision plugin (GradScaler) and counts as one global step,
+    as in Lightning; everything else is the wrapped optimizer's.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, trainer: Any) -> None:
+        self.optimizer = optimizer
+        self._trainer = trainer
+
+    def step(self, closure: Any = None) -> Any:
+        t = self._trainer
+        t._call_hook("on_before_optimizer_step", self.optimizer)
+        out = t.precision_plugin.optimizer_step(self.optimizer, closure)
+        t.global_step += 1
+        return out
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._trainer._call_hook("on_before_zero_grad", self.optimizer)
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)
+
+
+class TrainModule(nn.Module):
+    """Subclass and write ``training_step`` and ``configure_optimizers`` (the rest is optional).
+
+    Hooks left as they are here cost nothing: the Trainer checks once, at setup, which ones a
+    subclass overrides and calls only those.
+    """
+
+    automatic_optimization: bool = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer = None
+        self._results = None  # the Results of the stage running now (set by the loop)
+        self._hparams: AttributeDict = AttributeDict()
+        self._example_input_array: Any = None
+
+    # ------------------------------------------------------------------ state
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_trainer"] = None
+        state["_results"] = None
+        return state
+
+    @property
+    def trainer(self) -> Any:
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer")
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def hparams(self) -> AttributeDict:
+        return self._hparams
+
+    @property
+    def example_input_array(self) -> Any:
+        """An input sample for export and summaries (set it in __init__)."""
+        return self._example_input_array
+
+    @example_input_array.setter
+    def example_input_array(self, value: Any) -> None:
+        self._example_input_array = value
+
+    # ------------------------------------------------------------------ the user's part
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.forward is not written")
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__}.training_step(batch, batch_idx) must be written to fit"
+        )
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__}.validation_step must be written to validate"
+        )
+
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.test_step must be written to test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        if isinstance(batch, list | tuple):
+            batch = batch[0]
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__}.configure_optimizers must be written to fit"
+        )
+
+    # step_end / epoch_end data flow (opt-in: outputs are kept only if *_epoch_end is written)
+    def training_step_end(self, step_output: Any) -> Any:
+        return step_output
+
+    def validation_step_end(self, step_output: Any) -> Any:
+        return step_output
+
+    def test_step_end(self, step_output: Any) -> Any:
+        return step_output
+
+    def training_epoch_end(self, outputs: list[Any]) -> None:
+        """Receives the list of step outputs; written only if you need them."""
+
+    def validation_epoch_end(self, outputs: list[Any]) -> None:
+        """Receives the list of step outputs; written only if you need them."""
+
+    def test_epoch_end(self, outputs: list[Any]) -> None:
+        """Receives the list of step outputs; written only if you need them."""
+
+    # hooks (Lightning names)
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+    def on_fit_start(self) -> None: ...
+    def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
+    def on_train_epoch_start(self) -> None: ...
+    def on_train_epoch_end(self) -> None: ...
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any: ...
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
+    def on_validation_epoch_start(self) -> None: ...
+    def on_validation_epoch_end(self) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_test_epoch_start(self) -> None: ...
+    def on_test_epoch_end(self) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int,
+                               dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
+                             dataloader_idx: int = 0) -> None: ...
+    def on_before_backward(self, loss: Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int = 0) -> Any:
+        """Move a batch (tensors in tuples, lists, dicts, dataclasses) to ``device``."""
+        from trainer.loops import move_to_device
+
+        return move_to_device(batch, device)
+
+    # ------------------------------------------------------------------ logging
+    def log(self, name: str, value: Any, on_step: bool | None = None,
+            on_epoch: bool | None = None, prog_bar: bool = False, logger: bool = True,
+            reduce_fx: Any = "mean", sync_dist: bool = False,
+            batch_size: int | None = None) -> None:
+        """Record a scalar (number, tensor or Metric) for the loggers, callbacks and progress bar.
+
+        Defaults follow the hook: training-batch hooks log on_step, validation/test and epoch
+        hooks on_epoch. The epoch 'mean' is weighted by ``batch_size`` (found in the batch when
+        not given). Logging both on_step and on_epoch gives ``name_step`` and ``name_epoch``.
+        """
+        results = self._results
+        if results is None:
+            raise RuntimeError(
+                f"self.log({name!r}): logging is not supported here (outside fit/validate/test, "
+                "or in predict_step / configure_optimizers / setup)"
+            )
+        results.log(name, value, on_step, on_epoch, prog_bar, logger, reduce_fx, sync_dist,
+                    batch_size)
+
+    def log_dict(self, dictionary: Mapping[str, Any], on_step: bool | None = None,
+                 on_epoch: bool | None = None, prog_bar: bool = False, logger: bool = True,
+                 reduce_fx: Any = "mean", sync_dist: bool = False,
+                 batch_size: int | None = None) -> None:
+        """``self.log`` for each item."""
+        for k, v in dictionary.items():
+            self.log(k, v, on_step, on_epoch, prog_bar, logger, reduce_fx, sync_dist, batch_size)
+
+    # ------------------------------------------------------------------ optimization
+    def optimizers(self) -> Any:
+        """The optimizer(s) from configure_optimizers (one, or a list when several)."""
+        opts = self.trainer._manual_optimizers if not self.automatic_optimization else (
+            self.trainer.optimizers)
+        return opts[0] if len(opts) == 1 else list(opts)
+
+    def lr_schedulers(self) -> Any:
+        """The scheduler(s) from configure_optimizers: None, one, or a list."""
+        scheds = [c.scheduler for c in self.trainer.lr_scheduler_configs]
+        if not scheds:
+            return None
+        return scheds[0] if len(scheds) == 1 else scheds
+
+    def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` through the precision plugin (loss scaling), with its hooks."""
+        t = self.trainer
+        t._call_hook("on_before_backward", loss)
+        if t.precision_plugin.scaler is not None:
+            loss = t.precision_plugin.scaler.scale(loss)
+        loss.backward(*args, **kwargs)
+        t._call_hook("on_after_backward")
+
+    def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
+                       gradient_clip_algorithm: str = "norm") -> None:
+        """Clip the gradients of ``optimizer``'s parameters (manual optimization helper)."""
+        opt = getattr(optimizer, "optimizer", optimizer)
+        self.trainer._clip_gradients(opt, gradient_clip_val, gradient_clip_algorithm)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Let only ``optimizer``'s parameters require grad (GAN-style alternation)."""
+        opt = getattr(optimizer, "optimizer", optimizer)
+        mine = {id(p) for g in opt.param_groups for p in g["params"]}
+        self._toggled = {}
+        for p in self.parameters():
+            self._toggled[id(p)] = p.requires_grad
+            if id(p) not in mine:
+                p.requires_grad_(False)
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        toggled = getattr(self, "_toggled", {})
+        for p in self.parameters():
+            if id(p) in toggled:
+                p.requires_grad_(toggled[id(p)])
+        self._toggled = {}
+
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def unfreeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.train()
+
+    # ------------------------------------------------------------------ hyperparameters
+    def save_hyperparameters(self, *names: str, ignore: list[str] | str | None = None) -> None:
+        """Capture the caller's ``__init__`` arguments into ``self.hparams`` (and checkpoints)."""
+        frame = inspect.currentframe().f_back
+        init_args: dict[str, Any] = {}
+        while frame is not None:
+            if frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is self:
+                code = frame.f_code
+                arg_names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+                loc = frame.f_locals
+                for a in arg_names[1:]:
+                    if a in loc:
+                        init_args[a] = loc[a]
+                if code.co_flags & inspect.CO_VARKEYWORDS:
+                    kw_name = code.co_varnames[code.co_argcount + code.co_kwonlyargcount
+                                               + bool(code.co_flags & inspect.CO_VARARGS)]
+                    init_args.update(loc.get(kw_name, {}))
+                break
+            frame = frame.f_back
+        del frame
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
+        if names:
+            unknown = [n for n in names if n not in init_args]
+            if unknown:
+                raise ValueError(f"save_hyperparameters({unknown}): not arguments of __init__ "
+                                 f"(arguments: {sorted(init_args)})")
+            init_args = {n: init_args[n] for n in names}
+        for k in ignore:
+            init_args.pop(k, None)
+        for k, v in init_args.items():
+            _check_hparam(k, v)
+        self._hparams.update(init_args)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = "cpu",
+                             strict: bool = True, **overrides: Any) -> TrainModule:
+        """Rebuild the module from a checkpoint: ``cls(**hyper_parameters, **overrides)``.
+
+        Called on TrainModule itself, the class named in the checkpoint is imported.
+        """
+        from trainer.checkpoint import CheckpointError, load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_path, map_location=map_location)
+        target = cls
+        if cls is TrainModule:
+            spec = ckpt.get("module_class", "")
+            try:
+                mod_name, _, qual = spec.partition(":")
+                target = importlib.import_module(mod_name)
+                for part in qual.split("."):
+                    target = getattr(target, part)
+            except (ImportError, AttributeError, ValueError) as e:
+                raise CheckpointError(
+                    f"checkpoint {str(checkpoint_path)!r}: cannot import its module class "
+                    f"{spec!r} ({e}); call YourModule.load_from_checkpoint instead"
+                ) from e
+        kwargs = {**ckpt.get("hyper_parameters", {}), **overrides}
+        try:
+            module = target(**kwargs)
+        except TypeError as e:
+            raise TypeError(
+                f"load_from_checkpoint({str(checkpoint_path)!r}): {target.__name__}(**{kwargs}) "
+                f"failed: {e}. Call save_hyperparameters() in __init__, or pass the missing "
+                "arguments as keyword overrides"
+            ) from e
+        module.on_load_checkpoint(ckpt)
+        module.load_state_dict(ckpt["state_dict"], strict=strict)
+        return module
+
+    # ------------------------------------------------------------------ export (EXPORT owns)
+    def to_onnx(self, path: Any, input_sample: Any = None, dynamic_batch: bool = True,
+                opset: int | None = None, **kwargs: Any) -> Any:
+        """Export to ONNX (see trainer.export.to_onnx)."""
+        from trainer.export import to_onnx
+
+        return to_onnx(self, path, input_sample, dynamic_batch, opset, **kwargs)
+
+    def to_torchscript(self, path: Any = None, method: str = "script",
+                       example_inputs: Any = None) -> Any:
+        """Export to TorchScript (see trainer.export.to_torchscript)."""
+        from trainer.export import to_torchscript
+
+        return to_torchscript(self, path, method, example_inputs)

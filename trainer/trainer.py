@@ -1,0 +1,1055 @@
+"""Trainer: flags checked at construction; fit / validate / test / predict.
+
+The Trainer owns the bookkeeping (flags, hooks, optimizers, logged values, checkpoints); the
+loops in trainer.loops do the iterating; the strategy (trainer.strategy) says where the work
+runs; the precision plugin (trainer.precision) how the numbers are computed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from trainer.checkpoint import (
+    collect_rng_states,
+    load_checkpoint,
+    restore_rng_states,
+    save_checkpoint,
+)
+from trainer.loops import (
+    FitLoop,
+    NonFiniteLossError,
+    limit_batches,
+    move_to_device,
+    run_evaluation,
+    sized_len,
+)
+from trainer.module import ManualOptimizer, TrainModule
+from trainer.precision import Precision, normalize_precision
+from trainer.results import Results
+from trainer.strategy import Strategy, select_strategy
+
+__all__ = ["Trainer", "LRSchedulerConfig", "NonFiniteLossError"]
+
+_STAGES = ("fit", "validate", "test", "predict")
+
+
+@dataclass
+class LRSchedulerConfig:
+    """One scheduler from configure_optimizers and when to step it."""
+
+    scheduler: Any
+    interval: str = "epoch"
+    frequency: int = 1
+    monitor: str | None = None
+    name: str | None = None
+    strict: bool = True
+    opt_idx: int = 0
+
+    @property
+    def reduce_on_plateau(self) -> bool:
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _default_transfer(batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+    return move_to_device(batch, device)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("trainflow")
+    except Exception:
+        return "0+unknown"
+
+
+def _check_int(name: str, value: Any, low: int, allow: tuple = ()) -> None:
+    if value in allow and not isinstance(value, bool) or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        return
+    extra = f" or one of {list(allow)}" if allow else ""
+    raise ValueError(f"Trainer({name}=...): must be an int >= {low}{extra} (got {value!r})")
+
+
+def _check_limit(name: str, value: Any) -> None:
+    ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+        isinstance(value, float) and 0.0 <= value <= 1.0)
+    if not ok:
+        raise ValueError(f"Trainer({name}=...): must be an int >= 0 (batches) or a float in "
+                         f"[0.0, 1.0] (fraction of the loader) (got {value!r})")
+
+
+class Trainer:
+    """Runs a TrainModule: ``Trainer(max_epochs=3).fit(module, train_loader, val_loader)``.
+
+    Flags (Lightning's names and meanings): see the keyword arguments of ``__init__``. An unknown
+    flag or a bad value raises at construction, naming the flag and what it accepts.
+    ``on_nonfinite_loss``: 'raise' (default: stop with an error naming epoch and step), 'skip'
+    (drop that batch's backward/step) or 'ignore'.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        strategy: str | Strategy = "auto",
+        devices: int | str = "auto",
+        num_nodes: int = 1,
+        precision: str | int = "32-true",
+        logger: Any = True,
+        callbacks: Any = None,
+        fast_dev_run: bool | int = False,
+        max_epochs: int | None = None,
+        min_epochs: int | None = None,
+        max_steps: int = -1,
+        limit_train_batches: int | float = 1.0,
+        limit_val_batches: int | float = 1.0,
+        limit_test_batches: int | float = 1.0,
+        limit_predict_batches: int | float = 1.0,
+        overfit_batches: int | float = 0.0,
+        val_check_interval: int | float = 1.0,
+        check_val_every_n_epoch: int = 1,
+        num_sanity_val_steps: int = 2,
+        log_every_n_steps: int = 50,
+        enable_checkpointing: bool = True,
+        enable_progress_bar: bool = True,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        deterministic: bool = False,
+        default_root_dir: str | os.PathLike | None = None,
+        on_nonfinite_loss: str = "raise",
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            known = [n for n in Trainer.__init__.__code__.co_varnames[1:32] if n != "unknown"]
+            msgs = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, known, n=1)
+                msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(f"Trainer(): unknown flag(s) {', '.join(msgs)}")
+        # ---- validate every flag
+        if accelerator not in ("auto", "cpu", "cuda", "gpu"):
+            raise ValueError(f"Trainer(accelerator=...): must be 'auto', 'cpu' or 'cuda' "
+                             f"(got {accelerator!r})")
+        accelerator = "cuda" if accelerator == "gpu" else accelerator
+        self.precision = normalize_precision(precision)
+        if fast_dev_run is not False:
+            _check_int("fast_dev_run", fast_dev_run, 1, allow=(True,))
+        if max_epochs is not None:
+            _check_int("max_epochs", max_epochs, -1)
+        if min_epochs is not None:
+            _check_int("min_epochs", min_epochs, 0)
+        _check_int("max_steps", max_steps, -1)
+        for name, v in (("limit_train_batches", limit_train_batches),
+                        ("limit_val_batches", limit_val_batches),
+                        ("limit_test_batches", limit_test_batches),
+                        ("limit_predict_batches", limit_predict_batches),
+                        ("overfit_batches", overfit_batches)):
+            _check_limit(name, v)
+        if isinstance(val_check_interval, float):
+            if not 0.0 < val_check_interval <= 1.0:
+                raise ValueError("Trainer(val_check_interval=...): a float must be in (0.0, 1.0] "
+                                 f"(fraction of an epoch) (got {val_check_interval!r})")
+        else:
+            _check_int("val_check_interval", val_check_interval, 1)
+        _check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
+        _check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
+        _check_int("log_every_n_steps", log_every_n_steps, 1)
+        _check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
+        if gradient_clip_val is not None and (
+                isinstance(gradient_clip_val, bool)
+                or not isinstance(gradient_clip_val, int | float) or gradient_clip_val < 0):
+            raise ValueError("Trainer(gradient_clip_val=...): must be a number >= 0 or None "
+                             f"(got {gradient_clip_val!r})")
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError("Trainer(gradient_clip_algorithm=...): must be 'norm' or 'value' "
+                             f"(got {gradient_clip_algorithm!r})")
+        if on_nonfinite_loss not in ("raise", "skip", "ignore"):
+            raise ValueError("Trainer(on_nonfinite_loss=...): must be 'raise', 'skip' or "
+                             f"'ignore' (got {on_nonfinite_loss!r})")
+        for name, v in (("enable_checkpointing", enable_checkpointing),
+                        ("enable_progress_bar", enable_progress_bar),
+                        ("deterministic", deterministic)):
+            if not isinstance(v, bool):
+                raise ValueError(f"Trainer({name}=...): must be True or False (got {v!r})")
+        _check_int("num_nodes", num_nodes, 1)
+
+        # ---- store
+        self.accelerator = accelerator
+        self.devices = devices
+        self.num_nodes = num_nodes
+        self.fast_dev_run = fast_dev_run
+        self.max_steps = max_steps
+        if max_epochs is None:
+            max_epochs = 1000 if max_steps == -1 else -1
+        self.max_epochs = math.inf if max_epochs == -1 else max_epochs
+        self.min_epochs = min_epochs or 0
+        self.limit_train_batches = limit_train_batches
+        self.limit_val_batches = limit_val_batches
+        self.limit_test_batches = limit_test_batches
+        self.limit_predict_batches = limit_predict_batches
+        self.overfit_batches = overfit_batches
+        self.val_check_interval = val_check_interval
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.num_sanity_val_steps = num_sanity_val_steps
+        self.log_every_n_steps = log_every_n_steps
+        self.enable_checkpointing = enable_checkpointing
+        self.enable_progress_bar = enable_progress_bar
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = None if not gradient_clip_val else float(gradient_clip_val)
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.deterministic = deterministic
+        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir else os.getcwd()
+        self.on_nonfinite_loss = on_nonfinite_loss
+        if fast_dev_run:
+            n = 1 if fast_dev_run is True else int(fast_dev_run)
+            self.limit_train_batches = self.limit_val_batches = n
+            self.limit_test_batches = self.limit_predict_batches = n
+            self.max_steps, self.max_epochs, self.num_sanity_val_steps = n, 1, 0
+            self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
+            logger, enable_checkpointing = False, False
+        if overfit_batches:
+            self.limit_train_batches = self.limit_val_batches = overfit_batches
+
+        self.strategy = select_strategy(strategy, accelerator, devices, num_nodes)
+        self.precision_plugin = Precision(self.precision, self.strategy.root_device)
+        if self.precision == "16-mixed" and self.strategy.root_device.type == "cpu":
+            raise ValueError("Trainer(precision='16-mixed'): float16 autocast needs CUDA; use "
+                             "'bf16-mixed' on CPU")
+        self.callbacks = self._build_callbacks(callbacks, enable_checkpointing,
+                                               enable_progress_bar)
+        self.loggers = self._build_loggers(logger)
+
+        # ---- state
+        self.current_epoch = 0
+        self.global_step = 0
+        self.should_stop = False
+        self.sanity_checking = False
+        self.state_stage: str | None = None
+        self.lightning_module: TrainModule | None = None
+        self.datamodule: Any = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.lr_scheduler_configs: list[LRSchedulerConfig] = []
+        self._manual_optimizers: list[ManualOptimizer] = []
+        self.fit_loop = FitLoop(self)
+        self.num_training_batches: float = 0
+        self.num_val_batches: list[float] = []
+        self.num_sanity_val_batches: list[float] = []
+        self.num_test_batches: list[float] = []
+        self.num_predict_batches: list[float] = []
+        self._train_results = Results("train", self.strategy)
+        self._epoch_metrics: dict[str, Tensor] = {}
+        self._prog_bar_keys: set[str] = set()
+        self._logged: dict[str, float] = {}
+        self._live_results: Results | None = None
+        self._reset_transient()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _reset_transient(self) -> None:
+        self._hooks: dict[str, list[Any]] = {}
+        self._cb_with: dict[str, list[Any]] = {}
+        self._module_overrides: set[str] = set()
+        self._transfer_fn: Any = None
+        self._restart_rng: dict[str, Any] | None = None
+        self._nf_acc: Tensor | None = None
+        self._nf_from = 0
+        self._val_enabled = False
+        self._val_dls: list[Any] = []
+        self._clip_params: dict[int, list[Tensor]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for k in ("_hooks", "_cb_with", "_transfer_fn", "_clip_params", "_val_dls"):
+            state[k] = {} if k != "_val_dls" else []
+        state["_transfer_fn"] = None
+        state["_live_results"] = None
+        return state
+
+    @staticmethod
+    def _build_callbacks(callbacks: Any, checkpointing: bool, progress: bool) -> list[Any]:
+        if callbacks is None:
+            cbs: list[Any] = []
+        elif isinstance(callbacks, list | tuple):
+            cbs = list(callbacks)
+        else:
+            cbs = [callbacks]
+        try:
+            from trainer.callbacks import Callback
+        except ImportError:  # pragma: no cover - the base ships with the package
+            Callback = object  # noqa: N806
+        for cb in cbs:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"Trainer(callbacks=...): {cb!r} is not a trainer.callbacks."
+                                "Callback")
+        names = {type(cb).__name__ for cb in cbs}
+        if progress and not any("ProgressBar" in type(c).__name__ for c in cbs):
+            try:
+                from trainer.callbacks.progress import ProgressBar
+
+                cbs.append(ProgressBar())
+            except ImportError:
+                pass
+        if checkpointing and "ModelCheckpoint" not in names:
+            try:
+                from trainer.callbacks.model_checkpoint import ModelCheckpoint
+
+                cbs.append(ModelCheckpoint())
+            except ImportError:
+                pass
+        # Lightning's order: checkpoint callbacks run last so they see what others logged
+        return sorted(cbs, key=lambda c: type(c).__name__ == "ModelCheckpoint")
+
+    def _build_loggers(self, logger: Any) -> list[Any]:
+        if logger is None or logger is False:
+            return []
+        if logger is True:
+            try:
+                from trainer.loggers.csv import CSVLogger
+            except ImportError:
+                return []
+            return [CSVLogger(save_dir=self.default_root_dir)]
+        loggers = list(logger) if isinstance(logger, list | tuple) else [logger]
+        for lg in loggers:
+            if not (hasattr(lg, "log_metrics") and hasattr(lg, "log_hyperparams")):
+                raise TypeError(f"Trainer(logger=...): {lg!r} is not a trainer.loggers.Logger "
+                                "(True, False, a Logger or a list of them)")
+        return loggers
+
+    # ------------------------------------------------------------------ what callbacks read
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def logger(self) -> Any:
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def training(self) -> bool:
+        return self.state_stage == "fit" and not self.sanity_checking and (
+            self._live_results is None or self._live_results is self._train_results)
+
+    @property
+    def validating(self) -> bool:
+        return self.state_stage == "validate" or (
+            self.state_stage == "fit" and self._live_results is not None
+            and self._live_results is not self._train_results)
+
+    @property
+    def testing(self) -> bool:
+        return self.state_stage == "test"
+
+    @property
+    def predicting(self) -> bool:
+        return self.state_stage == "predict"
+
+    @property
+    def checkpoint_callbacks(self) -> list[Any]:
+        return [c for c in self.callbacks if type(c).__name__ == "ModelCheckpoint"
+                or hasattr(c, "best_model_path")]
+
+    @property
+    def checkpoint_callback(self) -> Any:
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        for c in self.callbacks:
+            if type(c).__name__ == "EarlyStopping":
+                return c
+        return None
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        for c in self.callbacks:
+            if "ProgressBar" in type(c).__name__:
+                return c
+        return None
+
+    def _live_step_values(self, which: str = "all") -> dict[str, Tensor]:
+        live = self._live_results
+        if live is None:
+            return {}
+        vals = live.step_values(which)
+        for e in live.entries.values():  # the plain name shows the latest step value
+            if e.on_step and e.on_epoch and e.step_key in vals:
+                vals[e.name] = vals[e.step_key]
+        return vals
+
+    @property
+    def callback_metrics(self) -> dict[str, Tensor]:
+        """Latest step and epoch values (``name``, ``name_step``, ``name_epoch``), as tensors."""
+        return {**self._epoch_metrics, **self._live_step_values()}
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        """prog_bar=True values as floats (converted now: read it only when drawing)."""
+        out = {k: v for k, v in self._epoch_metrics.items() if k in self._prog_bar_keys}
+        out.update(self._live_step_values("prog_bar"))
+        return {k: float(v) for k, v in out.items()}
+
+    @property
+    def logged_metrics(self) -> dict[str, float]:
+        """What was last sent to the loggers (and epoch values, also without loggers)."""
+        return dict(self._logged)
+
+    # ------------------------------------------------------------------ public entry points
+    def fit(self, model: TrainModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
+            datamodule: Any = None, ckpt_path: str | os.PathLike | None = None) -> None:
+        """Train ``model``; resume from ``ckpt_path`` (exactly, mid-epoch included) if given."""
+        self._check_module(model, "fit")
+        if datamodule is not None and (train_dataloaders is not None
+                                       or val_dataloaders is not None):
+            raise ValueError("Trainer.fit: pass either datamodule or dataloaders, not both")
+        if train_dataloaders is not None and hasattr(train_dataloaders, "train_dataloader") and (
+                hasattr(train_dataloaders, "setup")):
+            datamodule, train_dataloaders = train_dataloaders, None
+        return self._dispatch("fit", model, train_dataloaders, val_dataloaders, datamodule,
+                              ckpt_path)
+
+    def validate(self, model: TrainModule | None = None, dataloaders: Any = None,
+                 ckpt_path: str | os.PathLike | None = None, datamodule: Any = None,
+                 verbose: bool = False) -> list[dict[str, float]]:
+        """One pass of validation_step; returns one dict of epoch metrics per loader."""
+        model = self._model_or_attached(model, "validate")
+        return self._dispatch("validate", model, None, dataloaders, datamodule, ckpt_path)
+
+    def test(self, model: TrainModule | None = None, dataloaders: Any = None,
+             ckpt_path: str | os.PathLike | None = None, datamodule: Any = None,
+             verbose: bool = False) -> list[dict[str, float]]:
+        """One pass of test_step; returns one dict of epoch metrics per loader."""
+        model = self._model_or_attached(model, "test")
+        return self._dispatch("test", model, None, dataloaders, datamodule, ckpt_path)
+
+    def predict(self, model: TrainModule | None = None, dataloaders: Any = None,
+                datamodule: Any = None, ckpt_path: str | os.PathLike | None = None) -> list[Any]:
+        """predict_step over the loader(s); returns the outputs (a list per loader if several)."""
+        model = self._model_or_attached(model, "predict")
+        return self._dispatch("predict", model, None, dataloaders, datamodule, ckpt_path)
+
+    def _model_or_attached(self, model: Any, stage: str) -> TrainModule:
+        if model is None:
+            model = self.lightning_module
+            if model is None:
+                raise ValueError(f"Trainer.{stage}: pass a module (no module was fitted before)")
+        self._check_module(model, stage)
+        return model
+
+    @staticmethod
+    def _check_module(model: Any, stage: str) -> None:
+        if not isinstance(model, TrainModule):
+            raise TypeError(f"Trainer.{stage}: model must be a trainer.TrainModule "
+                            f"(got {type(model).__name__})")
+
+    def _dispatch(self, stage: str, model: TrainModule, train_dl: Any, eval_dl: Any,
+                  datamodule: Any, ckpt_path: Any) -> Any:
+        if self.strategy.launcher is not None:
+            return self.strategy.launcher.launch(
+                self._run_stage_fn, stage, model, train_dl, eval_dl, datamodule, ckpt_path,
+                trainer=self)
+        return self._run_stage_fn(stage, model, train_dl, eval_dl, datamodule, ckpt_path)
+
+    # ------------------------------------------------------------------ one run
+    def _run_stage_fn(self, stage: str, model: TrainModule, train_dl: Any, eval_dl: Any,
+                      datamodule: Any, ckpt_path: Any) -> Any:
+        self.state_stage = stage
+        self.lightning_module = model
+        self.datamodule = datamodule
+        model.trainer = self
+        if datamodule is not None:
+            datamodule.trainer = self
+        self.should_stop = False
+        self._epoch_metrics = {}
+        self._prog_bar_keys = set()
+        prev_det = torch.are_deterministic_algorithms_enabled()
+        status = "success"
+        self.strategy.setup_environment()
+        try:
+            if self.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True)
+            if datamodule is not None:
+                if self.strategy.local_rank == 0:
+                    datamodule.prepare_data()
+                self.strategy.barrier("prepare_data")
+                datamodule.setup(stage)
+            self._setup_hooks(model)
+            self._call_hook("setup", stage)
+            self.strategy.setup_module(model)
+            self._setup_hooks(model)  # the strategy may have rerouted training_step
+            self._transfer_fn = self._pick_transfer(model)
+            if stage == "fit":
+                return self._fit(model, train_dl, eval_dl, datamodule, ckpt_path)
+            if ckpt_path is not None:
+                ckpt = load_checkpoint(ckpt_path, map_location=self.strategy.root_device)
+                model.on_load_checkpoint(ckpt)
+                model.load_state_dict(ckpt["state_dict"])
+            if stage == "predict":
+                return self._predict(model, eval_dl, datamodule)
+            return self._evaluate(stage, model, eval_dl, datamodule)
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            for cb in self._cb_with.get("on_exception", ()):
+                cb.on_exception(self, model, e)
+            if self.is_global_zero:
+                for lg in self.loggers:
+                    lg.finalize(status, e) if _takes_error(lg) else lg.finalize(status)
+            raise
+        finally:
+            model._results = None
+            self._live_results = None
+            if status == "success":
+                self._call_hook("teardown", stage)
+                if self.is_global_zero and stage in ("fit", "test", "validate"):
+                    for lg in self.loggers:
+                        lg.finalize("success")
+            if datamodule is not None:
+                datamodule.teardown(stage)
+            self.strategy.teardown()
+            if self.deterministic:
+                torch.use_deterministic_algorithms(prev_det)
+            self._reset_transient()
+            self.state_stage = None
+
+    def _pick_transfer(self, model: TrainModule) -> Any:
+        if "transfer_batch_to_device" in self._module_overrides:
+            return model.transfer_batch_to_device
+        if self.strategy.root_device.type == "cpu":
+            return None  # loaders yield CPU tensors: nothing to move
+        return _default_transfer
+
+    def _setup_hooks(self, model: TrainModule) -> None:
+        try:
+            from trainer.callbacks import HOOK_NAMES, overridden_hooks
+        except ImportError:  # pragma: no cover
+            HOOK_NAMES, overridden_hooks = (), lambda cb: []  # noqa: N806
+        self._cb_with = {name: [] for name in HOOK_NAMES}
+        for cb in self.callbacks:
+            for name in overridden_hooks(cb):
+                self._cb_with.setdefault(name, []).append(cb)
+        base = TrainModule
+        self._module_overrides = {
+            name for name, fn in vars(base).items() if callable(fn) and not name.startswith("_")
+            and getattr(type(model), name, None) is not fn
+        }
+        if "training_step" in vars(model):  # rerouted by the strategy (DDP)
+            self._module_overrides.add("training_step")
+        self._hooks = {name: self._hook_callers(name) for name in (
+            "on_train_batch_start", "on_train_batch_end", "on_before_zero_grad",
+            "on_before_backward", "on_after_backward", "on_before_optimizer_step")}
+
+    def _hook_callers(self, name: str) -> list[Any]:
+        """Callables with the module hook's signature: overriding callbacks, then the module."""
+        m = self.lightning_module
+        out = [functools.partial(getattr(cb, name), self, m) for cb in self._cb_with.get(name, ())]
+        if name in self._module_overrides:
+            out.append(getattr(m, name))
+        return out
+
+    @staticmethod
+    def _is_monitoring(cb: Any) -> bool:
+        return type(cb).__name__ in ("ModelCheckpoint", "EarlyStopping")
+
+    def _call_hook(self, name: str, *args: Any, monitoring: bool | None = None,
+                   module: bool = True) -> None:
+        """Callbacks overriding ``name`` (filtered by monitoring if given), then the module."""
+        m = self.lightning_module
+        for cb in self._cb_with.get(name, ()):
+            if monitoring is None or self._is_monitoring(cb) == monitoring:
+                getattr(cb, name)(self, m, *args)
+        if module and monitoring is not True and name in self._module_overrides:
+            getattr(m, name)(*args)
+
+    # ------------------------------------------------------------------ data
+    def _loaders(self, stage: str, given: Any, datamodule: Any) -> list[Any]:
+        kind = {"fit": "train", "validate": "val", "test": "test", "predict": "predict",
+                "fit_val": "val"}[stage]
+        if given is None:
+            source = datamodule if datamodule is not None else self.lightning_module
+            fn = getattr(source, f"{kind}_dataloader", None)
+            given = fn() if callable(fn) else None
+        if given is None:
+            return []
+        dls = list(given) if isinstance(given, list | tuple) else [given]
+        return [self.strategy.setup_dataloader(d, shuffle=(kind == "train")) for d in dls]
+
+    def _limits(self, dls: list[Any], limit: int | float) -> list[float]:
+        out = []
+        for d in dls:
+            n = limit_batches(sized_len(d), limit)
+            if isinstance(limit, float) and limit > 0 and n == 0:
+                raise ValueError(f"limit of {limit} of a loader with {sized_len(d)} batches "
+                                 "gives 0 batches; raise the fraction or pass an int")
+            out.append(n)
+        return out
+
+    @staticmethod
+    def _sequential_copy(dl: Any) -> Any:
+        if not isinstance(dl, DataLoader) or dl.batch_size is None:
+            return dl
+        return DataLoader(dl.dataset, batch_size=dl.batch_size, shuffle=False,
+                          num_workers=dl.num_workers, collate_fn=dl.collate_fn,
+                          pin_memory=dl.pin_memory, drop_last=dl.drop_last)
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, model: TrainModule, train_dl: Any, val_dl: Any, datamodule: Any,
+             ckpt_path: Any) -> None:
+        train_dls = self._loaders("fit", train_dl, datamodule)
+        if not train_dls:
+            raise ValueError("Trainer.fit: no training data: pass train_dataloaders, a "
+                             "datamodule with train_dataloader(), or write "
+                             "module.train_dataloader()")
+        if len(train_dls) > 1:
+            raise ValueError("Trainer.fit: one training loader expected "
+                             f"(got {len(train_dls)}); combine them into one")
+        dl = train_dls[0]
+        if self.overfit_batches:
+            dl = self._sequential_copy(dl)
+        val_dls = self._loaders("fit_val", val_dl, datamodule)
+        has_val_step = "validation_step" in self._module_overrides
+        if val_dls and not has_val_step:
+            raise ValueError("Trainer.fit: val_dataloaders given but "
+                             f"{type(model).__name__}.validation_step is not written")
+        self.num_training_batches = limit_batches(sized_len(dl), self.limit_train_batches)
+        self.num_val_batches = self._limits(val_dls, self.limit_val_batches)
+        self._val_enabled = bool(val_dls) and any(n > 0 for n in self.num_val_batches)
+        self._val_dls = val_dls
+        self.fit_loop.total_batches = self.num_training_batches
+
+        self._configure_optimizers(model)
+        self._clip_params = {id(o): [p for g in o.param_groups for p in g["params"]]
+                             for o in self.optimizers}
+        if ckpt_path is not None:
+            self._restore_fit(model, ckpt_path)
+        self._train_results = Results("train", self.strategy)
+        if self.is_global_zero:
+            for lg in self.loggers:
+                lg.log_hyperparams(dict(model.hparams))
+        self._call_hook("on_fit_start")
+        if self._val_enabled and self.num_sanity_val_steps != 0 and ckpt_path is None:
+            self._sanity_check(val_dls)
+        model._results = self._train_results
+        self._train_results.fx = "train_epoch"
+        self._call_hook("on_train_start")
+        self.fit_loop.run(dl, val_dls)
+        self._train_results.fx = "on_train_end"
+        self._call_hook("on_train_end")
+        model._results = None
+        self._call_hook("on_fit_end")
+
+    def _configure_optimizers(self, model: TrainModule) -> None:
+        model._results = Results("none")
+        model._results.fx = "configure_optimizers"
+        try:
+            conf = model.configure_optimizers()
+        finally:
+            model._results = None
+        opts, scheds = _parse_optimizers(conf)
+        if model.automatic_optimization:
+            if not opts:
+                raise ValueError(f"{type(model).__name__}.configure_optimizers returned no "
+                                 "optimizer; automatic optimization needs exactly one")
+            if len(opts) > 1:
+                raise ValueError(
+                    f"{type(model).__name__}.configure_optimizers returned {len(opts)} "
+                    "optimizers: automatic optimization steps exactly one; set "
+                    "self.automatic_optimization = False and step them in training_step "
+                    "(self.optimizers(), self.manual_backward(loss))")
+        self.optimizers = opts
+        self.lr_scheduler_configs = scheds
+        self._manual_optimizers = [ManualOptimizer(o, self) for o in opts]
+
+    def _sanity_check(self, val_dls: list[Any]) -> None:
+        n = self.num_sanity_val_steps
+        limits = [min(lim, n) if n != -1 else lim for lim in self.num_val_batches]
+        self.num_sanity_val_batches = limits
+        self.sanity_checking = True
+        self._call_hook("on_sanity_check_start")
+        saved = (dict(self._epoch_metrics), set(self._prog_bar_keys))
+        try:
+            self._eval_pass("validate", val_dls, limits, log=False)
+        finally:
+            self._epoch_metrics, self._prog_bar_keys = saved
+            self.sanity_checking = False
+        self._call_hook("on_sanity_check_end")
+
+    def _run_validation_in_fit(self, val_dls: list[Any]) -> None:
+        self._eval_pass("validate", val_dls, self.num_val_batches, log=True)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_pass(self, stage: str, dls: list[Any], limits: list[float],
+                   log: bool) -> dict[str, Tensor]:
+        m = self.lightning_module
+        prefix = "validation" if stage == "validate" else stage
+        res = Results(stage, self.strategy)
+        m._results = res
+        res.fx = f"{'val' if stage == 'validate' else stage}_epoch"
+        self._call_hook(f"on_{prefix}_start")
+        self._call_hook(f"on_{prefix}_epoch_start")
+        outputs = run_evaluation(self, stage, dls, limits, res)
+        m._results = res
+        if f"{prefix}_epoch_end" in self._module_overrides:
+            getattr(m, f"{prefix}_epoch_end")(outputs[0] if len(outputs) == 1 else outputs)
+        self._call_hook(f"on_{prefix}_epoch_end")
+        values = self._update_epoch_metrics(res, log=log)
+        self._call_hook(f"on_{prefix}_end")
+        res.reset_epoch()
+        m._results = self._train_results if self.state_stage == "fit" else None
+        return values
+
+    def _evaluate(self, stage: str, model: TrainModule, dls: Any, datamodule: Any
+                  ) -> list[dict[str, float]]:
+        prefix = "validation" if stage == "validate" else "test"
+        dls = self._loaders(stage, dls, datamodule)
+        if not dls:
+            raise ValueError(f"Trainer.{stage}: no data: pass dataloaders or a datamodule with "
+                             f"{'val' if stage == 'validate' else 'test'}_dataloader()")
+        if f"{prefix}_step" not in self._module_overrides:
+            raise ValueError(f"Trainer.{stage}: {type(model).__name__}.{prefix}_step is not "
+                             "written")
+        limits = self._limits(dls, self.limit_val_batches if stage == "validate"
+                              else self.limit_test_batches)
+        if stage == "validate":
+            self.num_val_batches = limits
+        else:
+            self.num_test_batches = limits
+        self.strategy.setup_module(model)
+        self._call_hook("on_fit_start") if False else None
+        values = self._eval_pass(stage, dls, limits, log=True)
+        floats = {k: float(v) for k, v in values.items()}
+        if len(dls) == 1:
+            return [floats]
+        out = []
+        for i in range(len(dls)):
+            suffix = f"/dataloader_idx_{i}"
+            out.append({k: v for k, v in floats.items()
+                        if k.endswith(suffix) or "/dataloader_idx_" not in k})
+        return out
+
+    def _predict(self, model: TrainModule, dls: Any, datamodule: Any) -> list[Any]:
+        dls = self._loaders("predict", dls, datamodule)
+        if not dls:
+            raise ValueError("Trainer.predict: no data: pass dataloaders or a datamodule with "
+                             "predict_dataloader()")
+        limits = self._limits(dls, self.limit_predict_batches)
+        self.num_predict_batches = limits
+        model._results = Results("predict")
+        model._results.fx = "predict_step"
+        self._call_hook("on_predict_start")
+        self._call_hook("on_predict_epoch_start")
+        outputs = run_evaluation(self, "predict", dls, limits, None)
+        m_res = Results("predict")
+        m_res.fx = "predict_step"
+        model._results = m_res
+        self._call_hook("on_predict_epoch_end")
+        self._call_hook("on_predict_end")
+        outputs = [self.strategy.gather_predictions(o, d) for o, d in zip(outputs, dls)]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    # ------------------------------------------------------------------ metrics bookkeeping
+    def _update_epoch_metrics(self, res: Results, train: bool = False,
+                              log: bool = True) -> dict[str, Tensor]:
+        epoch_vals = res.epoch_values()
+        step_vals = res.step_values()
+        self._epoch_metrics.update(step_vals)
+        self._epoch_metrics.update(epoch_vals)
+        for e in res.entries.values():
+            if e.on_epoch and e.on_step and e.epoch_key in epoch_vals:
+                self._epoch_metrics[e.name] = epoch_vals[e.epoch_key]
+            if e.prog_bar:
+                self._prog_bar_keys.update((e.step_key, e.epoch_key))
+        if log and not self.sanity_checking:
+            to_log = {k: float(v) for k, v in res.epoch_values("logger").items()}
+            if to_log:
+                if train or self.state_stage == "fit":
+                    to_log["epoch"] = self.current_epoch
+                self._logged.update(to_log)
+                if self.is_global_zero:
+                    for lg in self.loggers:
+                        lg.log_metrics(to_log, step=max(self.global_step - 1, 0))
+        return epoch_vals
+
+    def _log_train_step(self) -> None:
+        """Send on_step values to the loggers (every log_every_n_steps steps, rank zero)."""
+        self._check_watched_nonfinite()
+        vals = self._train_results.step_values("logger")
+        if not vals:
+            return
+        metrics = {k: float(v) for k, v in vals.items()}
+        metrics["epoch"] = self.current_epoch
+        self._logged.update(metrics)
+        for lg in self.loggers:
+            lg.log_metrics(metrics, step=self.global_step - 1)
+
+    # ------------------------------------------------------------------ optimization helpers
+    def _loss_of(self, out: Any) -> Tensor | None:
+        if out is None:
+            return None
+        if isinstance(out, Mapping):
+            if "loss" not in out:
+                raise ValueError("training_step returned a dict without a 'loss' key "
+                                 f"(keys: {sorted(out)}); return {{'loss': loss, ...}}")
+            return out["loss"]
+        if isinstance(out, Tensor):
+            return out
+        raise TypeError("training_step must return a loss tensor, a dict with 'loss', or None "
+                        f"(got {type(out).__name__})")
+
+    def _nonfinite(self, loss: Tensor, epoch: int, batch_idx: int) -> None:
+        if self.on_nonfinite_loss == "skip":
+            return None
+        raise NonFiniteLossError(
+            f"training_step returned a non-finite loss ({loss.item()}) at epoch {epoch}, "
+            f"batch {batch_idx} (global step {self.global_step}); lower the learning rate or "
+            "check the data, or pass Trainer(on_nonfinite_loss='skip') to skip such batches")
+
+    def _watch_nonfinite(self, loss: Tensor, batch_idx: int) -> None:
+        if self._nf_acc is None:
+            self._nf_acc = torch.zeros((), dtype=torch.float64, device=loss.device)
+            self._nf_from = self.global_step
+        self._nf_acc.add_(loss.detach())
+
+    def _check_watched_nonfinite(self) -> None:
+        if self._nf_acc is None:
+            return
+        acc, self._nf_acc = self._nf_acc, None
+        if not math.isfinite(acc.item()):
+            raise NonFiniteLossError(
+                f"training_step returned a non-finite loss in epoch {self.current_epoch}, "
+                f"between global steps {self._nf_from} and {self.global_step} (checked at each "
+                "log point on an accelerator, without a per-step sync); pass "
+                "Trainer(on_nonfinite_loss='skip') for a per-step check that skips the batch")
+
+    def _backward(self, loss: Tensor) -> None:
+        self.precision_plugin.backward(loss)
+
+    def _clip_gradients(self, opt: torch.optim.Optimizer, value: float | None,
+                        algorithm: str = "norm") -> None:
+        if not value:
+            return
+        self.precision_plugin.unscale(opt)
+        params = self._clip_params.get(id(opt))
+        if params is None:
+            params = [p for g in opt.param_groups for p in g["params"]]
+        if algorithm == "norm":
+            torch.nn.utils.clip_grad_norm_(params, value)
+        elif algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, value)
+        else:
+            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value' "
+                             f"(got {algorithm!r})")
+
+    def _clip_and_step_tail(self, opt: torch.optim.Optimizer) -> None:
+        for f in self._hooks.get("on_before_optimizer_step", ()):
+            f(opt)
+        self._clip_gradients(opt, self.gradient_clip_val, self.gradient_clip_algorithm)
+        self.precision_plugin.optimizer_step(opt)
+        self.global_step += 1
+        self._step_schedulers([c for c in self.lr_scheduler_configs if c.interval == "step"],
+                              self.global_step)
+
+    def _step_schedulers(self, configs: list[LRSchedulerConfig], counter: int) -> None:
+        if not configs or not self.lightning_module.automatic_optimization:
+            return
+        for c in configs:
+            if counter % c.frequency:
+                continue
+            if c.reduce_on_plateau:
+                metrics = self.callback_metrics
+                if c.monitor not in metrics:
+                    if c.strict:
+                        raise KeyError(
+                            f"ReduceLROnPlateau monitors {c.monitor!r}, which was not logged "
+                            f"(logged: {sorted(metrics)}); self.log({c.monitor!r}, ...) or "
+                            "set 'strict': False in the lr_scheduler dict")
+                    continue
+                c.scheduler.step(float(metrics[c.monitor]))
+            else:
+                c.scheduler.step()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any]:
+        m = self.lightning_module
+        if m is None:
+            raise RuntimeError("Trainer.save_checkpoint: no module attached (call fit first)")
+        cls = type(m)
+        ckpt: dict[str, Any] = {
+            "trainflow_version": _version(),
+            "module_class": f"{cls.__module__}:{cls.__qualname__}",
+            "epoch": self.current_epoch,
+            "global_step": self.global_step,
+            "state_dict": m.state_dict(),
+            "hyper_parameters": dict(m.hparams),
+        }
+        if not weights_only:
+            ckpt["optimizer_states"] = [o.state_dict() for o in self.optimizers]
+            ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in self.lr_scheduler_configs]
+            ckpt["precision"] = self.precision_plugin.state_dict()
+            ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks
+                                 if hasattr(cb, "state_key")}
+            ckpt["loops"] = {"fit": self.fit_loop.state_dict()}
+            ckpt["rng"] = collect_rng_states()
+            if self.datamodule is not None and hasattr(self.datamodule, "state_dict"):
+                ckpt["datamodule"] = self.datamodule.state_dict()
+            m.on_save_checkpoint(ckpt)
+            for cb in self.callbacks:
+                if hasattr(cb, "on_save_checkpoint"):
+                    cb.on_save_checkpoint(self, m, ckpt)
+        return ckpt
+
+    def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
+        """Write a checkpoint atomically (rank zero writes; every rank must call)."""
+        ckpt = self._checkpoint_dict(weights_only)
+        if self.is_global_zero:
+            save_checkpoint(ckpt, filepath)
+        self.strategy.barrier("save_checkpoint")
+
+    def _restore_fit(self, model: TrainModule, ckpt_path: Any) -> None:
+        if ckpt_path == "last":
+            cb = self.checkpoint_callback
+            ckpt_path = getattr(cb, "last_model_path", None) or None
+            if not ckpt_path:
+                raise ValueError("Trainer.fit(ckpt_path='last'): no last checkpoint known")
+        ckpt = load_checkpoint(ckpt_path, map_location=self.strategy.root_device)
+        missing = [k for k in ("optimizer_states", "loops", "rng") if k not in ckpt]
+        if missing:
+            raise ValueError(f"Trainer.fit(ckpt_path={str(ckpt_path)!r}): a weights-only "
+                             f"checkpoint (no {missing}) cannot resume training; load it with "
+                             "load_from_checkpoint instead")
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"])
+        if len(ckpt["optimizer_states"]) != len(self.optimizers):
+            raise ValueError(f"checkpoint {str(ckpt_path)!r} holds "
+                             f"{len(ckpt['optimizer_states'])} optimizer states, "
+                             f"configure_optimizers made {len(self.optimizers)}")
+        for o, s in zip(self.optimizers, ckpt["optimizer_states"]):
+            o.load_state_dict(s)
+        for c, s in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
+            c.scheduler.load_state_dict(s)
+        self.precision_plugin.load_state_dict(ckpt.get("precision", {}))
+        states = ckpt.get("callbacks", {})
+        for cb in self.callbacks:
+            key = getattr(cb, "state_key", None)
+            if key in states:
+                cb.load_state_dict(states[key])
+            if hasattr(cb, "on_load_checkpoint"):
+                cb.on_load_checkpoint(self, model, ckpt)
+        if self.datamodule is not None and "datamodule" in ckpt:
+            self.datamodule.load_state_dict(ckpt["datamodule"])
+        self.current_epoch = ckpt["epoch"]
+        self.global_step = ckpt["global_step"]
+        loop = ckpt["loops"]["fit"]
+        if loop["batches_consumed"] > 0 or loop["epoch_end_reached"]:
+            self.fit_loop.load_state_dict(loop)
+            self._restart_rng = ckpt["rng"]
+        else:
+            restore_rng_states(ckpt["rng"])
+
+
+def _takes_error(lg: Any) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(lg.finalize).parameters) >= 2
+    except (TypeError, ValueError):
+        return False
+
+
+_SCHED_KEYS = {"scheduler", "interval", "frequency", "monitor", "name", "strict"}
+
+
+def _sched_config(s: Any, opt_idx: int, monitor: str | None = None) -> LRSchedulerConfig:
+    if isinstance(s, Mapping):
+        unknown = set(s) - _SCHED_KEYS
+        if unknown:
+            raise ValueError(f"configure_optimizers: unknown lr_scheduler key(s) "
+                             f"{sorted(unknown)} (allowed: {sorted(_SCHED_KEYS)})")
+        if "scheduler" not in s:
+            raise ValueError("configure_optimizers: the lr_scheduler dict needs a 'scheduler'")
+        cfg = LRSchedulerConfig(s["scheduler"], s.get("interval", "epoch"),
+                                s.get("frequency", 1), s.get("monitor", monitor),
+                                s.get("name"), s.get("strict", True), opt_idx)
+    else:
+        cfg = LRSchedulerConfig(s, monitor=monitor, opt_idx=opt_idx)
+    if cfg.interval not in ("epoch", "step"):
+        raise ValueError(f"configure_optimizers: lr_scheduler 'interval' must be 'epoch' or "
+                         f"'step' (got {cfg.interval!r})")
+    if not isinstance(cfg.frequency, int) or isinstance(cfg.frequency, bool) or cfg.frequency < 1:
+        raise ValueError(f"configure_optimizers: lr_scheduler 'frequency' must be an int >= 1 "
+                         f"(got {cfg.frequency!r})")
+    if not hasattr(cfg.scheduler, "step"):
+        raise TypeError(f"configure_optimizers: {cfg.scheduler!r} is not an LR scheduler")
+    if cfg.reduce_on_plateau and not cfg.monitor:
+        raise ValueError("configure_optimizers: ReduceLROnPlateau needs a metric to watch: "
+                         "return {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, "
+                         "'monitor': 'val_loss'}}")
+    return cfg
+
+
+def _parse_optimizers(conf: Any) -> tuple[list[torch.optim.Optimizer], list[LRSchedulerConfig]]:
+    """Every form of configure_optimizers' return value → (optimizers, scheduler configs)."""
+    Opt = torch.optim.Optimizer  # noqa: N806
+    if conf is None:
+        return [], []
+    if isinstance(conf, Opt):
+        return [conf], []
+    if isinstance(conf, Mapping):
+        conf = [conf]
+    if isinstance(conf, Sequence) and len(conf) == 2 and isinstance(conf[0], list | tuple) and (
+            isinstance(conf[1], list | tuple)):
+        opts = list(conf[0])
+        scheds = [_sched_config(s, 0) for s in conf[1]]
+        for s in scheds:
+            s.opt_idx = next((i for i, o in enumerate(opts)
+                              if getattr(s.scheduler, "optimizer", None) is o), 0)
+        _check_opts(opts)
+        return opts, scheds
+    if isinstance(conf, Sequence):
+        opts, scheds = [], []
+        for item in conf:
+            if isinstance(item, Opt):
+                opts.append(item)
+            elif isinstance(item, Mapping):
+                unknown = set(item) - {"optimizer", "lr_scheduler", "monitor"}
+                if unknown or "optimizer" not in item:
+                    raise ValueError(
+                        "configure_optimizers: a dict needs 'optimizer' (and may have "
+                        f"'lr_scheduler', 'monitor'); got keys {sorted(item)}")
+                opts.append(item["optimizer"])
+                if item.get("lr_scheduler") is not None:
+                    scheds.append(_sched_config(item["lr_scheduler"], len(opts) - 1,
+                                                item.get("monitor")))
+            else:
+                raise TypeError(f"configure_optimizers: unexpected {type(item).__name__} in "
+                                "the returned list (optimizers or dicts expected)")
+        _check_opts(opts)
+        return opts, scheds
+    raise TypeError("configure_optimizers must return an optimizer, a list of them, "
+                    "([optimizers], [schedulers]), a dict {'optimizer', 'lr_scheduler'} or a "
+                    f"list of such dicts (got {type(conf).__name__})")
+
+
+def _check_opts(opts: list[Any]) -> None:
+    for o in opts:
+        if not isinstance(o, torch.optim.Optimizer):
+            raise TypeError(f"configure_optimizers: {o!r} is not a torch.optim.Optimizer")
