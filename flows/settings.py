@@ -44,7 +44,6 @@ def configure_environment(home: Path | None = None) -> Path:
     Call before ``import prefect``: Prefect reads its settings once, when first imported.
     """
     home = (home or home_dir()).resolve()
-    home.mkdir(parents=True, exist_ok=True)
     if "prefect" not in sys.modules:
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
         # Cold start of the ephemeral API runs migrations (~11 s here); the default 20 s is tight
