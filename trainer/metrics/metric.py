@@ -38,8 +38,8 @@ def _wrap_update(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def update(self: Metric, *args: Any, **kwargs: Any) -> None:
         self._computed = None
-        self._update_count += 1
         fn(self, *args, **kwargs)
+        self._update_count += 1
         if self.compute_on_cpu and self._list_states:
             self._move_list_states_to_cpu()
 
