@@ -24,8 +24,7 @@ class LearningRateMonitor(Callback):
 
     Names: ``lr-<OptimizerClass>`` for one param group, ``lr-<OptimizerClass>-pg<i>`` for
     several, a ``-<n>`` suffix when two optimizers share a class, the scheduler config's ``name``
-    when given. Values are also kept in ``self.lrs`` (name → list of floats) and put into
-    ``trainer.callback_metrics``.
+    when given. Values are also kept in ``self.lrs`` (name → list of floats).
     """
 
     def __init__(
@@ -75,10 +74,6 @@ class LearningRateMonitor(Callback):
             return
         for name, value in stats.items():
             self.lrs[name].append(value)
-        device = getattr(getattr(trainer, "strategy", None), "root_device", "cpu")
-        metrics = trainer.callback_metrics
-        for name, value in stats.items():
-            metrics[name] = torch.tensor(value, device=device)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(stats, step=int(trainer.global_step))

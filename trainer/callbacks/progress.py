@@ -120,6 +120,7 @@ class ProgressBar(Callback):
         self._eval_done = 0
         self._train_bar: _Bar | None = None
         self._eval_bar: _Bar | None = None
+        self._epoch_end: tuple[_Bar, int, float] | None = None
 
     # ------------------------------------------------------------------ state / pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -129,6 +130,7 @@ class ProgressBar(Callback):
         state["_user_console"] = None  # a Console (its file, its lock) stays in its process
         state["_train_bar"] = None
         state["_eval_bar"] = None
+        state["_epoch_end"] = None
         return state
 
     @property
@@ -228,12 +230,15 @@ class ProgressBar(Callback):
             self.disable()
 
     def teardown(self, trainer: Any, module: Any, stage: str) -> None:
+        self._flush_epoch_end(trainer)
         self._stop_progress()
 
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+        self._epoch_end = None
         self._stop_progress()
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
+        self._flush_epoch_end(trainer)
         self._stop_progress()
 
     # ------------------------------------------------------------------ train
@@ -244,6 +249,7 @@ class ProgressBar(Callback):
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         if not self._enabled:
             return
+        self._flush_epoch_end(trainer)
         self._open_train_bar(trainer, start=0)
 
     def _open_train_bar(self, trainer: Any, start: int) -> None:
@@ -304,8 +310,16 @@ class ProgressBar(Callback):
             completed = int(completed) + 1
             if bar.total is not None:
                 completed = min(completed, bar.total)
-        self._draw(trainer, bar, completed, self._clock(), final=True)
         self._countdown = _NEVER
+        # The epoch's own metrics (``*_epoch``) are computed right after this hook: draw the
+        # epoch's final state at the next hook (next epoch start, train end), with them.
+        self._epoch_end = (bar, completed, self._clock())
+
+    def _flush_epoch_end(self, trainer: Any) -> None:
+        pending, self._epoch_end = self._epoch_end, None
+        if pending is not None and self._enabled:
+            bar, completed, now = pending
+            self._draw(trainer, bar, completed, now, final=True)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_start(self, trainer: Any, desc: str, total: Any) -> None:
@@ -346,6 +360,8 @@ class ProgressBar(Callback):
         self._eval_countdown = _NEVER
         if not self._enabled or bar is None:
             return
+        if print_line and self._progress is None and not self._standalone_eval:
+            print_line = False  # in a log, fit's val metrics show on the epoch's line
         if print_line or self._progress is not None:
             self._draw(trainer, bar, self._eval_done, self._clock(), final=True)
         if self._progress is not None and bar.task is not None and not self._standalone_eval:
@@ -354,7 +370,9 @@ class ProgressBar(Callback):
     _standalone_eval = False
 
     def on_sanity_check_start(self, trainer: Any, module: Any) -> None:
-        self._eval_start(trainer, "Sanity Checking", sum_val_batches(trainer))
+        n = getattr(trainer, "num_sanity_val_batches", None)
+        total = sum(n) if isinstance(n, list | tuple) else sum_val_batches(trainer)
+        self._eval_start(trainer, "Sanity Checking", total)
 
     def on_sanity_check_end(self, trainer: Any, module: Any) -> None:
         self._eval_end(trainer, print_line=False)
