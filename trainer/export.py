@@ -275,6 +275,23 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+@contextlib.contextmanager
+def _jit_scripting(module: nn.Module) -> Iterator[None]:
+    """Tell modules that torch.jit is walking them (Lightning's ``_jit_is_scripting`` flag).
+
+    torch.jit reads every attribute of a module while scripting or tracing; a module whose
+    properties raise when detached (``TrainModule.trainer``) checks this flag to return None.
+    """
+    flagged = [m for m in module.modules() if hasattr(m, "_jit_is_scripting")]
+    for m in flagged:
+        m._jit_is_scripting = True
+    try:
+        yield
+    finally:
+        for m in flagged:
+            m._jit_is_scripting = False
+
+
 def _model_class(module: nn.Module) -> str:
     cls = type(module)
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -403,7 +420,7 @@ def _summary(err: BaseException) -> str:
             if ln.strip().startswith("<class")
         ]
         if lines:
-            return lines[0][:400]
+            return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", lines[0])[:400]
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return f"{type(err).__name__}: {first[:400]}"
 
@@ -584,7 +601,10 @@ def _run_exporters(
         for f in tmp.parent.iterdir():  # whatever the failed attempt left
             f.unlink()
         try:
-            _export_legacy(module, args, kw, tmp, in_names, out_names, opset, dynamic_batch, extra)
+            with _jit_scripting(module):
+                _export_legacy(
+                    module, args, kw, tmp, in_names, out_names, opset, dynamic_batch, extra
+                )
         except Exception as e:
             raise _export_failure(what, opset, dynamo_err, e) from e
         return "legacy", reason
@@ -758,7 +778,7 @@ def to_torchscript(
     if sample is not None:
         sample = _to(*sample, _module_device(module))
 
-    with _eval_mode(module), _jit_quietly():
+    with _eval_mode(module), _jit_quietly(), _jit_scripting(module):
         if method == "script":
             try:
                 ts = torch.jit.script(module)

@@ -337,3 +337,47 @@ def test_torchscript_deprecation_warning_once(tmp_path, monkeypatch):
     assert len(deprecations) == 1
     assert deprecations[0].category is TorchScriptDeprecationWarning
     assert "torch.jit" in str(deprecations[0].message)
+
+
+# --------------------------------------------------------------------------- through TrainModule
+def _train_module_net():
+    module = pytest.importorskip("trainer.module")
+
+    class Net(module.TrainModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout(0.3))
+            self.head = nn.Linear(8, 2)
+            self.example_input_array = torch.randn(5, 6)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.body(x))
+
+        def training_step(self, batch, batch_idx):
+            return self(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return _trained(Net())
+
+
+def test_train_module_to_onnx(tmp_path):
+    net = _train_module_net()
+    info = net.to_onnx(tmp_path / "net.onnx")
+    assert info.exporter == "dynamo" and net.training
+    assert read_metadata(info.path)["model_class"].endswith(".Net")
+    report = verify(net, onnx_path=info.path)
+    assert report.ok and report.batch_sizes == [1, 7, 64]
+
+
+@pytest.mark.xfail(
+    raises=ExportError,
+    strict=False,
+    reason="needs TrainModule._jit_is_scripting + __jit_unused_properties__ (trainer/module.py)",
+)
+@pytest.mark.parametrize("method", ["script", "trace"])
+def test_train_module_to_torchscript(tmp_path, method):
+    net = _train_module_net()
+    net.to_torchscript(tmp_path / "net.pt", method=method)
+    assert verify(net, torchscript_path=tmp_path / "net.pt").ok
