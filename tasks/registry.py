@@ -292,7 +292,8 @@ def _alias_version(client: Any, name: str, alias: str) -> Any:
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _is_missing(exc):
+        # SQL store: INVALID_PARAMETER_VALUE "Registered model alias X not found."
+        if _is_missing(exc) or f"alias {alias} not found" in str(exc).lower():
             return None
         raise
 
@@ -524,15 +525,17 @@ def register_model(
                     mlflow.set_tags({k: v for k, v in lineage_tags.items() if v})
             finally:
                 restore()
-        mv = client.create_model_version(
-            name,
-            source=info.model_uri,
-            run_id=rid,
-            tags=version_tags,
-            description=description,
-            model_id=info.model_id,
-        )
-        client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
+            # inside the fluent context: the registry store resolves the logged model through
+            # the global tracking URI
+            mv = client.create_model_version(
+                name,
+                source=info.model_uri,
+                run_id=rid,
+                tags=version_tags,
+                description=description,
+                model_id=info.model_id,
+            )
+            client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
     return RegisteredVersion(
         name, str(mv.version), rid, f"models:/{name}/{mv.version}", digest, True, version_tags
     )
