@@ -381,3 +381,20 @@ def test_train_module_to_torchscript(tmp_path, method):
     net = _train_module_net()
     net.to_torchscript(tmp_path / "net.pt", method=method)
     assert verify(net, torchscript_path=tmp_path / "net.pt").ok
+
+
+# --------------------------------------------------------------------------- options
+def test_opset_external_data_and_mode_restore(tmp_path):
+    model = SmallCNN()
+    model.train()
+    model.bn.eval()  # a mixed-mode module: each submodule gets its own flag back
+    info = to_onnx(model, tmp_path / "big.onnx", opset=18, external_data=True)
+    assert model.training and model.drop.training and not model.bn.training
+    assert info.opset == 18 and read_metadata(info.path)["opset"] == 18
+    assert info.external_data == tmp_path / "big.onnx.data" and info.external_data.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "big.onnx",
+        "big.onnx.data",
+        "big.onnx.json",
+    ]
+    assert verify(model, onnx_path=info.path).ok  # onnxruntime finds the side file
