@@ -41,9 +41,16 @@ def _alias(client, name: str, alias: str) -> str:
 def _register(uri: str, name: str, exp, acc: float, **kw) -> registry.RegisteredVersion:
     kw.setdefault("export_metrics", {"max_abs_diff": 1e-7, "atol": 1e-5})
     return register_model(
-        name, exp.onnx, torchscript_path=exp.torchscript, weights_path=exp.weights,
-        input_example=exp.example, eval_metrics={"acc": acc}, data_hash="d" * 64,
-        config_hash="c" * 64, tracking_uri=uri, **kw,
+        name,
+        exp.onnx,
+        torchscript_path=exp.torchscript,
+        weights_path=exp.weights,
+        input_example=exp.example,
+        eval_metrics={"acc": acc},
+        data_hash="d" * 64,
+        config_hash="c" * 64,
+        tracking_uri=uri,
+        **kw,
     )
 
 
@@ -121,8 +128,9 @@ def test_gate_refuses_nan_missing_and_unverified(store_uri: str, exports) -> Non
     assert not d.promoted and "not a finite number" in d.reason and math.isnan(d.candidate_value)
     d = promote(name, nan_v, "f1", tracking_uri=store_uri)
     assert not d.promoted and "no recorded metric 'f1'" in d.reason
-    bad = _register(store_uri, name, exports[1], 0.99,
-                    export_metrics={"max_abs_diff": 0.5, "atol": 1e-5}).version
+    bad = _register(
+        store_uri, name, exports[1], 0.99, export_metrics={"max_abs_diff": 0.5, "atol": 1e-5}
+    ).version
     d = promote(name, bad, "acc", tracking_uri=store_uri)
     assert not d.promoted and "not verified" in d.reason
     assert registry.get_alias_version(name, tracking_uri=store_uri) is None
@@ -164,19 +172,26 @@ _RACE = textwrap.dedent(
 )
 
 
-def test_two_processes_racing_leave_champion_on_the_better(store_uri: str, exports,
-                                                             tmp_path: Path) -> None:
+def test_two_processes_racing_leave_champion_on_the_better(
+    store_uri: str, exports, tmp_path: Path
+) -> None:
     name = "reg-race"
     better = _register(store_uri, name, exports[0], 0.90).version
     worse = _register(store_uri, name, exports[1], 0.80).version
     go = tmp_path / "go"
-    env = dict(os.environ, PYTHONPATH=str(REPO), TRAINFLOW_PROMOTE_HOLD_S="0.5")
-    # the worse one starts first: without the lock both read "no champion" inside the
-    # 0.5 s hold, both promote, and the worse one (later writer) would win
+    env = dict(os.environ, PYTHONPATH=str(REPO), TRAINFLOW_PROMOTE_HOLD_S="0")
+    # both start together and hold 1.0 s (worse) / 0.2 s (better) between reading the champion
+    # and writing the alias: without the lock both read "no champion", the better one writes
+    # first and the worse one overwrites it (checked by hand with the lock disabled)
     procs = [
-        subprocess.Popen([sys.executable, "-c", _RACE, store_uri, name, v, str(go)],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for v in (worse, better)
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE, store_uri, name, v, str(go)],
+            env=dict(env, TRAINFLOW_PROMOTE_HOLD_S=hold),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v, hold in ((worse, "1.0"), (better, "0.2"))
     ]
     try:
         time.sleep(0.5)
