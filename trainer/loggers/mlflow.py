@@ -510,8 +510,9 @@ class MLflowLogger(Logger):
             if key.endswith("_step"):
                 step_hist[key] = [(s, v) for s, v, _ in pts]
                 continue
-            has_epoch = all(e is not None for _, _, e in pts)
-            if has_epoch:
+            epochs = [e for _, _, e in pts]
+            # epoch-level: one point per epoch (step-level keys repeat an epoch)
+            if None not in epochs and len(set(epochs)) == len(epochs):
                 epoch_hist[key] = [(e, v) for _, v, e in pts]  # type: ignore[misc]
             else:
                 step_hist[key] = [(s, v) for s, v, _ in pts]
