@@ -157,3 +157,33 @@ def test_interactive_bars_in_a_terminal(stub):
     text = out.getvalue()
     assert "Epoch 0/9" in text and "10/10" in text and "loss=0.125" in text
     assert "Validation" in text
+
+
+def test_terminal_live_area_holds_only_the_running_bar(stub):
+    out = io.StringIO()
+    pb = ProgressBar(console=Console(file=out, force_terminal=True, width=150))
+    t = stub()
+    t.max_epochs = 6
+    t.progress_bar_metrics = {"loss": 0.5}
+    live_tasks = []
+    pb.setup(t, None, "fit")
+    pb.on_train_start(t, None)
+    for epoch in range(6):
+        t.current_epoch = epoch
+        pb.on_train_epoch_start(t, None)
+        live_tasks.append(len(pb._progress.tasks))
+        for b in range(10):
+            pb.on_train_batch_end(t, None, None, None, b)
+        pb.on_train_epoch_end(t, None)
+    pb.on_train_end(t, None)
+    assert live_tasks == [1] * 6
+    text = out.getvalue()
+    for epoch in range(6):  # each finished epoch printed once above the live area
+        assert text.count(f"Epoch {epoch}/5 10/10 [") == 1
+
+
+def test_leave_false_prints_no_finished_epochs(stub):
+    out = io.StringIO()
+    pb = ProgressBar(console=Console(file=out, force_terminal=True, width=150), leave=False)
+    fit_epochs(pb, stub(), 3, 10)
+    assert "10/10 [" not in out.getvalue()

@@ -82,7 +82,8 @@ class ProgressBar(Callback):
 
     Args:
         refresh_interval: minimum seconds between two redraws (and metric reads).
-        leave: keep each finished epoch's bar on screen (terminal mode).
+        leave: keep each finished epoch's last state on screen (terminal mode), printed above
+            the live bars; False: only the running epoch is shown.
         console: the rich Console to draw on (default: a Console on stdout).
         log_interval: non-terminal mode: at most one mid-epoch line every this many seconds.
 
@@ -172,8 +173,11 @@ class ProgressBar(Callback):
                 TextColumn("{task.fields[rate]}"),
                 TextColumn("{task.fields[metrics]}"),
                 console=self.console,
-                auto_refresh=False,
+                auto_refresh=False,  # no refresh thread: we redraw when the throttle allows
                 transient=False,
+                # prints while the bar is live go above it, on our own console only
+                redirect_stdout=self._user_console is None,
+                redirect_stderr=self._user_console is None,
             )
             self._progress.start()
         return self._progress
@@ -191,7 +195,12 @@ class ProgressBar(Callback):
         return " ".join(f"{k}={_fmt_value(v)}" for k, v in metrics.items())
 
     def _draw(self, trainer: Any, bar: _Bar, completed: int, now: float, final: bool) -> None:
-        """Redraw ``bar`` (terminal) or print its line (non-terminal)."""
+        """Redraw ``bar`` (terminal) or print its line (non-terminal).
+
+        In a terminal, a ``final`` draw of a bar that is not kept live (``retire``) takes the
+        bar out of the live area and, with ``leave``, prints its last state above it, so the
+        live area holds only the running bars however many epochs there are.
+        """
         elapsed = max(now - bar.start, 1e-9)
         rate = (completed - bar.start_count) / elapsed
         metrics = self._metrics_text(trainer)
@@ -199,20 +208,45 @@ class ProgressBar(Callback):
         self._last_refresh = now
         progress = self._progress
         if progress is not None and bar.task is not None:
-            progress.update(
-                bar.task,
-                completed=completed,
-                rate=f"{rate:.2f}it/s",
-                metrics=metrics,
-            )
+            progress.update(bar.task, completed=completed, rate=f"{rate:.2f}it/s", metrics=metrics)
             progress.refresh()
             return
+        self.console.print(
+            self._line(bar, completed, elapsed, rate, metrics),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        bar.last_line = now
+
+    def _retire(self, trainer: Any, bar: _Bar, completed: int, now: float, keep: bool) -> None:
+        """Final state of ``bar``: a terminal moves it out of the live area (printing it above
+        when ``keep``); a log gets its line."""
+        progress = self._progress
+        if progress is None or bar.task is None:
+            self._draw(trainer, bar, completed, now, final=True)
+            return
+        elapsed = max(now - bar.start, 1e-9)
+        rate = (completed - bar.start_count) / elapsed
+        metrics = self._metrics_text(trainer)
+        self.refresh_count += 1
+        self._last_refresh = now
+        progress.remove_task(bar.task)
+        bar.task = None
+        if keep:
+            progress.console.print(
+                self._line(bar, completed, elapsed, rate, metrics),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        progress.refresh()
+
+    @staticmethod
+    def _line(bar: _Bar, completed: int, elapsed: float, rate: float, metrics: str) -> str:
         total = "?" if bar.total is None else str(bar.total)
         line = f"{bar.desc} {completed}/{total} [{_fmt_time(elapsed)}, {rate:.2f}it/s]"
-        if metrics:
-            line += " " + metrics
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        bar.last_line = now
+        return f"{line} {metrics}" if metrics else line
 
     def _new_bar(self, desc: str, total: int | None, start_count: int = 0) -> _Bar:
         now = self._clock()
@@ -260,9 +294,6 @@ class ProgressBar(Callback):
         else:
             desc = f"Epoch {epoch}"
         total = _total(getattr(trainer, "num_training_batches", None))
-        progress = self._progress
-        if not self.leave and progress is not None and self._train_bar is not None:
-            progress.remove_task(self._train_bar.task)  # type: ignore[arg-type]
         self._train_bar = self._new_bar(desc, total, start_count=start)
         self._last_check = self._train_bar.start
         self._last_refresh = self._train_bar.start
@@ -319,7 +350,7 @@ class ProgressBar(Callback):
         pending, self._epoch_end = self._epoch_end, None
         if pending is not None and self._enabled:
             bar, completed, now = pending
-            self._draw(trainer, bar, completed, now, final=True)
+            self._retire(trainer, bar, completed, now, keep=self.leave)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_start(self, trainer: Any, desc: str, total: Any) -> None:
@@ -360,12 +391,14 @@ class ProgressBar(Callback):
         self._eval_countdown = _NEVER
         if not self._enabled or bar is None:
             return
-        if print_line and self._progress is None and not self._standalone_eval:
-            print_line = False  # in a log, fit's val metrics show on the epoch's line
-        if print_line or self._progress is not None:
+        if self._progress is not None:
+            if self._standalone_eval:  # stays in the live area until the display stops
+                self._draw(trainer, bar, self._eval_done, self._clock(), final=True)
+            else:  # fit's validation / sanity bar goes away; its metrics show on the epoch's
+                self._retire(trainer, bar, self._eval_done, self._clock(), keep=False)
+        elif print_line and self._standalone_eval:
+            # in a log, fit's validation metrics show on the epoch's line instead
             self._draw(trainer, bar, self._eval_done, self._clock(), final=True)
-        if self._progress is not None and bar.task is not None and not self._standalone_eval:
-            self._progress.remove_task(bar.task)  # the validation bar of fit goes away
 
     _standalone_eval = False
 
