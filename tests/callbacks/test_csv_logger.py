@@ -58,3 +58,16 @@ def test_non_zero_rank_writes_nothing(tmp_path, monkeypatch):
     lg.log_metrics({"x": 1.0}, step=0)
     lg.finalize("success")
     assert not os.path.exists(tmp_path / "trainflow_logs")
+
+
+def test_a_resumed_run_continues_its_own_file(tmp_path):
+    first = CSVLogger(tmp_path, version=0)
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.finalize("failed")
+    again = CSVLogger(tmp_path, version=0)  # a new process resuming the same version
+    again.log_metrics({"loss": 0.5}, step=1)
+    again.log_metrics({"loss": 0.25, "val_loss": 0.75}, step=2)
+    again.finalize("success")
+    rows = read(again.metrics_file_path)
+    assert [(r["step"], r["loss"], r["val_loss"]) for r in rows] == [
+        ("0", "1.0", ""), ("1", "0.5", ""), ("2", "0.25", "0.75")]

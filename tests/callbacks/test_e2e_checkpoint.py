@@ -103,3 +103,21 @@ def test_weights_of_the_best_checkpoint_are_the_weights_at_that_epoch(tmp_path):
     trainer(tmp_path, [mc], max_epochs=3).fit(Spy([0.5, 0.1, 0.4]), train, val)
     ckpt = load_checkpoint(mc.best_model_path)
     assert torch.equal(ckpt["state_dict"]["layer.weight"], Spy.snaps[1])
+
+
+def test_a_mid_epoch_step_checkpoint_resumes_to_the_same_weights(tmp_path):
+    def run(ckpt_path=None, dirpath="a"):
+        mc = ModelCheckpoint(dirpath=tmp_path / dirpath, every_n_train_steps=3, save_top_k=-1,
+                             save_last=True)
+        train, _ = loaders()
+        module = Scripted(lr=0.01)
+        t = trainer(tmp_path, [mc], max_epochs=2)
+        t.fit(module, train, ckpt_path=ckpt_path)
+        return module, t
+
+    full, t_full = run()
+    mid = tmp_path / "a" / "epoch=1-step=12.ckpt"  # 4 of epoch 1's 8 batches consumed
+    resumed, t_res = run(ckpt_path=mid, dirpath="a")
+    assert t_res.global_step == t_full.global_step == 16
+    assert torch.equal(full.layer.weight, resumed.layer.weight)
+    assert torch.equal(full.layer.bias, resumed.layer.bias)

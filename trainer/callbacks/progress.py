@@ -122,6 +122,7 @@ class ProgressBar(Callback):
         self._train_bar: _Bar | None = None
         self._eval_bar: _Bar | None = None
         self._epoch_end: tuple[_Bar, int, float] | None = None
+        self._standalone_eval = False  # validate/test/predict on their own (not inside fit)
 
     # ------------------------------------------------------------------ state / pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -399,8 +400,6 @@ class ProgressBar(Callback):
         elif print_line and self._standalone_eval:
             # in a log, fit's validation metrics show on the epoch's line instead
             self._draw(trainer, bar, self._eval_done, self._clock(), final=True)
-
-    _standalone_eval = False
 
     def on_sanity_check_start(self, trainer: Any, module: Any) -> None:
         n = getattr(trainer, "num_sanity_val_batches", None)
