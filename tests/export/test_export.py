@@ -243,6 +243,8 @@ def test_batch_one_sample_and_static_batch(tmp_path):
     assert dim0.dim_value == 1
     assert read_metadata(static.path)["inputs"][0]["shape"] == [1, 8]
     assert verify(model, onnx_path=static.path).ok  # only the sample's batch size is checked
+    report = verify(model, onnx_path=static.path, batch_sizes=(7, 64))
+    assert report.stats["onnx"]["output"].numel == 3  # batch 1 x 3 outputs, added to the plan
 
 
 def test_dict_input_sample(tmp_path):
@@ -398,3 +400,16 @@ def test_opset_external_data_and_mode_restore(tmp_path):
         "big.onnx.json",
     ]
     assert verify(model, onnx_path=info.path).ok  # onnxruntime finds the side file
+
+
+def test_compare_nan_and_shape():
+    same = ex.OutputStats("onnx", "y")
+    nan = float("nan")
+    ex._compare(same, torch.tensor([1.0, nan]), torch.tensor([1.0, nan]), 2, 1e-5, 1e-4)
+    assert same.ok and same.max_abs == 0
+    new_nan = ex.OutputStats("onnx", "y")
+    ex._compare(new_nan, torch.tensor([1.0, nan]), torch.tensor([1.0, 2.0]), 2, 1e-5, 1e-4)
+    assert not new_nan.ok and new_nan.max_abs == float("inf") and new_nan.mismatched == 1
+    shape = ex.OutputStats("onnx", "y")
+    ex._compare(shape, torch.zeros(2, 3), torch.zeros(3, 2), 2, 1e-5, 1e-4)
+    assert not shape.ok and "shape" in shape.note
