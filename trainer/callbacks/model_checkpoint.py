@@ -253,6 +253,11 @@ class ModelCheckpoint(Callback):
                 self._warned_missing = True
             return
         value = to_float(candidates[self.monitor])
+        strategy = getattr(trainer, "strategy", None)
+        if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+            # every rank must take the same save decision (saving is collective): rank zero's
+            # value decides, whatever a metric logged without sync_dist holds elsewhere
+            value = float(strategy.broadcast_object(value))
         if math.isnan(value):  # NaN ranks last
             value = math.inf if self.mode == "min" else -math.inf
         current = torch.tensor(value, dtype=torch.float64)
