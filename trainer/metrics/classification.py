@@ -36,6 +36,7 @@ class _ConfmatMetric(Metric):
 
     higher_is_better = True
     _kind = ""
+    _pure_update = True
 
     def __init__(
         self,
@@ -90,12 +91,12 @@ class _ConfmatMetric(Metric):
             st = F.topk_update(preds, target, self.num_classes, self.top_k,  # type: ignore[arg-type]
                                self.ignore_index, self.validate_args, self._check,
                                type(self).__name__)
-            self.topk_stats = self.topk_stats + st
+            self._accumulate("topk_stats", st)
             return
         cm = F.confmat_update(preds, target, self.task, self.num_classes, self.num_labels,
                               self.threshold, self.ignore_index, self.validate_args, self._check,
                               type(self).__name__)
-        self.__dict__["confmat"] = self.__dict__["confmat"] + cm
+        self._accumulate("confmat", cm)
 
     def extra_repr(self) -> str:
         parts = [f"task={self.task!r}"]
@@ -194,6 +195,7 @@ class ConfusionMatrix(_ConfmatMetric):
 
 class _CurveMetric(Metric):
     higher_is_better = True
+    _pure_update = True
     _kind = "auroc"
 
     def __init__(
@@ -248,8 +250,8 @@ class _CurveMetric(Metric):
         th = self.thresholds
         if th.device != preds.device:
             th = self.thresholds = th.to(preds.device)
-        self.hist = self.hist + F.binned_update(preds, target, th, self.task, self.num_classes,
-                                                self.ignore_index)
+        self._accumulate("hist", F.binned_update(preds, target, th, self.task, self.num_classes,
+                                                self.ignore_index))
 
     def compute(self) -> Tensor:
         """The score of everything accumulated."""

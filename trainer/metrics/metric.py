@@ -37,10 +37,11 @@ _REDUCTIONS = ("sum", "mean", "max", "min", "cat")
 def _wrap_update(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def update(self: Metric, *args: Any, **kwargs: Any) -> None:
-        self._computed = None
+        d = self.__dict__  # plain dict writes: nn.Module.__setattr__ is slow on the hot path
+        d["_computed"] = None
         fn(self, *args, **kwargs)
-        self._update_count += 1
-        if self.compute_on_cpu and self._list_states:
+        d["_update_count"] += 1
+        if d["compute_on_cpu"] and d["_list_states"]:
             self._move_list_states_to_cpu()
 
     update._raw = fn  # type: ignore[attr-defined]
@@ -65,7 +66,7 @@ def _wrap_compute(fn: Callable) -> Callable:
         else:
             with sync_metrics([self]):
                 value = fn(self)
-        self._computed = value
+        self.__dict__["_computed"] = value
         return value
 
     compute._raw = fn  # type: ignore[attr-defined]
@@ -88,6 +89,10 @@ class Metric(nn.Module):
 
     is_differentiable: bool = False
     higher_is_better: bool | None = None
+    # True where update() never modifies a state in place (self.x = self.x + v): then fresh
+    # states can be the default tensors themselves (no clone per forward / reset). Subclasses
+    # that update in place (self.x += v) must leave it False.
+    _pure_update: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -182,9 +187,22 @@ class Metric(nn.Module):
 
     def _fresh_states(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
+        pure = self._pure_update
         for name, default in self._defaults.items():
-            d[name] = [] if isinstance(default, list) else default.clone()
+            if isinstance(default, list):
+                d[name] = []
+            else:
+                d[name] = default if pure else default.clone()
         return d
+
+    def _accumulate(self, name: str, value: Tensor) -> None:
+        """state := state + value (the value itself while the state is the fresh default)."""
+        d = self.__dict__
+        cur = d[name]
+        if cur is self._defaults[name]:
+            d[name] = value.to(cur.dtype)
+        else:
+            d[name] = cur + value
 
     @property
     def update_count(self) -> int:
@@ -202,25 +220,27 @@ class Metric(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Accumulate the batch (one update) and return the metric on this batch alone."""
+        d = self.__dict__
         running = self._state_refs()
-        count = self._update_count
+        count = d["_update_count"]
         self._set_states(self._fresh_states())
-        self._update_count = 0
+        d["_update_count"] = 0
         try:
             type(self).update._raw(self, *args, **kwargs)
-            if self.compute_on_cpu and self._list_states:
+            if d["compute_on_cpu"] and d["_list_states"]:
                 self._move_list_states_to_cpu()
-            self._update_count = 1
-            self._check_deferred_errors(keep=True)
+            d["_update_count"] = 1
+            if d["_deferred"]:
+                self._check_deferred_errors(keep=True)
             value = type(self).compute._raw(self)
         except BaseException:
             self._set_states(running)
-            self._update_count = count
+            d["_update_count"] = count
             raise
         self._merge_states(running, count, 1)
-        self._update_count = count + 1
-        self._computed = None
-        self._forward_cache = value
+        d["_update_count"] = count + 1
+        d["_computed"] = None
+        d["_forward_cache"] = value
         return value
 
     def _merge_states(self, running: dict[str, Any], n_running: int, n_new: int = 1) -> None:

@@ -24,6 +24,7 @@ class MeanSquaredError(Metric):
     """Mean squared error; ``squared=False`` gives the root mean squared error."""
 
     higher_is_better = False
+    _pure_update = True
 
     def __init__(self, squared: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -35,12 +36,9 @@ class MeanSquaredError(Metric):
         """Accumulate a batch."""
         if self.validate_args:
             F.check_regression_inputs("MeanSquaredError", preds, target)
-        d = self.__dict__
-        diff = preds - target
-        d["sum_squared_error"] = d["sum_squared_error"] + torch.dot(
-            diff.reshape(-1), diff.reshape(-1)
-        )
-        d["total"] = d["total"] + diff.numel()
+        diff = (preds - target).reshape(-1)
+        self._accumulate("sum_squared_error", torch.dot(diff, diff))
+        self.__dict__["total"] = self.__dict__["total"] + diff.numel()
 
     def compute(self) -> Tensor:
         """MSE (or RMSE) of everything accumulated."""
@@ -52,6 +50,7 @@ class MeanAbsoluteError(Metric):
     """Mean absolute error."""
 
     higher_is_better = False
+    _pure_update = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -62,9 +61,8 @@ class MeanAbsoluteError(Metric):
         """Accumulate a batch."""
         if self.validate_args:
             F.check_regression_inputs("MeanAbsoluteError", preds, target)
-        d = self.__dict__
-        d["sum_abs_error"] = d["sum_abs_error"] + (preds - target).abs().sum()
-        d["total"] = d["total"] + target.numel()
+        self._accumulate("sum_abs_error", (preds - target).abs().sum())
+        self.__dict__["total"] = self.__dict__["total"] + target.numel()
 
     def compute(self) -> Tensor:
         """MAE of everything accumulated."""
@@ -75,6 +73,7 @@ class MeanAbsolutePercentageError(Metric):
     """Mean of |ŷ - y| / max(|y|, eps), sklearn ``mean_absolute_percentage_error``."""
 
     higher_is_better = False
+    _pure_update = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -87,8 +86,8 @@ class MeanAbsolutePercentageError(Metric):
             F.check_regression_inputs("MeanAbsolutePercentageError", preds, target)
         t = target.double()
         err = ((preds.double() - t).abs() / t.abs().clamp(min=F._EPS)).sum()
-        self.sum_abs_pct_error = self.sum_abs_pct_error + err
-        self.total = self.total + target.numel()
+        self._accumulate("sum_abs_pct_error", err)
+        self.__dict__["total"] = self.__dict__["total"] + target.numel()
 
     def compute(self) -> Tensor:
         """MAPE of everything accumulated (a fraction, not a percent)."""
@@ -96,6 +95,8 @@ class MeanAbsolutePercentageError(Metric):
 
 
 class _MomentsMetric(Metric):
+    _pure_update = True
+
     def __init__(self, num_outputs: int = 1, multioutput: str = "uniform_average",
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -118,7 +119,7 @@ class _MomentsMetric(Metric):
                     f"{name}: expected preds of shape (N,) or (N, {self.num_outputs}) for "
                     f"num_outputs={self.num_outputs} (got {tuple(preds.shape)})"
                 )
-        self.moments = self.moments + F.moments_update(preds, target)
+        self._accumulate("moments", F.moments_update(preds, target))
 
 
 class R2Score(_MomentsMetric):

@@ -171,6 +171,41 @@ def _count(idx: Tensor, n: int) -> Tensor:
     return out.index_add_(0, idx, torch.ones_like(idx))
 
 
+def _range_message(name: str, target: Tensor, high: int, ignore_index: int | None) -> str:
+    t = target if ignore_index is None else target[target != ignore_index]
+    got = ""
+    if t.device.type == "cpu" and t.numel():
+        got = f" (got values in [{int(t.min())}, {int(t.max())}])"
+    ign = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+    return f"{name}: target must be in [0, {high - 1}]{ign}{got}"
+
+
+def _checked_count(
+    idx: Tensor, n: int, validate: bool, check: Check, message: Callable[[], str]
+) -> Tensor:
+    """Counts of 0..n-1 in idx; a value outside [0, n) means bad input.
+
+    On CPU the check is free (bincount's output length / its error on negatives); on an
+    accelerator out-of-range values go to a trash bin and the error is deferred (no sync).
+    """
+    if idx.device.type == "cpu":
+        try:
+            out = torch.bincount(idx, minlength=n)
+        except RuntimeError as err:
+            raise ValueError(message()) from err
+        if out.numel() > n:
+            if validate:
+                raise ValueError(message())
+            out = out[:n]
+        return out
+    bad = (idx < 0) | (idx >= n)
+    if validate:
+        check(bad.any(), message())
+    idx = idx.masked_fill(bad, n)
+    out = torch.zeros(n + 1, dtype=torch.int64, device=idx.device)
+    return out.index_add_(0, idx, torch.ones_like(idx))[:n]
+
+
 # ---------------------------------------------------------------- confusion-matrix state
 def confmat_update(
     preds: Tensor,
@@ -184,23 +219,27 @@ def confmat_update(
     check: Check = _eager_check,
     name: str = "confusion_matrix",
 ) -> Tensor:
-    """The confusion-matrix counts of one batch: (2, 2), (C, C) or (L, 2, 2), int64."""
+    """The confusion-matrix counts of one batch: (2, 2), (C, C) or (L, 2, 2), int64.
+
+    Target ranges are checked for free by the counting itself (see _checked_count); float
+    preds that must be probabilities cost one aminmax.
+    """
+    if validate_args and (target.is_floating_point() or target.is_complex()):
+        _check_int_target(name, target)
     if task == "binary":
         if validate_args:
             _check_same_shape(name, preds, target)
-            _check_int_target(name, target)
-            _check_range(name, "target", target, 2, ignore_index, check)
             if preds.is_floating_point():
                 _check_probs(name, preds, check)
             else:
                 _check_range(name, "integer preds", preds, 2, None, check)
         p = preds >= threshold if preds.is_floating_point() else preds
-        idx = target.reshape(-1).long() * 2 + p.reshape(-1).long()
-        if ignore_index is not None:
-            idx = idx.masked_fill(target.reshape(-1) == ignore_index, 4)
-            return _count(idx, 5)[:4].view(2, 2)
-        return _count(idx, 4).view(2, 2)
-    if task == "multiclass":
+        t = target.reshape(-1) if target.dim() != 1 else target
+        idx = torch.add(p.reshape(-1) if p.dim() != 1 else p, t.long(), alpha=2)
+        n = 4
+        high = 2
+        shape: tuple[int, ...] = (2, 2)
+    elif task == "multiclass":
         c = int(num_classes)  # type: ignore[arg-type]
         if preds.dim() == target.dim() + 1:
             if validate_args and (
@@ -221,40 +260,48 @@ def confmat_update(
                     f"(got dtype {preds.dtype}); pass scores of shape (N, {c}) or preds.long()"
                 )
             _check_range(name, "preds", preds, c, None, check)
+        t = target.reshape(-1) if target.dim() != 1 else target
+        idx = torch.add(preds.reshape(-1) if preds.dim() != 1 else preds, t.long(), alpha=c)
+        n = c * c
+        high = c
+        shape = (c, c)
+    else:
+        n_l = int(num_labels)  # type: ignore[arg-type]
         if validate_args:
-            _check_int_target(name, target)
-            _check_range(name, "target", target, c, ignore_index, check)
+            _check_same_shape(name, preds, target)
+            if preds.dim() < 2 or preds.shape[1] != n_l:
+                raise ValueError(
+                    f"{name}: multilabel preds and target must have shape (N, {n_l}, ...) "
+                    f"(got {tuple(preds.shape)})"
+                )
+            if preds.is_floating_point():
+                _check_probs(name, preds, check)
+            else:
+                _check_range(name, "integer preds", preds, 2, None, check)
+        p = preds >= threshold if preds.is_floating_point() else preds
+        if preds.dim() > 2:  # (N, L, ...) → (N*..., L)
+            p = p.movedim(1, -1).reshape(-1, n_l)
+            target = target.movedim(1, -1).reshape(-1, n_l)
+        # layout (target, label, pred) so that a target >= 2 falls outside the counted range
+        lab = torch.arange(0, 2 * n_l, 2, device=target.device)
+        t = target
+        idx = (target.long() * (2 * n_l) + lab + p).reshape(-1)
         t = target.reshape(-1)
-        idx = t.long() * c + preds.reshape(-1)
-        if ignore_index is not None:
-            idx = idx.masked_fill(t == ignore_index, c * c)
-            return _count(idx, c * c + 1)[: c * c].view(c, c)
-        return _count(idx, c * c).view(c, c)
-    # multilabel
-    n_l = int(num_labels)  # type: ignore[arg-type]
-    if validate_args:
-        _check_same_shape(name, preds, target)
-        if preds.dim() < 2 or preds.shape[1] != n_l:
-            raise ValueError(
-                f"{name}: multilabel preds and target must have shape (N, {n_l}, ...) "
-                f"(got {tuple(preds.shape)})"
-            )
-        _check_int_target(name, target)
-        _check_range(name, "target", target, 2, ignore_index, check)
-        if preds.is_floating_point():
-            _check_probs(name, preds, check)
-        else:
-            _check_range(name, "integer preds", preds, 2, None, check)
-    p = preds >= threshold if preds.is_floating_point() else preds
-    if preds.dim() > 2:  # (N, L, ...) → (N*..., L)
-        p = p.movedim(1, -1).reshape(-1, n_l)
-        target = target.movedim(1, -1).reshape(-1, n_l)
-    lab = torch.arange(n_l, device=target.device) * 4
-    idx = lab + target.long() * 2 + p.long()
+        n = 4 * n_l
+        high = 2
+        shape = (2, n_l, 2)
+    n_bins = n
     if ignore_index is not None:
-        idx = idx.masked_fill(target == ignore_index, 4 * n_l)
-        return _count(idx.reshape(-1), 4 * n_l + 1)[: 4 * n_l].view(n_l, 2, 2)
-    return _count(idx.reshape(-1), 4 * n_l).view(n_l, 2, 2)
+        idx = idx.masked_fill(t == ignore_index, n)
+        n_bins = n + 1
+    counts = _checked_count(
+        idx, n_bins, validate_args, check,
+        lambda: _range_message(name, target, high, ignore_index),
+    )
+    if n_bins != n:
+        counts = counts[:n]
+    counts = counts.view(shape)
+    return counts.permute(1, 0, 2) if task == "multilabel" else counts
 
 
 def topk_update(
@@ -306,25 +353,46 @@ def stat_scores(confmat: Tensor, task: Task) -> tuple[Tensor, Tensor, Tensor, Te
     return tp, fp, tn, fn
 
 
-# ---------------------------------------------------------------- reductions
+def _sums(cm: Tensor, task: Task) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """tp, predicted positives (tp+fp), true positives (tp+fn), total — per class/label."""
+    if task == "binary":
+        return cm[1, 1], cm[:, 1].sum(), cm[1].sum(), cm.sum()
+    if task == "multilabel":
+        return cm[:, 1, 1], cm[:, :, 1].sum(1), cm[:, 1].sum(1), cm.sum((1, 2))
+    return cm.diagonal(), cm.sum(0), cm.sum(1), cm.sum()
+
+
+def _warn_zero(what: str, n_zero: int, n: int) -> None:
+    warnings.warn(
+        f"{what} is ill-defined (0/0) for {n_zero} of {n} classes/labels and set to 0.0; "
+        "pass zero_division=0|1|nan to choose the value and silence this warning",
+        UndefinedMetricWarning,
+        stacklevel=5,
+    )
+
+
 def _divide(
     num: Tensor, den: Tensor, zero_division: object, what: str, warn: bool = True
 ) -> Tensor:
-    num = num.double()
-    den = den.double()
-    zero = den == 0
-    out = num / torch.where(zero, torch.ones_like(den), den)
-    if bool(zero.any()):
-        value = check_zero_division(what, zero_division)
-        out = out.masked_fill(zero, value)
-        if zero_division == "warn" and warn:
-            warnings.warn(
-                f"{what} is ill-defined (0/0) for {int(zero.sum())} of {zero.numel()} "
-                f"classes/labels and set to 0.0; pass zero_division=0|1|nan to choose the "
-                "value and silence this warning",
-                UndefinedMetricWarning,
-                stacklevel=4,
-            )
+    """num / den (float32); where den == 0 the zero_division value (+ warning for 'warn').
+
+    One reduction and one host read when nothing is zero.
+    """
+    out = torch.true_divide(num, den)
+    if out.dtype != torch.float32 and out.dtype != torch.float64:
+        out = out.float()
+    if den.numel() == 1:
+        if float(den) != 0.0:
+            return out
+        zero = den == 0
+    else:
+        if float(den.min()) > 0.0:
+            return out
+        zero = den == 0
+    value = check_zero_division(what, zero_division)
+    out = out.masked_fill(zero, value)
+    if zero_division == "warn" and warn:
+        _warn_zero(what, int(zero.sum()), zero.numel())
     return out
 
 
@@ -332,15 +400,18 @@ def _average(scores: Tensor, average: str | None, weights: Tensor | None) -> Ten
     """Average per-class scores the sklearn way (nan left out; zero weights → plain mean)."""
     if average in ("none", None):
         return scores.float()
-    keep = ~scores.isnan()
-    if not bool(keep.any()):
-        return torch.tensor(float("nan"))
-    s = scores[keep]
+    nan = scores.isnan()
+    if bool(nan.any()):
+        keep = ~nan
+        if not bool(keep.any()):
+            return torch.tensor(float("nan"))
+        scores = scores[keep]
+        weights = weights[keep] if weights is not None else None
     if average == "weighted" and weights is not None:
-        w = weights.double()[keep]
-        if float(w.sum()) != 0.0:
-            return ((s * w).sum() / w.sum()).float()
-    return s.mean().float()
+        total = weights.sum()
+        if float(total) != 0.0:
+            return ((scores * weights).sum() / total).float()
+    return scores.mean().float()
 
 
 def reduce_prf(
@@ -352,29 +423,30 @@ def reduce_prf(
     zero_division: object = "warn",
 ) -> Tensor:
     """Precision / recall / F-beta / specificity from a confusion-matrix state."""
-    tp, fp, tn, fn = stat_scores(confmat, task)
-    if task == "binary" or average == "micro":
-        tp, fp, tn, fn = tp.sum(), fp.sum(), tn.sum(), fn.sum()
+    tp, pred, true, total = _sums(confmat, task)
+    micro = task == "binary" or average == "micro"
+    if kind == "fbeta" and math.isinf(beta):
+        kind = "recall"
+    elif kind == "fbeta" and beta == 0:
+        kind = "precision"
     if kind == "precision":
-        scores = _divide(tp, tp + fp, zero_division, "Precision")
+        num, den, what = tp, pred, "Precision"
     elif kind == "recall":
-        scores = _divide(tp, tp + fn, zero_division, "Recall")
+        num, den, what = tp, true, "Recall"
     elif kind == "specificity":
-        scores = _divide(tn, tn + fp, zero_division, "Specificity")
+        num = total - pred - true + tp  # tn
+        den, what = total - true, "Specificity"  # tn + fp
     else:
         b2 = beta * beta
-        if math.isinf(beta):
-            scores = _divide(tp, tp + fn, zero_division, "Recall")
-        elif beta == 0:
-            scores = _divide(tp, tp + fp, zero_division, "Precision")
-        else:
-            scores = _divide(
-                (1 + b2) * tp.double(), (1 + b2) * tp.double() + b2 * fn + fp, zero_division,
-                "F-score",
-            )
-    if task == "binary" or average == "micro":
-        return scores.float()
-    return _average(scores, average, tp + fn)
+        num = tp * (1 + b2) if b2 != 1.0 else tp * 2
+        den = pred + true if b2 == 1.0 else pred.double() + true * b2
+        what = "F-score"
+    if micro:
+        if num.dim():
+            num, den = num.sum(), den.sum()
+        return _divide(num, den, zero_division, what)
+    scores = _divide(num, den, zero_division, what)
+    return _average(scores, average, true)
 
 
 def reduce_accuracy(
@@ -384,23 +456,25 @@ def reduce_accuracy(
     if top_k > 1:
         tp, support = state[0], state[1]
     elif task == "binary":
-        total = state.sum()
-        return _divide(state[0, 0] + state[1, 1], total, zero_division, "Accuracy").float()
+        return _divide(state.trace(), state.sum(), zero_division, "Accuracy")
     elif task == "multilabel":
-        tp, fp, tn, fn = stat_scores(state, task)
+        tp, pred, true, total = _sums(state, task)
+        correct = total - pred - true + 2 * tp  # tp + tn
         if average == "micro":
-            return _divide((tp + tn).sum(), (tp + fp + tn + fn).sum(), zero_division,
-                           "Accuracy").float()
-        scores = _divide(tp + tn, tp + fp + tn + fn, zero_division, "Accuracy")
-        return _average(scores, average, tp + fn)
+            return _divide(correct.sum(), total.sum(), zero_division, "Accuracy")
+        return _average(_divide(correct, total, zero_division, "Accuracy"), average, true)
     else:
+        if average in ("micro", "weighted"):
+            return _divide(state.trace(), state.sum(), zero_division, "Accuracy")
         tp, support = state.diagonal(), state.sum(1)
     if average in ("micro", "weighted"):
-        return _divide(tp.sum(), support.sum(), zero_division, "Accuracy").float()
+        return _divide(tp.sum(), support.sum(), zero_division, "Accuracy")
     if average == "macro":  # balanced accuracy: classes absent from the target are left out
+        if float(support.min()) > 0:
+            return torch.true_divide(tp, support).mean()
         present = support > 0
         if not bool(present.any()):
-            return _divide(tp.sum(), support.sum(), zero_division, "Accuracy").float()
+            return _divide(tp.sum(), support.sum(), zero_division, "Accuracy")
         if top_k == 1 and task == "multiclass" and bool((state.sum(0)[~present] > 0).any()):
             warnings.warn(
                 "Accuracy(average='macro'): preds contain classes absent from the target; "
@@ -408,8 +482,8 @@ def reduce_accuracy(
                 UndefinedMetricWarning,
                 stacklevel=3,
             )
-        return (tp[present].double() / support[present]).mean().float()
-    return _divide(tp, support, zero_division, "Recall").float()  # 'none': per-class recall
+        return torch.true_divide(tp[present], support[present]).mean()
+    return _divide(tp, support, zero_division, "Recall")  # 'none': per-class recall
 
 
 def normalize_confmat(confmat: Tensor, normalize: str | None) -> Tensor:

@@ -1,0 +1,254 @@
+"""Benchmark: trainer.metrics update / forward against hand-written torch, and the DDP sync.
+
+    python bench/metrics.py                      # CPU, batch 256
+    python bench/metrics.py --device cuda        # the same on a GPU
+    python bench/metrics.py --iters 50 --repeats 2 --sync-iters 5   # a quick smoke run
+
+Prints µs per call (median of --repeats runs of --iters calls) for update() and forward() of
+multiclass accuracy, macro F1, MSE and binary AUROC (exact and binned), each beside a
+hand-written torch expression of the same statistic measured in the same run, and the ratios
+(targets: update ≤ 2× hand-written, forward ≤ 1.2× update). Then the latency of compute() of a
+5-metric collection (accuracy, precision, recall, macro F1, AUROC) synced across 2 gloo
+processes, with the number of collective calls per compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from trainer.metrics import AUROC, Accuracy, F1Score, MeanSquaredError  # noqa: E402
+
+C = 10
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn: Callable[[], object], iters: int, repeats: int, device: torch.device) -> float:
+    """Median µs per call."""
+    for _ in range(min(iters, 20)):
+        fn()
+    _sync(device)
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        _sync(device)
+        runs.append((time.perf_counter() - t0) / iters * 1e6)
+    return statistics.median(runs)
+
+
+def cases(batch: int, device: torch.device) -> list[tuple[str, object, Callable, Callable, tuple]]:
+    """(name, metric, hand-written update, hand-written forward, inputs)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch, C, generator=g).to(device)
+    labels = torch.randint(0, C, (batch,), generator=g).to(device)
+    x = torch.randn(batch, generator=g).to(device)
+    y = torch.randn(batch, generator=g).to(device)
+    probs = torch.rand(batch, generator=g).to(device)
+    binary = torch.randint(0, 2, (batch,), generator=g).to(device)
+
+    acc_state = {"correct": torch.zeros((), dtype=torch.long, device=device),
+                 "total": torch.zeros((), dtype=torch.long, device=device)}
+
+    def acc_update(p, t):
+        acc_state["correct"] = acc_state["correct"] + (p.argmax(1) == t).sum()
+        acc_state["total"] = acc_state["total"] + t.numel()
+
+    def acc_forward(p, t):
+        c = (p.argmax(1) == t).sum()
+        acc_state["correct"] = acc_state["correct"] + c
+        acc_state["total"] = acc_state["total"] + t.numel()
+        return c / t.numel()
+
+    cm_state = {"cm": torch.zeros(C, C, dtype=torch.long, device=device)}
+
+    def _cm(p, t):
+        idx = t * C + p.argmax(1)
+        if idx.device.type == "cpu":
+            return torch.bincount(idx, minlength=C * C).view(C, C)
+        return torch.zeros(C * C, dtype=torch.long, device=idx.device).index_add_(
+            0, idx, torch.ones_like(idx)).view(C, C)
+
+    def f1_update(p, t):
+        cm_state["cm"] = cm_state["cm"] + _cm(p, t)
+
+    def f1_forward(p, t):
+        cm = _cm(p, t)
+        cm_state["cm"] = cm_state["cm"] + cm
+        tp = cm.diagonal()
+        return (2 * tp / (cm.sum(0) + cm.sum(1)).clamp(min=1)).mean()
+
+    mse_state = {"sse": torch.zeros((), device=device), "n": torch.zeros((), device=device)}
+
+    def mse_update(p, t):
+        d = p - t
+        mse_state["sse"] = mse_state["sse"] + (d * d).sum()
+        mse_state["n"] = mse_state["n"] + d.numel()
+
+    def mse_forward(p, t):
+        d = p - t
+        s = (d * d).sum()
+        mse_state["sse"] = mse_state["sse"] + s
+        mse_state["n"] = mse_state["n"] + d.numel()
+        return s / d.numel()
+
+    au_state: dict[str, list] = {"p": [], "t": []}
+
+    def au_update(p, t):
+        au_state["p"].append(p)
+        au_state["t"].append(t)
+        if len(au_state["p"]) > 1000:
+            au_state["p"].clear()
+            au_state["t"].clear()
+
+    def au_forward(p, t):
+        au_update(p, t)
+        order = torch.argsort(p, descending=True)
+        ts = t[order].double()
+        tps = ts.cumsum(0)
+        fps = torch.arange(1, ts.numel() + 1, device=ts.device) - tps
+        return torch.trapezoid(tps / tps[-1], fps / fps[-1])
+
+    return [
+        ("accuracy (multiclass, C=10)", Accuracy("multiclass", num_classes=C), acc_update,
+         acc_forward, (logits, labels)),
+        ("F1 macro (C=10)", F1Score("multiclass", num_classes=C, average="macro"), f1_update,
+         f1_forward, (logits, labels)),
+        ("MSE", MeanSquaredError(), mse_update, mse_forward, (x, y)),
+        ("AUROC binary (exact)", AUROC("binary"), au_update, au_forward, (probs, binary)),
+        ("AUROC binary (200 bins)", AUROC("binary", thresholds=200), au_update, au_forward,
+         (probs, binary)),
+    ]
+
+
+def bench_local(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+          f"batch {args.batch} | {args.iters} calls x {args.repeats} runs (median)")
+    header = (f"{'metric':<26} {'hand upd':>9} {'update':>9} {'upd/hand':>9} "
+              f"{'hand fwd':>9} {'forward':>9} {'fwd/upd':>8}")
+    print(header)
+    print("-" * len(header))
+    for label, metric, hand_upd, hand_fwd, inputs in cases(args.batch, device):
+        metric = metric.to(device)  # type: ignore[attr-defined]
+
+        def upd(metric=metric, inputs=inputs):
+            metric.update(*inputs)
+            if metric.update_count > 1000:  # bound the cat states
+                metric.reset()
+
+        def fwd(metric=metric, inputs=inputs):
+            metric(*inputs)
+            if metric.update_count > 1000:
+                metric.reset()
+
+        h_u = timeit(lambda f=hand_upd, i=inputs: f(*i), args.iters, args.repeats, device)
+        m_u = timeit(upd, args.iters, args.repeats, device)
+        h_f = timeit(lambda f=hand_fwd, i=inputs: f(*i), args.iters, args.repeats, device)
+        m_f = timeit(fwd, args.iters, args.repeats, device)
+        print(f"{label:<26} {h_u:9.1f} {m_u:9.1f} {m_u / h_u:8.2f}x {h_f:9.1f} {m_f:9.1f} "
+              f"{m_f / m_u:7.2f}x")
+    print("(µs per call; upd/hand target ≤ 2x, fwd/upd target ≤ 1.2x)")
+
+
+def _sync_worker(rank: int, init_file: str, iters: int, out: str) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from trainer.metrics import MetricCollection, Precision, Recall
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    calls: list[str] = []
+    for fname in ("all_reduce", "all_gather", "broadcast", "barrier", "all_gather_object",
+                  "all_gather_into_tensor", "gather", "reduce"):
+        orig = getattr(dist, fname)
+
+        def wrapped(*a, __o=orig, __n=fname, **k):
+            calls.append(__n)
+            return __o(*a, **k)
+
+        setattr(dist, fname, wrapped)
+    mc = MetricCollection({
+        "acc": Accuracy("multiclass", num_classes=C),
+        "prec": Precision("multiclass", num_classes=C, average="macro"),
+        "rec": Recall("multiclass", num_classes=C, average="macro"),
+        "f1": F1Score("multiclass", num_classes=C, average="macro"),
+        "auroc": AUROC("multiclass", num_classes=C),
+    })
+    g = torch.Generator().manual_seed(rank)
+    times = []
+    counts = []
+    for i in range(iters + 2):
+        mc.update(torch.randn(256, C, generator=g).softmax(1), torch.randint(0, C, (256,),
+                                                                            generator=g))
+        calls.clear()
+        t0 = time.perf_counter()
+        mc.compute()
+        dt = time.perf_counter() - t0
+        if i >= 2:  # the first compute creates the sync group
+            times.append(dt * 1e3)
+            counts.append(len(calls))
+        mc.reset() if i % 10 == 9 else None
+    if rank == 0:
+        with open(out, "w") as f:
+            f.write(f"{statistics.median(times):.2f} {max(counts)} {calls}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def bench_sync(args: argparse.Namespace) -> None:
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "sync.txt")
+        ctx = mp.start_processes(_sync_worker, args=(os.path.join(tmp, "init"), args.sync_iters,
+                                                     out), nprocs=2, join=False,
+                                 start_method="spawn")
+        deadline = time.time() + 300
+        while not ctx.join(timeout=1):
+            if time.time() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                raise SystemExit("sync benchmark: workers did not finish within 300 s")
+        ms, n, calls = open(out).read().split(" ", 2)
+    print(f"\nsync, 2 gloo processes (CPU), 5-metric collection (acc, prec, rec, macro F1, "
+          f"AUROC; C={C}, 256..2560 samples/rank): median compute {float(ms):.2f} ms, "
+          f"{n} collective calls per compute {calls}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--iters", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument("--sync-iters", type=int, default=50)
+    parser.add_argument("--no-sync", action="store_true", help="skip the 2-process sync bench")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bench_local(args)
+    if not args.no_sync:
+        bench_sync(args)
+
+
+if __name__ == "__main__":
+    main()
