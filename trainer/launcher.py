@@ -411,20 +411,24 @@ def _restore_trainer_state(trainer: Any, state: dict[str, Any], args: tuple, kwa
                 "should_stop"):
         if key in state:
             _set_attr(trainer, key, state[key])
+    if module is not None and getattr(trainer, "lightning_module", False) is None:
+        trainer.lightning_module = module  # so trainer.test() after fit() finds the module
+
+
+# Where a Trainer keeps what a read-only property shows (trainer.trainer.Trainer).
+_BACKING = {"callback_metrics": "_epoch_metrics", "logged_metrics": "_logged"}
 
 
 def _set_attr(obj: Any, key: str, value: Any) -> None:
-    try:
-        setattr(obj, key, value)
+    prop = getattr(type(obj), key, None)
+    if isinstance(prop, property) and prop.fset is None:
+        backing = _BACKING.get(key)
+        if backing is not None and hasattr(obj, backing):
+            setattr(obj, backing, value)
+        else:
+            log.debug("DDP launcher: could not restore trainer.%s", key)
         return
-    except AttributeError:
-        pass
-    current = getattr(obj, key, None)
-    if isinstance(current, dict) and isinstance(value, dict):  # a read-only property over a dict
-        current.clear()
-        current.update(value)
-        return
-    log.debug("DDP launcher: could not restore trainer.%s", key)
+    setattr(obj, key, value)
 
 
 def _find_module(trainer: Any, args: tuple, kwargs: dict) -> nn.Module | None:

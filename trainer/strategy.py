@@ -14,6 +14,7 @@ DDP has two ways in:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -325,6 +326,8 @@ class DDPStrategy(Strategy):
             **kwargs,
         )
         self._owns_group = True
+        if not self._launched_worker:
+            atexit.register(_destroy_group_at_exit)
 
     def teardown(self) -> None:
         """Undo the module patch; destroy the group (our workers: the launcher does it last)."""
@@ -336,9 +339,9 @@ class DDPStrategy(Strategy):
                     del module.training_step
         self._patched.clear()
         self.model = None
-        if self._launched_worker:
-            return  # the worker entry still needs the group to hand results back
-        self._destroy_group()
+        # The group stays: in our workers the launcher's entry still needs it to hand results
+        # back (and destroys it last); under torchrun/SLURM the next stage (fit, then test)
+        # reuses it, and it is destroyed when the process exits.
 
     def _destroy_group(self) -> None:
         if self._owns_group and dist.is_initialized():
@@ -357,6 +360,10 @@ class DDPStrategy(Strategy):
         module = module.to(self.root_device)
         if not self.is_distributed or not any(p.requires_grad for p in module.parameters()):
             return module
+        if any(m is module for m, _, _ in self._patched) or (
+            self.model is not None and getattr(self.model, "module", None) is module
+        ):
+            return module  # already wrapped (the Trainer may call this once per stage)
         step = getattr(module, "training_step", None)
         if step is None:
             self.model = self._wrap(module)
@@ -527,6 +534,12 @@ class DDPStrategy(Strategy):
         state["_patched"] = []
         state["_owns_group"] = False
         return state
+
+
+def _destroy_group_at_exit() -> None:
+    with contextlib.suppress(Exception):
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _sampler_seed(dataloader: DataLoader) -> int:

@@ -140,3 +140,69 @@ def append_line(path: str, text: str) -> int:
         f.write(f"{text} rank={dist.get_rank()}\n")
     dist.barrier()
     return dist.get_rank()
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer-level pieces (module level so the spawned workers can unpickle them)
+
+from torch import nn  # noqa: E402
+from torch.utils.data import TensorDataset  # noqa: E402
+
+from trainer import TrainModule  # noqa: E402
+from trainer.callbacks import Callback  # noqa: E402
+
+
+def make_data(n: int = 64, d_in: int = 8, n_cls: int = 3, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=g)
+    y = torch.randint(0, n_cls, (n,), generator=g)
+    return TensorDataset(x, y)
+
+
+class MLPModule(TrainModule):
+    """No dropout (so 2 ranks x B equals 1 process x 2B exactly); logs synced and local values."""
+
+    def __init__(self, d_in: int = 8, hidden: int = 16, n_cls: int = 3, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, n_cls))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        rank = float(self.trainer.global_rank)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("rank_synced", rank, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("rank_local", rank, on_step=False, on_epoch=True)
+        self.log("rank_max", rank, on_step=True, on_epoch=False, sync_dist=True, reduce_fx="max")
+        return loss
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+
+class SaveThenDie(Callback):
+    """Saves a checkpoint after ``save_at`` steps; rank ``rank`` SIGKILLs itself at ``die_at``."""
+
+    def __init__(self, path: str, save_at: int, die_at: int, rank: int = 1) -> None:
+        self.path, self.save_at, self.die_at, self.rank = path, save_at, die_at, rank
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.save_at:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.die_at and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def flat(module: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])

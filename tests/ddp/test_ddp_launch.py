@@ -211,8 +211,9 @@ if __name__ == "__main__":
         "threads": torch.get_num_threads(),
     }
     s.barrier()
-    s.teardown()
-    assert not torch.distributed.is_initialized()
+    s.teardown()  # the group stays for the next stage (fit, then test) ...
+    s.setup_environment()  # ... which joins it again without a second init
+    out["after_teardown"] = s.reduce(torch.tensor([1.0]), "sum").item()
     if rank == 0:
         print("RESULT " + json.dumps(out), flush=True)
 """
@@ -233,6 +234,7 @@ def test_joins_a_torchrun_job(tmp_path: Path) -> None:
     assert out["weights_equal"] and out["grads_equal"]  # DDP broadcast + gradient all-reduce
     assert out["shards"] == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
     assert out["threads"] == 1  # torchrun sets OMP_NUM_THREADS=1
+    assert out["after_teardown"] == 2.0
 
 
 PREFECT_SCRIPT = """
