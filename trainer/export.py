@@ -968,7 +968,7 @@ def _random_like(t: Tensor, batch: int | None, gen: torch.Generator) -> Tensor:
 
 
 def _compare(
-    stats: OutputStats, got: Any, ref: Tensor, batch: int, atol: float, rtol: float
+    stats: OutputStats, got: Any, ref: Tensor, batch: int | None, atol: float, rtol: float
 ) -> None:
     got_t = torch.as_tensor(got).detach().cpu()
     ref = ref.detach().cpu()
@@ -1022,8 +1022,10 @@ def verify(
     names = _input_names(module, args, kw)
     sample = [*args, *kw.values()]
     device = _module_device(module)
-    sample_batch = _batch_size(args, kw, what) if sample else None
-    # A caught warning from the earlier export must not hide later ones.
+    try:
+        sample_batch = _batch_size(args, kw, what)
+    except ExportError:  # inputs without a common batch dim: check at the sample's shapes
+        sample_batch = None
     backends: dict[str, Any] = {}
     dynamic = {"onnx": True, "torchscript": True}
     if onnx_path is not None:
@@ -1036,25 +1038,29 @@ def verify(
             backends["torchscript"] = torch.jit.load(str(torchscript_path), map_location=device)
         backends["torchscript"].eval()
 
-    sizes = list(batch_sizes) or [sample_batch or 1]
-    n = max(samples, len(sizes))
-    plan = [sizes[i % len(sizes)] for i in range(n)]
-    if not all(dynamic[b] for b in backends) and sample_batch not in plan:
-        plan.append(sample_batch)  # a fixed-batch export is checked at its own batch size
+    plan: list[int | None]
+    if sample_batch is None:  # no common batch dim: fresh values at the sample's shapes
+        plan = [None] * max(samples, 1)
+    else:
+        sizes = list(batch_sizes) or [sample_batch]
+        plan = [sizes[i % len(sizes)] for i in range(max(samples, len(sizes)))]
+        if not all(dynamic[b] for b in backends) and sample_batch not in plan:
+            plan.append(sample_batch)  # a fixed-batch export is checked at its own batch size
     report = VerifyReport(
-        atol=atol, rtol=rtol, batch_sizes=sorted(set(plan)), backends=list(backends)
+        atol=atol,
+        rtol=rtol,
+        batch_sizes=sorted({b for b in plan if b is not None}),
+        backends=list(backends),
     )
     gen = torch.Generator().manual_seed(seed)
     with _eval_mode(module), torch.no_grad():
         for bs in plan:
-            inputs = [
-                _random_like(t, bs if sample_batch is not None else None, gen) for t in sample
-            ]
+            inputs = [_random_like(t, bs, gen) for t in sample]
             ref_args = tuple(t.to(device) for t in inputs[: len(args)])
             ref_kw = {k: t.to(device) for k, t in zip(kw, inputs[len(args) :])}
             ref = dict(_flatten_outputs(module(*ref_args, **ref_kw)))
             for backend, runner in backends.items():
-                if not dynamic[backend] and bs != sample_batch:
+                if not dynamic[backend] and bs is not None and bs != sample_batch:
                     continue
                 per = report.stats.setdefault(backend, {})
                 if backend == "onnx":

@@ -413,3 +413,17 @@ def test_compare_nan_and_shape():
     shape = ex.OutputStats("onnx", "y")
     ex._compare(shape, torch.zeros(2, 3), torch.zeros(3, 2), 2, 1e-5, 1e-4)
     assert not shape.ok and "shape" in shape.note
+
+
+def test_inputs_without_common_batch(tmp_path):
+    class Lookup(nn.Module):
+        def forward(self, x: Tensor, table: Tensor) -> Tensor:
+            return x @ table.T
+
+    model = Lookup()
+    sample = (torch.randn(4, 3), torch.randn(10, 3))
+    with pytest.raises(ExportError, match="same dim 0.*dynamic_batch=False"):
+        to_onnx(model, tmp_path / "l.onnx", input_sample=sample)
+    info = to_onnx(model, tmp_path / "l.onnx", input_sample=sample, dynamic_batch=False)
+    report = verify(model, onnx_path=info.path, input_sample=sample)
+    assert report.ok and report.batch_sizes == [] and report.stats["onnx"]["output"].numel == 120
