@@ -282,14 +282,16 @@ def _jit_scripting(module: nn.Module) -> Iterator[None]:
     torch.jit reads every attribute of a module while scripting or tracing; a module whose
     properties raise when detached (``TrainModule.trainer``) checks this flag to return None.
     """
-    flagged = [m for m in module.modules() if hasattr(m, "_jit_is_scripting")]
-    for m in flagged:
+    flagged = [
+        (m, m._jit_is_scripting) for m in module.modules() if hasattr(m, "_jit_is_scripting")
+    ]
+    for m, _ in flagged:
         m._jit_is_scripting = True
     try:
         yield
     finally:
-        for m in flagged:
-            m._jit_is_scripting = False
+        for m, before in flagged:
+            m._jit_is_scripting = before
 
 
 def _model_class(module: nn.Module) -> str:

@@ -427,3 +427,33 @@ def test_inputs_without_common_batch(tmp_path):
     info = to_onnx(model, tmp_path / "l.onnx", input_sample=sample, dynamic_batch=False)
     report = verify(model, onnx_path=info.path, input_sample=sample)
     assert report.ok and report.batch_sizes == [] and report.stats["onnx"]["output"].numel == 120
+
+
+class Detached(nn.Module):
+    """A property that raises when detached, like TrainModule.trainer (Lightning's protocol)."""
+
+    _jit_is_scripting = False
+    __jit_unused_properties__ = ["owner"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.example_input_array = torch.randn(2, 3)
+
+    @property
+    def owner(self):
+        if not self._jit_is_scripting:
+            raise RuntimeError("not attached to an owner")
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("method", ["script", "trace"])
+def test_jit_is_scripting_flag(tmp_path, method):
+    model = Detached()
+    to_torchscript(model, tmp_path / "d.pt", method=method)
+    assert model._jit_is_scripting is False  # restored
+    info = to_onnx(model, tmp_path / "d.onnx", exporter="legacy")  # legacy traces too
+    assert verify(model, onnx_path=info.path, torchscript_path=tmp_path / "d.pt").ok
