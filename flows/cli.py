@@ -95,6 +95,12 @@ def _print_summary(result) -> None:  # noqa: ANN001
         for k, v in sorted(result.metrics.items()):
             m.add_row(k, f"{v:.4f}")
         console.print(m)
+    reg = result.registered
+    if reg is not None:
+        verdict = f"promoted to @{reg.alias}" if reg.promoted else "not promoted"
+        console.print(f"registry {reg.name} v{reg.version}: {verdict} ({reg.decision})")
+    if result.trained is not None and result.trained.mlflow_run_id:
+        console.print(f"mlflow run {result.trained.mlflow_run_id}")
     if result.data is not None:
         console.print(f"data {result.data.content_hash[:12]}  home {result.home}")
 

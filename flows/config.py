@@ -92,7 +92,7 @@ class TrainerConfig(_Section):
     seed: int = 0
     deterministic: bool = True
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    num_threads: int | None = Field(None, gt=0)
+    num_threads: int | None = Field(1, gt=0)  # per process; None: torch's default
 
 
 class GateConfig(_Section):

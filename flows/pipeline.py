@@ -23,8 +23,19 @@ from prefect.states import State  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
 from flows.config import PipelineConfig, StageRetry, load_config  # noqa: E402
+from tasks.evaluate import evaluate  # noqa: E402
+from tasks.export import export  # noqa: E402
 from tasks.prepare_data import prepare_data  # noqa: E402
-from tasks.types import DatasetRef, retry_transient  # noqa: E402
+from tasks.register import promote, register  # noqa: E402
+from tasks.train import train  # noqa: E402
+from tasks.types import (  # noqa: E402
+    DatasetRef,
+    EvalReport,
+    ExportRef,
+    RegistryRef,
+    TrainResult,
+    retry_transient,
+)
 
 
 class StageRecord(BaseModel):
@@ -40,6 +51,10 @@ class PipelineResult(BaseModel):
 
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     data: DatasetRef | None = None
+    trained: TrainResult | None = None
+    report: EvalReport | None = None
+    exported: ExportRef | None = None
+    registered: RegistryRef | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     home: Path
     flow_run_id: str | None = None
@@ -61,6 +76,10 @@ def _run(
     """Run a stage; if its cached output's files are gone, run it again without the cache."""
     t0 = time.perf_counter()
     state: State = _with_policy(task, retry, home)(*args, return_state=True)
+    if not state.is_completed():
+        result.stages[name] = StageRecord(
+            state=state.name or "Failed", seconds=round(time.perf_counter() - t0, 3)
+        )
     value = state.result()  # raises the stage's error: later stages do not run
     if state.name == "Cached" and not _outputs_exist(value):
         state = _with_policy(task, retry, home).with_options(refresh_cache=True)(
@@ -95,6 +114,16 @@ def _summary_markdown(cfg: PipelineConfig, result: PipelineResult) -> str:
     if result.metrics:
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(result.metrics.items())]
+    if result.report is not None:
+        g = cfg.evaluation.gate
+        lines += ["", f"**Gate** {g.metric} = {result.report.gate_value:.4f} ({g.mode}, "
+                  f"min_delta {g.min_delta:g})"]
+    if result.registered is not None:
+        reg = result.registered
+        verdict = "promoted to @" + (reg.alias or "") if reg.promoted else "not promoted"
+        lines += [f"**Registry** `{reg.name}` version {reg.version}: {verdict} ({reg.decision})"]
+    if result.trained is not None and result.trained.mlflow_run_id:
+        lines += [f"**MLflow run** `{result.trained.mlflow_run_id}`"]
     lines += ["", f"Model `{cfg.model.class_path}`; home `{result.home}`"]
     return "\n".join(lines)
 
@@ -118,17 +147,36 @@ def training_pipeline(
             cfg = validate_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
     else:
         cfg = load_config(config, overrides)
+    if cfg.tracking.uri is None:  # resolve once: every stage then uses the same store
+        from flows.tracking import resolve_tracking_uri
+
+        tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(None)})
+        cfg = cfg.model_copy(update={"tracking": tracking})
     home = home_dir()
     result = PipelineResult(home=home, flow_run_id=flow_run.get_id())
     r = cfg.retries
 
-    data: DatasetRef = _run("prepare_data", prepare_data, r.prepare_data, home, result,
-                            cfg.data, str(home))
-    result.data = data
-
-    create_markdown_artifact(
-        key="training-pipeline-summary",
-        markdown=_summary_markdown(cfg, result),
-        description="trainflow: stages, metrics, gate decision, MLflow run, registry version",
-    )
+    try:
+        data = _run("prepare_data", prepare_data, r.prepare_data, home, result, cfg.data, str(home))
+        result.data = data
+        trained = _run("train", train, r.train, home, result, data, cfg, str(home))
+        result.trained = trained
+        report = _run("evaluate", evaluate, r.evaluate, home, result, trained, data, cfg)
+        result.report = report
+        result.metrics = dict(report.metrics)
+        exported = _run("export", export, r.export, home, result, trained, cfg, str(home))
+        result.exported = exported
+        if cfg.registry.enabled:
+            registered = _run(
+                "register", register, r.registry, home, result, trained, report, exported, cfg
+            )
+            result.registered = _run(
+                "promote", promote, r.registry, home, result, registered, cfg
+            )
+    finally:
+        create_markdown_artifact(
+            key="training-pipeline-summary",
+            markdown=_summary_markdown(cfg, result),
+            description="trainflow: stages, metrics, gate decision, MLflow run, registry version",
+        )
     return result

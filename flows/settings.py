@@ -45,7 +45,9 @@ def configure_environment(home: Path | None = None) -> Path:
     """
     home = (home or home_dir()).resolve()
     if "prefect" not in sys.modules:
-        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+        if "PREFECT_HOME" not in os.environ:
+            (home / "prefect").mkdir(parents=True, exist_ok=True)  # sqlite needs the folder
+            os.environ["PREFECT_HOME"] = str(home / "prefect")
         # Cold start of the ephemeral API runs migrations (~11 s here); the default 20 s is tight
         # on a loaded 2-core machine.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

@@ -1,0 +1,110 @@
+"""Stages 5 and 6: register the exported model in MLflow with its lineage, then the promotion gate.
+
+``register`` is cached on the export's content, the evaluation metrics and the registry section
+(registering the same export twice gives the same version). ``promote`` always runs: whether the
+alias moves depends on the champion of the moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.config import PipelineConfig
+from tasks.types import EvalReport, ExportRef, RegistryRef, TrainResult
+
+CODE_VERSION = "register-1"
+
+
+def stage_key(exported: ExportRef, report: EvalReport, cfg: PipelineConfig) -> str:
+    """Cache key: export content, evaluation metrics, registry section, code version."""
+    payload = json.dumps(
+        {
+            "stage": "register",
+            "code": CODE_VERSION,
+            "onnx": exported.onnx_sha256,
+            "torchscript": exported.torchscript_sha256,
+            "metrics": report.metrics,
+            "registry": cfg.registry.digest(),
+            "tracking": cfg.tracking.digest(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def run_register(
+    trained: TrainResult,
+    report: EvalReport,
+    exported: ExportRef,
+    cfg: PipelineConfig,
+    key: str,
+    flow_run_id: str | None = None,
+) -> RegistryRef:
+    """Register without Prefect."""
+    from tasks.registry import register_model
+
+    if exported.onnx is None:
+        from tasks.types import StageError
+
+        raise StageError("registry.enabled: registering needs export.onnx: true")
+    rv = register_model(
+        cfg.registry.model_name,
+        exported.onnx,
+        torchscript_path=exported.torchscript,
+        weights_path=trained.checkpoint,
+        eval_metrics=report.metrics,
+        export_metrics=exported.parity,
+        export_verified=True,
+        data_hash=trained.data_hash,
+        config_hash=trained.config_hash,
+        code_version=trained.code_version,
+        flow_run_id=flow_run_id,
+        run_id=trained.mlflow_run_id,
+        tracking_uri=cfg.tracking.uri,
+    )
+    return RegistryRef(name=rv.name, version=str(rv.version), cache_key=key)
+
+
+def run_promote(registered: RegistryRef, cfg: PipelineConfig) -> RegistryRef:
+    """Apply the gate without Prefect: the alias moves only if the candidate beats the champion."""
+    from tasks.registry import promote as registry_promote
+
+    gate = cfg.evaluation.gate
+    decision = registry_promote(
+        registered.name,
+        registered.version,
+        gate.metric,
+        gate.mode,
+        gate.min_delta,
+        alias=cfg.registry.alias,
+        tracking_uri=cfg.tracking.uri,
+    )
+    return registered.model_copy(
+        update={"promoted": decision.promoted, "decision": decision.reason,
+                "alias": cfg.registry.alias if decision.promoted else None}
+    )
+
+
+def _cache_key(context: object, params: dict) -> str:
+    return "register-" + stage_key(params["exported"], params["report"], params["cfg"])
+
+
+@task(name="register", cache_key_fn=_cache_key, persist_result=True)
+def register(
+    trained: TrainResult, report: EvalReport, exported: ExportRef, cfg: PipelineConfig
+) -> RegistryRef:
+    """Prefect task: a registry version tagged with data hash, config hash, code, flow run."""
+    from prefect.runtime import flow_run
+
+    key = stage_key(exported, report, cfg)
+    return run_register(trained, report, exported, cfg, key, flow_run.get_id())
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(registered: RegistryRef, cfg: PipelineConfig) -> RegistryRef:
+    """Prefect task: the promotion gate (never cached)."""
+    return run_promote(registered, cfg)

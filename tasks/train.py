@@ -1,0 +1,241 @@
+"""Stage 2: build the TrainModule from config, fit it on the prepared splits, keep the best one.
+
+Outputs live in ``<home>/stages/train/<key>/`` where ``key`` hashes the data content, the model and
+trainer sections and the code version (this module's and the model class's source). Checkpoints
+go to ``checkpoints/`` with ``last.ckpt`` kept every epoch: when an attempt is interrupted (killed,
+crashed, retried), the next attempt with the same key resumes from ``last.ckpt`` instead of
+starting over. ``result.json`` is written last and marks the stage finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+
+from flows.config import ModelConfig, PipelineConfig, TrackingConfig, TrainerConfig
+from tasks.prepare_data import file_sha256, load_split
+from tasks.types import DatasetRef, StageError, TrainResult
+
+CODE_VERSION = "train-1"
+
+
+def import_class(class_path: str) -> type:
+    """``pkg.mod:Class`` → the class; errors name ``model.class_path``."""
+    mod_name, _, cls_name = class_path.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as err:
+        raise StageError(f"model.class_path: cannot import {mod_name!r} ({err})") from None
+    cls = getattr(mod, cls_name, None)
+    if cls is None:
+        raise StageError(f"model.class_path: {mod_name!r} has no {cls_name!r}")
+    return cls
+
+
+def model_code_version(class_path: str) -> str:
+    """A hash of the source file of the model class (so editing the model reruns training)."""
+    cls = import_class(class_path)
+    try:
+        src = Path(inspect.getfile(cls)).read_bytes()
+    except (TypeError, OSError):
+        src = class_path.encode()
+    return hashlib.sha256(src).hexdigest()[:16]
+
+
+def stage_key(data: DatasetRef, model: ModelConfig, trainer: TrainerConfig) -> str:
+    """Cache key: data content, model and trainer sections, code versions."""
+    payload = json.dumps(
+        {
+            "stage": "train",
+            "code": CODE_VERSION,
+            "model_code": model_code_version(model.class_path),
+            "data": data.content_hash,
+            "model": model.digest(),
+            "trainer": trainer.digest(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_module(model: ModelConfig, data: DatasetRef) -> Any:
+    """Instantiate the TrainModule; ``num_features``/``num_classes`` come from the data if taken."""
+    cls = import_class(model.class_path)
+    kwargs = dict(model.kwargs)
+    params = inspect.signature(cls.__init__).parameters
+    if "num_features" in params:
+        kwargs.setdefault("num_features", len(data.features))
+    if "num_classes" in params and data.num_classes is not None:
+        kwargs.setdefault("num_classes", data.num_classes)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise StageError(f"model.kwargs: {cls.__name__} does not take them: {err}") from None
+
+
+def dataloader(data: DatasetRef, split: str, batch_size: int, shuffle: bool, seed: int) -> Any:
+    """A DataLoader over a split: arrow buffers → numpy view → torch without a copy."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = load_split(data, split)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        xt = torch.from_numpy(x)  # read-only view of the parquet buffers; never written
+        yt = torch.from_numpy(np.ascontiguousarray(y))
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(xt, yt), batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+def make_trainer(
+    cfg: TrainerConfig, root: Path, logger: Any = None, checkpoint: bool = True, **extra: Any
+) -> Any:
+    """The Trainer for a stage; with ``checkpoint``, best + last into ``root/checkpoints``."""
+    from trainer import Trainer
+    from trainer.callbacks import ModelCheckpoint
+
+    callbacks = []
+    if checkpoint:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=root / "checkpoints",
+                filename="best",
+                monitor=cfg.checkpoint.monitor,
+                mode=cfg.checkpoint.mode,
+                save_top_k=1,
+                save_last=True,
+            )
+        )
+    return Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        deterministic=cfg.deterministic,
+        default_root_dir=str(root),
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        **extra,
+    )
+
+
+def mlflow_logger(
+    tracking: TrackingConfig,
+    run_name: str,
+    tags: dict[str, str],
+    run_id: str | None = None,
+    plots: bool = True,
+) -> Any:
+    """An MLflowLogger on the configured (or embedded) store."""
+    from trainer.loggers.mlflow import MLflowLogger
+
+    return MLflowLogger(
+        experiment_name=tracking.experiment,
+        run_name=run_name,
+        tracking_uri=tracking.uri,
+        tags=tags,
+        run_id=run_id,
+        log_checkpoints=False,
+        log_plots=plots,
+    )
+
+
+def fit(
+    data: DatasetRef,
+    cfg: PipelineConfig,
+    root: Path,
+    key: str,
+    track: bool = True,
+) -> TrainResult:
+    """Run the stage without Prefect: fit into ``root`` (resuming from ``last.ckpt`` if there)."""
+    import torch
+
+    done = root / "result.json"
+    if done.exists():
+        return TrainResult.model_validate_json(done.read_text())
+    root.mkdir(parents=True, exist_ok=True)
+    tc = cfg.trainer
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed % 2**32)
+    module = build_module(cfg.model, data)
+    train_dl = dataloader(data, "train", tc.batch_size, True, tc.seed)
+    val_dl = dataloader(data, "val", tc.batch_size, False, tc.seed) if data.splits[
+        "val"
+    ].rows else None
+
+    last = root / "checkpoints" / "last.ckpt"
+    resume = last if last.exists() else None
+    run_id_file = root / "mlflow_run_id"
+    logger = None
+    if track:
+        prior = run_id_file.read_text().strip() if run_id_file.exists() else None
+        logger = mlflow_logger(
+            cfg.tracking,
+            run_name=f"train-{key[:8]}",
+            tags={"trainflow.data_hash": data.content_hash, "trainflow.train_key": key},
+            run_id=prior,  # continue the interrupted attempt's run
+        )
+        run_id = logger.run_id
+        if run_id:
+            run_id_file.write_text(run_id)
+    trainer = make_trainer(tc, root, logger)
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None)
+
+    best = trainer.checkpoint_callback.best_model_path or str(last)
+    best_path = Path(best)
+    if not best_path.exists():
+        raise StageError(f"train: no checkpoint was written in {root / 'checkpoints'}")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _scalar(v)}
+    result = TrainResult(
+        checkpoint=best_path,
+        checkpoint_sha256=file_sha256(best_path),
+        metrics=metrics,
+        epochs=int(trainer.current_epoch),
+        global_step=int(trainer.global_step),
+        mlflow_run_id=logger.run_id if logger is not None else None,
+        resumed_from=resume,
+        data_hash=data.content_hash,
+        config_hash=hashlib.sha256(
+            (cfg.model.digest() + cfg.trainer.digest()).encode()
+        ).hexdigest(),
+        cache_key=key,
+        code_version=CODE_VERSION,
+    )
+    tmp = done.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(result.model_dump_json(indent=1))
+    os.replace(tmp, done)
+    return result
+
+
+def _scalar(v: Any) -> bool:
+    try:
+        return getattr(v, "numel", lambda: 1)() == 1
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _cache_key(context: object, params: dict) -> str:
+    cfg: PipelineConfig = params["cfg"]
+    return "train-" + stage_key(params["data"], cfg.model, cfg.trainer)
+
+
+@task(name="train", cache_key_fn=_cache_key, persist_result=True)
+def train(data: DatasetRef, cfg: PipelineConfig, home: str) -> TrainResult:
+    """Prefect task: fit the model; resumes an interrupted attempt with the same key."""
+    from flows.settings import stage_dir
+
+    key = stage_key(data, cfg.model, cfg.trainer)
+    return fit(data, cfg, stage_dir("train", Path(home)) / key, key)
