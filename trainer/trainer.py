@@ -590,7 +590,10 @@ class Trainer:
             given = fn() if callable(fn) else None
         if given is None:
             return []
-        dls = list(given) if isinstance(given, list | tuple) else [given]
+        # a list of DataLoaders is several loaders; any other list is one iterable of batches
+        several = isinstance(given, list | tuple) and given and all(
+            isinstance(d, DataLoader) for d in given)
+        dls = list(given) if several else [given]
         return [self.strategy.setup_dataloader(d, shuffle=(kind == "train")) for d in dls]
 
     def _limits(self, dls: list[Any], limit: int | float) -> list[float]:

@@ -1,0 +1,200 @@
+"""Trainer vs a hand-written PyTorch loop: time per optimizer step (printed table).
+
+    .venv/bin/python bench/trainer.py                 # the CPU cases of issue 2
+    .venv/bin/python bench/trainer.py --quick         # tiny counts, a smoke run
+    .venv/bin/python bench/trainer.py --device cuda   # + a small bf16-mixed transformer
+
+Each repeat runs the hand loop then the Trainer on fresh copies of the same model, alternating;
+the table shows medians over the repeats and the ratio of the medians. torch.set_num_threads(1)
+(CPU). Batches are pre-built tensors in a list (on the device, one epoch of all the steps),
+so the figures compare loop overhead, not data loading; the Trainer's time is its whole
+fit() call (setup included).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds scripts named like modules (logging.py, trainer.py): keep it off sys.path so
+# `import logging` / `import trainer` find the real ones, and put the repo root first.
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_HERE)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from trainer import Trainer, TrainModule  # noqa: E402
+
+
+class Net(TrainModule):
+    def __init__(self, net: nn.Module, lr: float, log: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.lr = lr
+        self.do_log = log
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        if self.do_log:
+            self.log("loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class TokenClassifier(nn.Module):
+    """A small transformer encoder over token ids, mean-pooled into classes."""
+
+    def __init__(self, vocab=1000, d=256, heads=4, layers=4, n_cls=10) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, layers)
+        self.head = nn.Linear(d, n_cls)
+
+    def forward(self, x):
+        return self.head(self.enc(self.emb(x)).mean(1))
+
+
+def mlp(sizes: list[int]) -> nn.Module:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def make_batches(kind: str, batch: int, n: int, device: str, d_in: int = 0):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        if kind == "tokens":
+            x = torch.randint(0, 1000, (batch, 128), generator=g)
+        else:
+            x = torch.randn(batch, d_in, generator=g)
+        y = torch.randint(0, 10, (batch,), generator=g)
+        out.append((x.to(device), y.to(device)))
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def hand_loop(net, batches, steps, lr, device, amp) -> float:
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    net.train()
+    sync(device)
+    t0 = time.perf_counter()
+    step = 0
+    while step < steps:
+        for x, y in batches:
+            opt.zero_grad()
+            if amp:
+                with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+                    loss = nn.functional.cross_entropy(net(x), y)
+            else:
+                loss = nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == steps:
+                break
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def trainer_loop(net, batches, steps, lr, device, amp, log, bar) -> float:
+    module = Net(net, lr, log)
+    callbacks = []
+    if bar:
+        from rich.console import Console
+
+        from trainer.callbacks.progress import ProgressBar
+
+        # a real bar, drawn into a buffer so the table stays readable
+        callbacks.append(ProgressBar(console=Console(file=io.StringIO(), force_terminal=True)))
+    trainer = Trainer(max_steps=steps, accelerator="cuda" if device.startswith("cuda") else "cpu",
+                      devices=1, precision="bf16-mixed" if amp else "32-true", logger=False,
+                      enable_checkpointing=False, enable_progress_bar=bar, callbacks=callbacks,
+                      num_sanity_val_steps=0)
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.fit(module, batches)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def run_case(name, make_net, batches, steps, lr, device, amp, log, bar, repeats, target):
+    batches = (batches * (steps // len(batches) + 1))[:steps]  # one epoch of `steps` batches
+    base = make_net().to(device)
+    hand_loop(copy.deepcopy(base), batches, max(steps // 10, 5), lr, device, amp)  # warm up
+    trainer_loop(copy.deepcopy(base), batches, max(steps // 10, 5), lr, device, amp, log, bar)
+    hs, ts = [], []
+    for _ in range(repeats):
+        hs.append(hand_loop(copy.deepcopy(base), batches, steps, lr, device, amp))
+        ts.append(trainer_loop(copy.deepcopy(base), batches, steps, lr, device, amp, log, bar))
+    h, t = statistics.median(hs), statistics.median(ts)
+    ratio = t / h
+    ok = "yes" if target is None or ratio <= target else "NO"
+    print(f"| {name:<44} | {steps:>5} | {h * 1e6:>9.1f} | {t * 1e6:>9.1f} | {ratio:>5.3f} | "
+          f"{'' if target is None else f'<= {target:.2f}':>7} | {ok:>3} |", flush=True)
+    return ratio
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=2000, help="steps of the small MLP cases")
+    ap.add_argument("--large-steps", type=int, default=300, help="steps of the 784-1024 MLP")
+    ap.add_argument("--quick", action="store_true", help="tiny counts (a smoke run)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.steps, args.large_steps = 2, 100, 10
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    dev = args.device
+    cpu_name = ""
+    try:
+        cpu_name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                        if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else cpu_name
+    print(f"torch {torch.__version__}, device {dev} ({card}), threads "
+          f"{torch.get_num_threads()}, cores {os.cpu_count()}, repeats {args.repeats} (median)")
+    print("| case                                         | steps | hand µs/step | trainer µs/step "
+          "| ratio | target | ok |")
+    print("|---|---:|---:|---:|---:|---:|:-:|")
+    small = make_batches("dense", 64, 50, dev, 32)
+    run_case("MLP 32-64-10, batch 64, no logging", lambda: mlp([32, 64, 10]), small,
+             args.steps, 0.01, dev, False, False, False, args.repeats, 1.05)
+    run_case("  + self.log(on_step, on_epoch, prog_bar), bar on", lambda: mlp([32, 64, 10]),
+             small, args.steps, 0.01, dev, False, True, True, args.repeats, 1.15)
+    large = make_batches("dense", 256, 10, dev, 784)
+    run_case("MLP 784-1024-1024-10, batch 256", lambda: mlp([784, 1024, 1024, 10]), large,
+             args.large_steps, 0.01, dev, False, False, False, args.repeats, 1.02)
+    if dev.startswith("cuda"):
+        tokens = make_batches("tokens", 32, 10, dev)
+        run_case("transformer 4x256, seq 128, batch 32, bf16-mixed", TokenClassifier, tokens,
+                 max(args.large_steps, 20), 0.01, dev, True, True, False, args.repeats, None)
+
+
+if __name__ == "__main__":
+    main()
