@@ -14,19 +14,24 @@ processes, with the number of collective calls per compute.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Callable
 
-import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# `python bench/metrics.py` puts bench/ first on sys.path, where bench/logging.py would shadow
+# the standard library's logging module (which torch imports): use the repo root instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(_HERE)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import torch  # noqa: E402
 
 from trainer.metrics import AUROC, Accuracy, F1Score, MeanSquaredError  # noqa: E402
 
@@ -137,6 +142,26 @@ def cases(batch: int, device: torch.device) -> list[tuple[str, object, Callable,
     ]
 
 
+def torchmetrics_counterparts() -> dict[str, object] | None:
+    """The same metrics from torchmetrics (for --torchmetrics), or None if not installed."""
+    try:
+        from torchmetrics.classification import (
+            BinaryAUROC,
+            MulticlassAccuracy,
+            MulticlassF1Score,
+        )
+        from torchmetrics.regression import MeanSquaredError as TMMeanSquaredError
+    except ImportError:
+        return None
+    return {
+        "accuracy (multiclass, C=10)": MulticlassAccuracy(num_classes=C, average="micro"),
+        "F1 macro (C=10)": MulticlassF1Score(num_classes=C, average="macro"),
+        "MSE": TMMeanSquaredError(),
+        "AUROC binary (exact)": BinaryAUROC(),
+        "AUROC binary (200 bins)": BinaryAUROC(thresholds=200),
+    }
+
+
 def bench_local(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -146,6 +171,8 @@ def bench_local(args: argparse.Namespace) -> None:
               f"{'hand fwd':>9} {'forward':>9} {'fwd/upd':>8}")
     print(header)
     print("-" * len(header))
+    tm = torchmetrics_counterparts() if args.torchmetrics else None
+    tm_rows = []
     for label, metric, hand_upd, hand_fwd, inputs in cases(args.batch, device):
         metric = metric.to(device)  # type: ignore[attr-defined]
 
@@ -165,10 +192,38 @@ def bench_local(args: argparse.Namespace) -> None:
         m_f = timeit(fwd, args.iters, args.repeats, device)
         print(f"{label:<26} {h_u:9.1f} {m_u:9.1f} {m_u / h_u:8.2f}x {h_f:9.1f} {m_f:9.1f} "
               f"{m_f / m_u:7.2f}x")
+        if tm is not None:
+            other = tm[label].to(device)  # type: ignore[attr-defined]
+
+            def t_upd(other=other, inputs=inputs):
+                other.update(*inputs)
+                if other.update_count > 1000:
+                    other.reset()
+
+            def t_fwd(other=other, inputs=inputs):
+                other(*inputs)
+                if other.update_count > 1000:
+                    other.reset()
+
+            t_u = timeit(t_upd, args.iters, args.repeats, device)
+            t_f = timeit(t_fwd, args.iters, args.repeats, device)
+            tm_rows.append((label, h_u, t_u, t_f))
     print("(µs per call; upd/hand target ≤ 2x, fwd/upd target ≤ 1.2x)")
+    if tm is None and args.torchmetrics:
+        print("torchmetrics is not installed: no comparison")
+    if tm_rows:
+        import torchmetrics
+
+        print(f"\ntorchmetrics {torchmetrics.__version__}, same inputs and run:")
+        print(f"{'metric':<26} {'hand upd':>9} {'update':>9} {'upd/hand':>9} {'forward':>9} "
+              f"{'fwd/upd':>8}")
+        for label, h_u, t_u, t_f in tm_rows:
+            print(f"{label:<26} {h_u:9.1f} {t_u:9.1f} {t_u / h_u:8.2f}x {t_f:9.1f} "
+                  f"{t_f / t_u:7.2f}x")
 
 
-def _sync_worker(rank: int, init_file: str, iters: int, out: str) -> None:
+
+def _sync_worker(rank: int, init_file: str, iters: int, out: str, use_tm: bool = False) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     import torch.distributed as dist
@@ -186,13 +241,25 @@ def _sync_worker(rank: int, init_file: str, iters: int, out: str) -> None:
             return __o(*a, **k)
 
         setattr(dist, fname, wrapped)
-    mc = MetricCollection({
-        "acc": Accuracy("multiclass", num_classes=C),
-        "prec": Precision("multiclass", num_classes=C, average="macro"),
-        "rec": Recall("multiclass", num_classes=C, average="macro"),
-        "f1": F1Score("multiclass", num_classes=C, average="macro"),
-        "auroc": AUROC("multiclass", num_classes=C),
-    })
+    if use_tm:
+        import torchmetrics
+        from torchmetrics import classification as tmc
+
+        mc = torchmetrics.MetricCollection({
+            "acc": tmc.MulticlassAccuracy(num_classes=C, average="micro"),
+            "prec": tmc.MulticlassPrecision(num_classes=C, average="macro"),
+            "rec": tmc.MulticlassRecall(num_classes=C, average="macro"),
+            "f1": tmc.MulticlassF1Score(num_classes=C, average="macro"),
+            "auroc": tmc.MulticlassAUROC(num_classes=C),
+        })
+    else:
+        mc = MetricCollection({
+            "acc": Accuracy("multiclass", num_classes=C),
+            "prec": Precision("multiclass", num_classes=C, average="macro"),
+            "rec": Recall("multiclass", num_classes=C, average="macro"),
+            "f1": F1Score("multiclass", num_classes=C, average="macro"),
+            "auroc": AUROC("multiclass", num_classes=C),
+        })
     g = torch.Generator().manual_seed(rank)
     times = []
     counts = []
@@ -214,13 +281,13 @@ def _sync_worker(rank: int, init_file: str, iters: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def bench_sync(args: argparse.Namespace) -> None:
+def bench_sync(args: argparse.Namespace, use_tm: bool = False) -> None:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "sync.txt")
         ctx = mp.start_processes(_sync_worker, args=(os.path.join(tmp, "init"), args.sync_iters,
-                                                     out), nprocs=2, join=False,
+                                                     out, use_tm), nprocs=2, join=False,
                                  start_method="spawn")
         deadline = time.time() + 300
         while not ctx.join(timeout=1):
@@ -229,8 +296,11 @@ def bench_sync(args: argparse.Namespace) -> None:
                     p.kill()
                 raise SystemExit("sync benchmark: workers did not finish within 300 s")
         ms, n, calls = open(out).read().split(" ", 2)
-    print(f"\nsync, 2 gloo processes (CPU), 5-metric collection (acc, prec, rec, macro F1, "
-          f"AUROC; C={C}, 256..2560 samples/rank): median compute {float(ms):.2f} ms, "
+    who = "torchmetrics" if use_tm else "trainer.metrics"
+    if len(calls) > 120:
+        calls = calls[:117] + "...]"
+    print(f"\n{who}: sync, 2 gloo processes (CPU), 5-metric collection (acc, prec, rec, "
+          f"macro F1, AUROC; C={C}, 256..2560 samples/rank): median compute {float(ms):.2f} ms, "
           f"{n} collective calls per compute {calls}")
 
 
@@ -243,11 +313,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument("--sync-iters", type=int, default=50)
     parser.add_argument("--no-sync", action="store_true", help="skip the 2-process sync bench")
+    parser.add_argument("--torchmetrics", action="store_true",
+                        help="also time torchmetrics' counterparts, where it is installed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bench_local(args)
     if not args.no_sync:
         bench_sync(args)
+        if args.torchmetrics:
+            try:
+                import torchmetrics  # noqa: F401
+            except ImportError:
+                return
+            bench_sync(args, use_tm=True)
 
 
 if __name__ == "__main__":

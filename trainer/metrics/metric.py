@@ -200,7 +200,7 @@ class Metric(nn.Module):
         d = self.__dict__
         cur = d[name]
         if cur is self._defaults[name]:
-            d[name] = value.to(cur.dtype)
+            d[name] = value if value.dtype == cur.dtype else value.to(cur.dtype)
         else:
             d[name] = cur + value
 

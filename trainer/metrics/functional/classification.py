@@ -172,10 +172,11 @@ def _count(idx: Tensor, n: int) -> Tensor:
 
 
 def _range_message(name: str, target: Tensor, high: int, ignore_index: int | None) -> str:
-    t = target if ignore_index is None else target[target != ignore_index]
     got = ""
-    if t.device.type == "cpu" and t.numel():
-        got = f" (got values in [{int(t.min())}, {int(t.max())}])"
+    if target.device.type == "cpu":  # on accelerators: no host sync for the message
+        t = target if ignore_index is None else target[target != ignore_index]
+        if t.numel():
+            got = f" (got values in [{int(t.min())}, {int(t.max())}])"
     ign = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
     return f"{name}: target must be in [0, {high - 1}]{ign}{got}"
 
@@ -710,10 +711,14 @@ def binned_update(
     bins = torch.searchsorted(thresholds, preds.contiguous(), right=True)
     idx = (torch.arange(k, device=preds.device) * (n_t + 1) + bins) * 2 + target.long()
     size = k * (n_t + 1) * 2
+    n = size
     if ignore_index is not None:
         idx = idx.masked_fill(target == ignore_index, size)
-        return _count(idx.reshape(-1), size + 1)[:size].view(k, n_t + 1, 2)
-    return _count(idx.reshape(-1), size).view(k, n_t + 1, 2)
+        n = size + 1
+    # the target range was checked before; this only keeps bad input off the device's
+    # out-of-range asserts
+    counts = _checked_count(idx.reshape(-1), n, False, _eager_check, lambda: "")
+    return counts[:size].view(k, n_t + 1, 2)
 
 
 def curve_score_binned(
