@@ -218,6 +218,10 @@ class Metric(nn.Module):
         """The metric value from the states (subclasses implement)."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute()")
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """forward(...) without nn.Module's hook machinery (metrics take no hooks)."""
+        return self.forward(*args, **kwargs)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Accumulate the batch (one update) and return the metric on this batch alone."""
         d = self.__dict__
