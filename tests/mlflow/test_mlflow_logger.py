@@ -62,7 +62,7 @@ def test_params_metrics_nan_flush_and_finish(store_uri: str) -> None:
 
 @pytest.mark.parametrize(("status", "expected"), [("failed", "FAILED"), ("interrupted", "KILLED")])
 def test_failed_and_interrupted_runs(store_uri: str, status: str, expected: str) -> None:
-    logger = MLflowLogger("logger-status", tracking_uri=store_uri, log_plots=False)
+    logger = MLflowLogger("logger-status", tracking_uri=store_uri, log_plots=False, writer="thread")
     logger.log_metrics({"loss": 1.0}, step=0)
     error = RuntimeError("boom at batch 3") if status == "failed" else KeyboardInterrupt()
     logger.finalize(status, error)
@@ -74,11 +74,13 @@ def test_failed_and_interrupted_runs(store_uri: str, status: str, expected: str)
 
 
 def test_resume_run_id_and_unknown_run(store_uri: str) -> None:
-    first = MLflowLogger("logger-resume", tracking_uri=store_uri, log_plots=False)
+    first = MLflowLogger("logger-resume", tracking_uri=store_uri, log_plots=False, writer="thread")
     first.log_hyperparams({"lr": 0.1})
     first.log_metrics({"loss": 1.0}, step=0)
     first.finalize("interrupted")
-    second = MLflowLogger(tracking_uri=store_uri, run_id=first.run_id, log_plots=False)
+    second = MLflowLogger(
+        tracking_uri=store_uri, run_id=first.run_id, log_plots=False, writer="thread"
+    )
     second.log_hyperparams({"lr": 0.1, "epochs": 3})  # same value again: skipped, no error
     second.log_metrics({"loss": 0.5}, step=1)
     second.finalize("success")
@@ -88,11 +90,13 @@ def test_resume_run_id_and_unknown_run(store_uri: str) -> None:
     assert run.data.params == {"lr": "0.1", "epochs": "3"}
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "loss")) == [0, 1]
     with pytest.raises(ValueError, match="no run 'nope'"):
-        MLflowLogger(tracking_uri=store_uri, run_id="nope").log_metrics({"a": 1.0}, step=0)
+        MLflowLogger(tracking_uri=store_uri, run_id="nope", writer="thread").log_metrics(
+            {"a": 1.0}, step=0
+        )
 
 
 def test_pickle_drops_client_and_thread_keeps_run(store_uri: str) -> None:
-    logger = MLflowLogger("logger-pickle", tracking_uri=store_uri, log_plots=False)
+    logger = MLflowLogger("logger-pickle", tracking_uri=store_uri, log_plots=False, writer="thread")
     logger.log_metrics({"loss": 1.0}, step=0)  # client + writer thread exist now
     blob = pickle.dumps(logger)
     state = logger.__getstate__()
@@ -107,7 +111,9 @@ def test_pickle_drops_client_and_thread_keeps_run(store_uri: str) -> None:
 
 
 def test_pickle_before_first_log_creates_the_shared_run(store_uri: str) -> None:
-    logger = MLflowLogger("logger-pickle2", tracking_uri=store_uri, log_plots=False)
+    logger = MLflowLogger(
+        "logger-pickle2", tracking_uri=store_uri, log_plots=False, writer="thread"
+    )
     clone = pickle.loads(pickle.dumps(logger))
     assert clone._run_id is not None and clone._run_id == logger._run_id
 
@@ -126,7 +132,7 @@ def test_checkpoints_and_confusion_matrix(store_uri: str, tmp_path: Path) -> Non
     best, last = tmp_path / "epoch=1-step=4.ckpt", tmp_path / "last.ckpt"
     best.write_bytes(b"best")
     last.write_bytes(b"last")
-    logger = MLflowLogger("logger-ckpt", tracking_uri=store_uri, log_plots=False)
+    logger = MLflowLogger("logger-ckpt", tracking_uri=store_uri, log_plots=False, writer="thread")
     cb = types.SimpleNamespace(
         best_model_path=str(best), last_model_path=str(last), best_model_score=0.25
     )
@@ -163,3 +169,18 @@ def test_bad_arguments() -> None:
         MLflowLogger(log_checkpoints="best")
     with pytest.raises(ValueError, match="status must be one of"):
         MLflowLogger().finalize("done")
+
+
+def test_writer_process_death_falls_back_to_thread(store_uri: str) -> None:
+    logger = MLflowLogger("logger-fallback", tracking_uri=store_uri, log_plots=False, chunk_size=1)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    proc = logger._sink.proc
+    assert proc.poll() is None  # the writer process is alive and wrote step 0
+    proc.kill()
+    proc.wait(10)
+    for step in (1, 2):
+        logger.log_metrics({"loss": 1.0}, step=step)
+    logger.finalize("success")
+    steps = sorted(m.step for m in _client(store_uri).get_metric_history(logger.run_id, "loss"))
+    assert steps == [0, 1, 2]  # later rows written in-process after the death

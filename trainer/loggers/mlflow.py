@@ -1,10 +1,12 @@
 """MLflowLogger: hyperparameters, metrics, checkpoints and plots into an MLflow run.
 
 The training thread only appends ``(time, step, metrics)`` to a list; full chunks go through a
-bounded queue to one writer thread that sends them with ``MlflowClient.log_batch`` (≤ 1000
-metrics per call). ``save()`` (every epoch end) and ``finalize()`` flush and wait. The client
-and the thread are created lazily and dropped when pickled (the Trainer is pickled to DDP
-workers); the run is created before pickling so the workers and the caller share one run.
+bounded queue to one writer thread, which pipes them to a writer process that sends them with
+``MlflowClient.log_batch`` (≤ 1000 metrics per call), or sends them itself
+(``writer="thread"``). ``save()`` (every epoch end) and ``finalize()`` flush and wait. The
+client, the thread and the process are created lazily and dropped when pickled (the Trainer is
+pickled to DDP workers); the run is created before pickling so the workers and the caller share
+one run.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ class MLflowLogger(Logger):
         queue_size: bounded queue length, in chunks of ``chunk_size`` metric rows; a full queue
             blocks the training thread (no metric is dropped).
         chunk_size: metric rows gathered on the training thread before a hand-off.
+        writer: ``"process"`` (default): the writer thread pipes the rows to a child process
+            (``python -m trainer.loggers.mlflow``) that calls ``log_batch``, so MLflow's
+            SQLAlchemy work does not hold this process's GIL during training; falls back to
+            ``"thread"`` (``log_batch`` from the writer thread) if the child cannot start or dies.
     """
 
     def __init__(
@@ -102,12 +108,15 @@ class MLflowLogger(Logger):
         log_plots: bool = True,
         queue_size: int = 64,
         chunk_size: int = 256,
+        writer: str = "process",
     ) -> None:
         if log_checkpoints not in (True, False, "all"):
             raise ValueError(
                 "MLflowLogger.log_checkpoints: must be True, False or 'all' "
                 f"(got {log_checkpoints!r})"
             )
+        if writer not in ("process", "thread"):
+            raise ValueError(f"MLflowLogger.writer: must be 'process' or 'thread' (got {writer!r})")
         if queue_size < 1 or chunk_size < 1:
             raise ValueError(
                 f"MLflowLogger: queue_size and chunk_size must be >= 1 (got {queue_size}, "
@@ -123,6 +132,7 @@ class MLflowLogger(Logger):
         self.log_plots = log_plots
         self.queue_size = queue_size
         self.chunk_size = chunk_size
+        self.writer = writer
         self._tracking_uri: str | None = None
         self._experiment_id: str | None = None
         self._best_path: str | None = None
@@ -141,7 +151,7 @@ class MLflowLogger(Logger):
         self._errors: list[str] = []
         self._reported = 0
         self._history: dict[str, list[tuple[int, float, float | None]]] = {}
-        self._keymap: dict[str, str] = {}
+        self._sink: Any = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -157,7 +167,7 @@ class MLflowLogger(Logger):
             "_errors",
             "_reported",
             "_history",
-            "_keymap",
+            "_sink",
             "_lock",
         ):
             state.pop(key, None)
@@ -263,6 +273,7 @@ class MLflowLogger(Logger):
         self._ensure_run()
         if self._thread is not None and self._thread.is_alive():
             return
+        self._sink = self._make_sink()
         self._queue = queue.Queue(maxsize=self.queue_size)
         self._thread = threading.Thread(
             target=self._writer,
@@ -271,6 +282,14 @@ class MLflowLogger(Logger):
             daemon=True,
         )
         self._thread.start()
+
+    def _make_sink(self) -> Any:
+        if self.writer == "process":
+            try:
+                return _ProcessSink(self.tracking_uri, self._run_id, self.log_plots)
+            except Exception as exc:  # noqa: BLE001 - e.g. a daemonic or sandboxed process
+                log.warning("MLflowLogger: no writer process (%s); writing from a thread", exc)
+        return _ThreadSink(self._client, self._run_id, self.log_plots)
 
     def _log_tags(self, client: Any, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -357,6 +376,7 @@ class MLflowLogger(Logger):
             )
         self._ensure_run()
         self._flush()
+        self._stop_writer()
         client = self._client
         try:
             if error is not None:
@@ -370,7 +390,6 @@ class MLflowLogger(Logger):
         except Exception as exc:  # noqa: BLE001 - the run must still be closed
             log.warning("MLflowLogger: could not log final artifacts: %s", exc)
         finally:
-            self._stop_writer()
             client.set_terminated(self._run_id, status=_STATUS[status])
             self._finalized = True
             if self._errors[self._reported :]:
@@ -450,41 +469,31 @@ class MLflowLogger(Logger):
         self._queue = None
 
     def _writer(self, q: queue.Queue[Any]) -> None:
+        sink = self._sink
         while True:
             kind, payload, *rest = q.get()
-            try:
-                if kind == "stop":
-                    return
-                if kind == "flush":
-                    payload.set()
-                elif kind == "metrics":
-                    self._write_metrics(payload)
-                elif kind == "artifact":
-                    self._client.log_artifact(self._run_id, payload, rest[0])
-            except Exception as exc:  # noqa: BLE001 - keep training; reported at save/finalize
-                self._errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-
-    def _write_metrics(self, rows: list[tuple[int, int, dict[str, float]]]) -> None:
-        from mlflow.entities import Metric
-
-        keymap = self._keymap
-        batch: list[Any] = []
-        history = self._history if self.log_plots else None
-        for ts, step, metrics in rows:
-            epoch = metrics.get("epoch")
-            for key, value in metrics.items():
-                name = keymap.get(key)
-                if name is None:
-                    name = keymap[key] = _sanitize_key(key)
-                value = float(value)
-                batch.append(Metric(name, value, ts, step))
-                if history is not None:
-                    pts = history.setdefault(name, [])
-                    pts.append((step, value, None if epoch is None else float(epoch)))
-                    if len(pts) > _HISTORY_CAP:
-                        del pts[::2]
-        for i in range(0, len(batch), _MAX_METRICS):
-            self._client.log_batch(self._run_id, metrics=batch[i : i + _MAX_METRICS])
+            for _attempt in (0, 1):  # a second try after falling back to a thread sink
+                try:
+                    if kind == "stop":
+                        self._history = sink.close()
+                        return
+                    if kind == "flush":
+                        sink.flush()
+                        payload.set()
+                    elif kind == "metrics":
+                        sink.metrics(payload)
+                    elif kind == "artifact":
+                        sink.artifact(payload, rest[0])
+                    self._errors.extend(sink.take_errors())
+                    break
+                except _SinkDied as exc:  # the writer process is gone: write in-process
+                    log.warning("MLflowLogger: %s; writing from this process instead", exc)
+                    sink = self._sink = _ThreadSink(self._client, self._run_id, self.log_plots)
+                except Exception as exc:  # noqa: BLE001 - keep training; reported at save/finalize
+                    self._errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                    if kind == "flush":
+                        payload.set()
+                    break
 
     def _log_final_checkpoints(self) -> None:
         if not self.log_checkpoints:
@@ -524,3 +533,173 @@ class MLflowLogger(Logger):
                 png = plot_metric_curves(hist, Path(tmp) / f"{name}.png", xlabel=xlabel)
                 if png is not None:
                     self._client.log_artifact(self._run_id, str(png), "plots")
+
+
+# ---------------------------------------------------------------------------- writer sinks
+
+
+def write_rows(
+    client: Any,
+    run_id: str,
+    rows: list[tuple[int, int, dict[str, float]]],
+    keymap: dict[str, str],
+    history: dict[str, list[tuple[int, float, float | None]]] | None,
+) -> None:
+    """Send metric rows ``(timestamp_ms, step, {name: value})`` with ``log_batch`` (≤ 1000 per
+    call); record ``(step, value, epoch)`` points in ``history`` for the plots."""
+    from mlflow.entities import Metric
+
+    batch: list[Any] = []
+    for ts, step, metrics in rows:
+        epoch = metrics.get("epoch")
+        for key, value in metrics.items():
+            name = keymap.get(key)
+            if name is None:
+                name = keymap[key] = _sanitize_key(key)
+            value = float(value)
+            batch.append(Metric(name, value, ts, step))
+            if history is not None:
+                pts = history.setdefault(name, [])
+                pts.append((step, value, None if epoch is None else float(epoch)))
+                if len(pts) > _HISTORY_CAP:
+                    del pts[::2]
+    for i in range(0, len(batch), _MAX_METRICS):
+        client.log_batch(run_id, metrics=batch[i : i + _MAX_METRICS])
+
+
+class _SinkDied(RuntimeError):
+    pass
+
+
+class _ThreadSink:
+    """Writes from the writer thread of the training process."""
+
+    def __init__(self, client: Any, run_id: str, keep_history: bool) -> None:
+        self.client, self.run_id = client, run_id
+        self.keymap: dict[str, str] = {}
+        self.history: dict[str, Any] | None = {} if keep_history else None
+
+    def metrics(self, rows: list[Any]) -> None:
+        write_rows(self.client, self.run_id, rows, self.keymap, self.history)
+
+    def artifact(self, path: str, artifact_path: str | None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def flush(self) -> None:
+        pass
+
+    def take_errors(self) -> list[str]:
+        return []
+
+    def close(self) -> dict[str, Any]:
+        return self.history or {}
+
+
+class _ProcessSink:
+    """Pipes pickled messages to ``python -m trainer.loggers.mlflow`` (the writer process).
+
+    The pipe is the bounded buffer between the two; replies come only for flush and stop.
+    """
+
+    def __init__(self, uri: str, run_id: str, keep_history: bool) -> None:
+        import subprocess
+        import sys
+
+        env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true")
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer.loggers.mlflow", uri, run_id, str(int(keep_history))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        self.errors: list[str] = []
+        self.history: dict[str, Any] = {}
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        import pickle
+
+        try:
+            pickle.dump(msg, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError, ValueError):
+            raise _SinkDied(f"the writer process exited (code {self.proc.poll()})") from None
+
+    def _recv(self) -> Any:
+        import pickle
+
+        try:
+            return pickle.load(self.proc.stdout)  # type: ignore[arg-type]
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self.proc.wait(10)
+            raise _SinkDied(f"the writer process exited (code {self.proc.returncode})") from None
+
+    def metrics(self, rows: list[Any]) -> None:
+        self._send(("metrics", rows))
+
+    def artifact(self, path: str, artifact_path: str | None) -> None:
+        self._send(("artifact", path, artifact_path))
+
+    def flush(self) -> None:
+        self._send(("flush",))
+        _, errors = self._recv()
+        self.errors += errors
+
+    def take_errors(self) -> list[str]:
+        errors, self.errors = self.errors, []
+        return errors
+
+    def close(self) -> dict[str, Any]:
+        self._send(("stop",))
+        _, history, errors = self._recv()
+        self.errors += errors
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(30)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        return history
+
+
+def _writer_process_main(argv: list[str]) -> int:
+    """The writer process: read pickled messages on stdin, ``log_batch`` them, reply on stdout."""
+    import pickle
+    import sys
+
+    uri, run_id, keep = argv[0], argv[1], argv[2] == "1"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    keymap: dict[str, str] = {}
+    history: dict[str, Any] | None = {} if keep else None
+    errors: list[str] = []
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            msg = pickle.load(stdin)
+        except EOFError:
+            return 0
+        kind = msg[0]
+        try:
+            if kind == "metrics":
+                write_rows(client, run_id, msg[1], keymap, history)
+            elif kind == "artifact":
+                client.log_artifact(run_id, msg[1], msg[2])
+        except Exception as exc:  # noqa: BLE001 - reported to the parent at the next flush
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        if kind == "flush":
+            pickle.dump(("flushed", errors), stdout)
+            stdout.flush()
+            errors = []
+        elif kind == "stop":
+            pickle.dump(("stopped", history or {}, errors), stdout)
+            stdout.flush()
+            return 0
+
+
+if __name__ == "__main__":
+    import sys as _sys
+
+    raise SystemExit(_writer_process_main(_sys.argv[1:]))

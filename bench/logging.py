@@ -1,0 +1,181 @@
+"""Benchmark: what MLflow logging costs the training loop, and log_batch throughput.
+
+1. Step time of a Trainer fit of the MLP 32→64→10 with ``MLflowLogger`` logging every step
+   (``log_every_n_steps=1``) vs no logger, in the same process, alternating, median of repeats.
+   Step time = fit wall time / optimizer steps (epoch-end flushes and run creation included;
+   the one-off import of mlflow is warmed up before timing).
+2. ``MlflowClient.log_batch`` throughput (1000 metrics per call) and the logger's end-to-end
+   throughput (``log_metrics`` + ``save()``), in metrics per second, on a SQLite store.
+
+Run: ``.venv/bin/python bench/logging.py`` (full) or ``--smoke`` (tiny counts).
+Writes nothing outside a temp folder; prints a markdown table for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder is sys.path[0] and this file would shadow the stdlib
+# `logging` module (torch imports it): drop the folder before anything imports logging.
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from trainer.loggers.mlflow import MLflowLogger  # noqa: E402
+from trainer.module import TrainModule  # noqa: E402
+from trainer.trainer import Trainer  # noqa: E402
+
+
+class MLP(TrainModule):
+    """MLP 32→64→10, cross-entropy, SGD; logs the train loss on every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _loader(n: int, batch: int) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(n, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return DataLoader(ds, batch_size=batch, shuffle=False)
+
+
+def _fit_step_time(logger, steps_per_epoch: int, epochs: int, batch: int, root: Path) -> float:
+    torch.manual_seed(0)
+    trainer = Trainer(
+        max_epochs=epochs,
+        logger=logger if logger is not None else False,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+    )
+    dl = _loader(steps_per_epoch * batch, batch)
+    t0 = time.perf_counter()
+    trainer.fit(MLP(), dl)
+    return (time.perf_counter() - t0) / (steps_per_epoch * epochs)
+
+
+def bench_step_time(uri: str, root: Path, steps: int, epochs: int, batch: int, repeats: int):
+    """Median step time (s) without a logger and with MLflowLogger every step."""
+    _fit_step_time(None, 4, 1, batch, root)  # warm up torch and the Trainer
+    warm = MLflowLogger("bench-warmup", tracking_uri=uri, log_plots=False)
+    _fit_step_time(warm, 4, 1, batch, root)  # warm up mlflow imports and the store
+    base, logged = [], []
+    for r in range(repeats):
+        base.append(_fit_step_time(None, steps, epochs, batch, root))
+        lg = MLflowLogger("bench-logging", run_name=f"rep{r}", tracking_uri=uri, log_plots=False)
+        logged.append(_fit_step_time(lg, steps, epochs, batch, root))
+    return statistics.median(base), statistics.median(logged), base, logged
+
+
+def bench_log_batch(uri: str, calls: int) -> float:
+    """MlflowClient.log_batch throughput, metrics/s, 1000 metrics per call."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from flows.tracking import get_or_create_experiment
+
+    client = MlflowClient(uri, uri)
+    run = client.create_run(get_or_create_experiment(client, "bench-log-batch", uri))
+    ts = int(time.time() * 1000)
+    batches = [
+        [Metric(f"m{i % 10}", float(i), ts, c * 100 + i // 10) for i in range(1000)]
+        for c in range(calls)
+    ]
+    t0 = time.perf_counter()
+    for b in batches:
+        client.log_batch(run.info.run_id, metrics=b)
+    dt = time.perf_counter() - t0
+    client.set_terminated(run.info.run_id)
+    return calls * 1000 / dt
+
+
+def bench_logger_throughput(uri: str, rows: int, per_row: int = 4) -> tuple[float, float]:
+    """MLflowLogger: (µs per log_metrics call on the training thread, metrics/s end to end)."""
+    lg = MLflowLogger("bench-logger", tracking_uri=uri, log_plots=False)
+    lg.log_metrics({"warm": 0.0}, step=0)
+    lg.save()
+    values = {f"k{i}": float(i) for i in range(per_row)}
+    t0 = time.perf_counter()
+    call_time = 0.0
+    for step in range(rows):
+        c0 = time.perf_counter()
+        lg.log_metrics(values, step=step)
+        call_time += time.perf_counter() - c0
+    lg.save()
+    dt = time.perf_counter() - t0
+    lg.finalize("success")
+    return call_time / rows * 1e6, rows * per_row / dt
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=200, help="steps per epoch")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch-calls", type=int, default=20, help="log_batch calls of 1000")
+    p.add_argument("--logger-rows", type=int, default=20000)
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--smoke", action="store_true", help="tiny counts (a quick check)")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.steps, a.epochs, a.repeats, a.batch_calls, a.logger_rows = 20, 2, 1, 2, 500
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory(prefix="trainflow-bench-logging-") as tmp:
+        root = Path(tmp)
+        uri = f"sqlite:///{root}/mlflow.db"
+        base, logged, bs, ls = bench_step_time(uri, root, a.steps, a.epochs, a.batch, a.repeats)
+        batch_tp = bench_log_batch(uri, a.batch_calls)
+        call_us, logger_tp = bench_logger_throughput(uri, a.logger_rows)
+    ratio = logged / base
+    print(
+        f"# bench/logging.py  ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {a.threads})"
+    )
+    print(
+        f"MLP 32→64→10, batch {a.batch}, {a.steps} steps x {a.epochs} epochs, "
+        f"median of {a.repeats} (alternating)\n"
+    )
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| step time, no logger | {base * 1e6:.1f} µs |")
+    print(f"| step time, MLflowLogger every step | {logged * 1e6:.1f} µs |")
+    print(f"| ratio (target ≤ 1.02) | {ratio:.3f} |")
+    print(f"| log_batch throughput (1000/call, SQLite) | {batch_tp:,.0f} metrics/s |")
+    print(f"| MLflowLogger.log_metrics call (training thread) | {call_us:.2f} µs |")
+    print(f"| MLflowLogger end to end (log_metrics + save) | {logger_tp:,.0f} metrics/s |")
+    print(
+        f"\nraw step times (µs): no logger {[round(x * 1e6, 1) for x in bs]}, "
+        f"logger {[round(x * 1e6, 1) for x in ls]}"
+    )
+
+
+if __name__ == "__main__":
+    main()
