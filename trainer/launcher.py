@@ -22,6 +22,7 @@ carrying the original traceback text. Workers also exit on their own if the call
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -229,6 +230,9 @@ class Launcher:
             "threads": strategy.threads_per_rank,
             "nproc": strategy.devices,
         }
+        extra: dict[str, Any] = {}
+        if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}:
+            extra["shutdown_timeout"] = max(1, int(round(strategy.shutdown_timeout)))
         config = LaunchConfig(
             min_nodes=strategy.num_nodes,
             max_nodes=strategy.num_nodes,
@@ -243,7 +247,7 @@ class Launcher:
             start_method="spawn",
             local_addr=local_addr,
             logs_specs=DefaultLogsSpecs(log_dir=os.path.join(workdir, "logs")),
-            shutdown_timeout=max(1, int(round(strategy.shutdown_timeout))),
+            **extra,
         )
         try:
             with _caller_state_preserved():
