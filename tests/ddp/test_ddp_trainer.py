@@ -10,6 +10,7 @@ from ddp_workers import MLPModule, SaveThenDie, flat, make_data
 from torch.utils.data import DataLoader
 
 from trainer import Trainer
+from trainer.callbacks import ModelCheckpoint
 from trainer.launcher import WorkerError
 
 pytestmark = pytest.mark.ddp
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.ddp
 QUIET = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu"}
 
 
-def test_two_ranks_of_b_equal_one_process_of_2b_and_sync_dist() -> None:
+def test_two_ranks_of_b_equal_one_process_of_2b_and_sync_dist(tmp_path: Path) -> None:
     ds = make_data(n=64)
     single = MLPModule()
     t1 = Trainer(max_epochs=2, devices=1, enable_checkpointing=False, **QUIET)
@@ -25,7 +26,8 @@ def test_two_ranks_of_b_equal_one_process_of_2b_and_sync_dist() -> None:
 
     ddp = MLPModule()
     before = flat(ddp).clone()
-    t2 = Trainer(max_epochs=2, strategy="ddp", devices=2, enable_checkpointing=False, **QUIET)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="train_loss")
+    t2 = Trainer(max_epochs=2, strategy="ddp", devices=2, callbacks=[ckpt], **QUIET)
     t2.fit(ddp, DataLoader(ds, batch_size=8, shuffle=False))
 
     # rank 0's weights came back into the caller's module, equal to the 1-process run
@@ -42,6 +44,11 @@ def test_two_ranks_of_b_equal_one_process_of_2b_and_sync_dist() -> None:
     assert m["train_loss"].item() == pytest.approx(t1.callback_metrics["train_loss"].item(),
                                                    abs=1e-6)
     assert t2.logged_metrics["rank_synced"] == pytest.approx(0.5)
+    # rank 0's checkpoint callback state: the best checkpoint, written by rank 0, is there
+    best = t2.checkpoint_callback.best_model_path
+    assert best and Path(best).parent == tmp_path and Path(best).is_file()
+    saved = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in ddp.state_dict().items())
 
 
 def _fit(path: Path | None, ckpt: Path | None = None, die: bool = False) -> MLPModule:
