@@ -10,6 +10,7 @@ is, so the random numbers are drawn exactly as a hand-written loop draws them.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -312,10 +313,10 @@ class FitLoop:
         # ---- epoch end: hooks, epoch metrics, loggers, epoch schedulers
         m._results = res
         res.fx = "train_epoch"
-        t._update_epoch_metrics(res, train=True)
+        t._update_epoch_metrics(res, train=True, log=False)  # for the callbacks that run first
         if not resumed_end:
             self.epoch_end_reached = True
-            t._call_hook("on_train_epoch_end", monitoring=False)
+            t._call_hook("on_train_epoch_end", monitoring=False, module=False)
             if keep_outputs:
                 m.training_epoch_end(outputs)
             if "on_train_epoch_end" in t._module_overrides:
@@ -349,6 +350,16 @@ class FitLoop:
 
 
 # ------------------------------------------------------------------------------------ eval
+def _takes_dataloader_idx(fn: Any) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 3
+
+
 def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: list[float],
                    results: Any, sanity: bool = False) -> list[list[Any]]:
     """One pass over each loader with ``{stage}_step``; returns the kept step outputs."""
@@ -366,6 +377,7 @@ def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: lis
     transfer = t._transfer_fn
     autocast = t.precision_plugin.context
     multi = len(dataloaders) > 1
+    takes_idx = _takes_dataloader_idx(step_fn)
     all_outputs: list[list[Any]] = []
     was_training = m.training
     m.eval()
@@ -380,14 +392,12 @@ def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: lis
             outputs: list[Any] = []
             if results is not None:
                 results.dataloader_suffix = f"/dataloader_idx_{dl_idx}" if multi else ""
-            extra = (dl_idx,) if multi else ()
+            extra = (dl_idx,) if multi and takes_idx else ()
             limit = limits[dl_idx]
             if limit <= 0:
                 all_outputs.append(outputs)
                 continue
             for batch_idx, batch in enumerate(dl):
-                if batch_idx >= limit:
-                    break
                 if transfer is not None:
                     batch = transfer(batch, device, dl_idx)
                 if results is not None:
@@ -403,6 +413,8 @@ def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: lis
                     outputs.append(out if stage == "predict" else detach_output(out))
                 for f in batch_end:
                     f(out, batch, batch_idx, dl_idx)
+                if batch_idx + 1 >= limit:
+                    break
             all_outputs.append(outputs)
     if results is not None:
         results.dataloader_suffix = ""

@@ -785,7 +785,7 @@ class Trainer:
             to_log = {k: float(v) for k, v in res.epoch_values("logger").items()}
             if to_log:
                 if train or self.state_stage == "fit":
-                    to_log["epoch"] = self.current_epoch
+                    to_log["epoch"] = float(self.current_epoch)
                 self._logged.update(to_log)
                 if self.is_global_zero:
                     for lg in self.loggers:
@@ -799,7 +799,7 @@ class Trainer:
         if not vals:
             return
         metrics = {k: float(v) for k, v in vals.items()}
-        metrics["epoch"] = self.current_epoch
+        metrics["epoch"] = float(self.current_epoch)
         self._logged.update(metrics)
         for lg in self.loggers:
             lg.log_metrics(metrics, step=self.global_step - 1)
