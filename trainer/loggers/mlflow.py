@@ -286,7 +286,7 @@ class MLflowLogger(Logger):
     def _make_sink(self) -> Any:
         if self.writer == "process":
             try:
-                return _ProcessSink(self.tracking_uri, self._run_id, self.log_plots)
+                return _ProcessSink(self.tracking_uri, self._run_id, self.log_plots, self._client)
             except Exception as exc:  # noqa: BLE001 - e.g. a daemonic or sandboxed process
                 log.warning("MLflowLogger: no writer process (%s); writing from a thread", exc)
         return _ThreadSink(self._client, self._run_id, self.log_plots)
@@ -308,7 +308,7 @@ class MLflowLogger(Logger):
         """
         if global_rank() != 0:
             return
-        self._ensure_run()
+        self._ensure_writer()  # the run, and the writer (process) starting in the background
         from mlflow.entities import Param
 
         flat = {_sanitize_key(k): v for k, v in flatten_params(params).items()}
@@ -598,10 +598,12 @@ class _ThreadSink:
 class _ProcessSink:
     """Pipes pickled messages to ``python -m trainer.loggers.mlflow`` (the writer process).
 
-    The pipe is the bounded buffer between the two; replies come only for flush and stop.
+    Until the process has imported mlflow and says "ready" (a few seconds), rows are written
+    from the writer thread, so a flush never waits for the process to start. The pipe is the
+    bounded buffer between the two; replies come only for ready, flush and stop.
     """
 
-    def __init__(self, uri: str, run_id: str, keep_history: bool) -> None:
+    def __init__(self, uri: str, run_id: str, keep_history: bool, client: Any) -> None:
         import subprocess
         import sys
 
@@ -615,8 +617,18 @@ class _ProcessSink:
             stderr=subprocess.DEVNULL,
             env=env,
         )
+        self.early = _ThreadSink(client, run_id, keep_history)
+        self.is_ready = False
         self.errors: list[str] = []
-        self.history: dict[str, Any] = {}
+
+    def _ready(self) -> bool:
+        if not self.is_ready:
+            import select
+
+            if select.select([self.proc.stdout], [], [], 0)[0]:
+                self._recv()  # ("ready",), or _SinkDied when the process failed to start
+                self.is_ready = True
+        return self.is_ready
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         import pickle
@@ -637,29 +649,43 @@ class _ProcessSink:
             raise _SinkDied(f"the writer process exited (code {self.proc.returncode})") from None
 
     def metrics(self, rows: list[Any]) -> None:
-        self._send(("metrics", rows))
+        if self._ready():
+            self._send(("metrics", rows))
+        else:
+            self.early.metrics(rows)
 
     def artifact(self, path: str, artifact_path: str | None) -> None:
-        self._send(("artifact", path, artifact_path))
+        if self._ready():
+            self._send(("artifact", path, artifact_path))
+        else:
+            self.early.artifact(path, artifact_path)
 
     def flush(self) -> None:
-        self._send(("flush",))
-        _, errors = self._recv()
-        self.errors += errors
+        if self.is_ready:
+            self._send(("flush",))
+            _, errors = self._recv()
+            self.errors += errors
 
     def take_errors(self) -> list[str]:
         errors, self.errors = self.errors, []
         return errors
 
     def close(self) -> dict[str, Any]:
+        history: dict[str, Any] = self.early.close()
+        if not self.is_ready:  # never used: do not wait for it to start
+            self.proc.kill()
+            self.proc.wait(10)
+            return history
         self._send(("stop",))
-        _, history, errors = self._recv()
+        _, late, errors = self._recv()
         self.errors += errors
         self.proc.stdin.close()  # type: ignore[union-attr]
         try:
             self.proc.wait(30)
         except Exception:  # noqa: BLE001
             self.proc.kill()
+        for key, pts in late.items():
+            history[key] = history.get(key, []) + pts
         return history
 
 
@@ -672,10 +698,13 @@ def _writer_process_main(argv: list[str]) -> int:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.get_run(run_id)  # the store is open
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    pickle.dump(("ready",), stdout)
+    stdout.flush()
     keymap: dict[str, str] = {}
     history: dict[str, Any] | None = {} if keep else None
     errors: list[str] = []
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
             msg = pickle.load(stdin)
