@@ -172,3 +172,24 @@ def test_state_survives_a_checkpoint_file_and_pickling(stub, tmp_path):
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         ModelCheckpoint(**kw)
+
+
+def test_slash_in_a_metric_name_is_not_a_directory_but_in_the_template_it_is(stub, tmp_path):
+    mc = ModelCheckpoint(dirpath=tmp_path, filename="{val/acc:.1f}")
+    assert os.path.basename(mc.format_checkpoint_name({"val/acc": 0.5})) == "val_acc=0.5.ckpt"
+    t = stub()
+    mc = ModelCheckpoint(dirpath=tmp_path, filename="best/{epoch}", monitor="val_loss")
+    epochs(mc, t, [1.0, 0.5, 0.7])
+    assert os.listdir(tmp_path / "best") == ["epoch=1.ckpt"]  # top-1 removal inside sub-dir
+
+
+def test_files_outside_dirpath_are_never_removed(stub, tmp_path):
+    outside = tmp_path / "keep.ckpt"
+    outside.write_text("x")
+    t = stub()
+    mc = ModelCheckpoint(dirpath=tmp_path / "ck")
+    mc.setup(t, None, "fit")
+    mc.best_model_path = str(outside)  # e.g. restored from a run that used another dirpath
+    t.global_step = 1
+    mc.on_train_epoch_end(t, None)
+    assert outside.exists()

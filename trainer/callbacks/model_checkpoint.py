@@ -339,7 +339,7 @@ class ModelCheckpoint(Callback):
         keep = (self.last_model_path, self.best_model_path)
         if filepath in keep or filepath in self.best_k_models:
             return
-        if self.dirpath is None or os.path.dirname(os.path.abspath(filepath)) != self.dirpath:
+        if self.dirpath is None or not _inside(filepath, self.dirpath):
             return  # never delete a file outside our own directory
         try:
             os.remove(filepath)
@@ -405,8 +405,9 @@ class ModelCheckpoint(Callback):
         for i, group in enumerate(sorted(set(groups), key=len, reverse=True)):
             key = group[1:]
             slot = f"_m{i}_"
+            shown = key.replace("/", "_")  # a metric key with '/' must not make a directory
             replacement = (
-                f"{key}{cls.CHECKPOINT_EQUALS_CHAR}" + "{" + slot if auto_insert else "{" + slot
+                f"{shown}{cls.CHECKPOINT_EQUALS_CHAR}" + "{" + slot if auto_insert else "{" + slot
             )
             filename = filename.replace(group + ":", replacement + ":").replace(
                 group + "}", replacement + "}"
@@ -421,5 +422,13 @@ class ModelCheckpoint(Callback):
             if isinstance(value, torch.Tensor):
                 value = value.item()
             values[slot] = value
-        name = filename.format(**values)
-        return name.replace("/", "_")  # a metric key with '/' must not make a sub-directory
+        return filename.format(**values)
+
+
+def _inside(path: str, directory: str) -> bool:
+    """Whether ``path`` lies inside ``directory`` (sub-directories included)."""
+    path, directory = os.path.abspath(path), os.path.abspath(directory)
+    try:
+        return os.path.commonpath([path, directory]) == directory and path != directory
+    except ValueError:  # different drives
+        return False

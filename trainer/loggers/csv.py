@@ -131,6 +131,8 @@ class CSVLogger(Logger):
         for key, value in metrics.items():
             if hasattr(value, "item"):
                 value = value.item()
+            if key == "epoch" and isinstance(value, float) and value.is_integer():
+                value = int(value)  # the Trainer sends floats; an epoch reads better as 3
             row[key] = value
         if step is not None:
             row["step"] = int(step)
