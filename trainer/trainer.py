@@ -74,7 +74,7 @@ def _version() -> str:
 
 
 def _check_int(name: str, value: Any, low: int, allow: tuple = ()) -> None:
-    if value in allow and not isinstance(value, bool) or (
+    if any(type(value) is type(a) and value == a for a in allow) or (
             isinstance(value, int) and not isinstance(value, bool) and value >= low):
         return
     extra = f" or one of {list(allow)}" if allow else ""
