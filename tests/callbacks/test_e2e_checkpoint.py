@@ -121,3 +121,18 @@ def test_a_mid_epoch_step_checkpoint_resumes_to_the_same_weights(tmp_path):
     assert t_res.global_step == t_full.global_step == 16
     assert torch.equal(full.layer.weight, resumed.layer.weight)
     assert torch.equal(full.layer.bias, resumed.layer.bias)
+
+
+def test_max_steps_inside_an_epoch_still_leaves_a_checkpoint(tmp_path):
+    mc = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    train, val = loaders()  # 8 batches per epoch, validation at each epoch's end
+    trainer(tmp_path, [mc], max_steps=13).fit(Scripted([1.0, 0.5]), train, val)
+    assert sorted(os.listdir(tmp_path / "ck")) == ["epoch=1-step=13.ckpt", "last.ckpt"]
+
+
+def test_a_monitored_metric_not_yet_logged_when_the_run_ends_warns(tmp_path):
+    mc = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss")
+    train, val = loaders()
+    with pytest.warns(UserWarning, match="val_loss"):
+        trainer(tmp_path, [mc], max_steps=5).fit(Scripted([1.0]), train, val)
+    assert not (tmp_path / "ck").exists()

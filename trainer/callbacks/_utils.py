@@ -25,12 +25,15 @@ class EpochActionTimer:
     ``on_train_epoch_end``, which the Trainer calls after the epoch's metrics are computed, so
     both ``val_*`` and the training epoch metrics are current; a fit without validation data
     acts in ``on_train_epoch_end``; epochs of a fit with validation in which validation does not
-    run (``check_val_every_n_epoch`` > 1) do not act (the monitored ``val_*`` would be stale).
+    run (``check_val_every_n_epoch`` > 1) do not act (the monitored ``val_*`` would be stale);
+    with ``act_on_cut_epoch`` (ModelCheckpoint) an epoch cut short before its end-of-epoch
+    validation (``max_steps``) acts in ``on_train_epoch_end``.
     ``True``/``False`` force ``on_train_epoch_end``/``on_validation_end``.
     """
 
-    def __init__(self, on_train_epoch_end: bool | None) -> None:
+    def __init__(self, on_train_epoch_end: bool | None, act_on_cut_epoch: bool = False) -> None:
         self.on_train_epoch_end = on_train_epoch_end
+        self.act_on_cut_epoch = act_on_cut_epoch
         self._pending = False  # an end-of-epoch validation waits for on_train_epoch_end
         self._val_ran = False
 
@@ -49,7 +52,11 @@ class EpochActionTimer:
         pending, self._pending = self._pending, False
         if self.on_train_epoch_end is not None:
             return self.on_train_epoch_end
-        return pending or sum_val_batches(trainer) <= 0
+        if pending or sum_val_batches(trainer) <= 0:
+            return True
+        # an epoch cut short (max_steps, a -1 from on_train_batch_start) ran no end-of-epoch
+        # validation; a checkpoint still wants the state training ended in
+        return self.act_on_cut_epoch and not _at_epoch_end(trainer)
 
     def validation_has_run(self) -> bool:
         """Whether any fit-time validation has ended so far."""

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from trainer.callbacks._utils import EpochActionTimer, to_float
+from trainer.callbacks._utils import EpochActionTimer, sum_val_batches, to_float
 from trainer.callbacks.base import Callback
 
 __all__ = ["ModelCheckpoint"]
@@ -105,7 +105,7 @@ class ModelCheckpoint(Callback):
         self.every_n_train_steps = every_n_train_steps
         self.auto_insert_metric_name = auto_insert_metric_name
         self.verbose = verbose
-        self._timer = EpochActionTimer(save_on_train_epoch_end)
+        self._timer = EpochActionTimer(save_on_train_epoch_end, act_on_cut_epoch=True)
 
         self.best_k_models: dict[str, torch.Tensor] = {}
         self.kth_best_model_path = ""
@@ -246,9 +246,9 @@ class ModelCheckpoint(Callback):
                 f"metrics {available}; log it with self.log({self.monitor!r}, value) in the "
                 "module, or fix `monitor`"
             )
-            if self._timer.validation_has_run() or self.every_n_train_steps < 1:
+            if self._timer.validation_has_run() or sum_val_batches(trainer) <= 0:
                 raise KeyError(msg)
-            if not self._warned_missing:  # step saves before the first validation: skip them
+            if not self._warned_missing:  # saves before the first validation: skip them
                 warnings.warn(msg + " (skipping this save until it appears)", stacklevel=2)
                 self._warned_missing = True
             return
