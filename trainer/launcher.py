@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -124,6 +125,7 @@ def _loopback_store_server(host: str, port: int, fd: int | None = None) -> Any:
     )
 
 
+@functools.cache
 def _loopback_handler_class() -> type:
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler
 
@@ -377,13 +379,15 @@ def _worker_error(err: Any, workdir: str) -> WorkerError:
             f"DDP worker rank {rank} (local rank {rec['local_rank']}, pid {rec['pid']}) failed: "
             f"{rec['type']}: {rec['message']}\n\n--- traceback from rank {rank} ---\n{tb}"
         )
-    else:
+    else:  # it died before our entry point ran: spawn's bootstrap (re-importing __main__)
         rank = min(failures)
         fail = failures[rank]
-        exc_type, tb = "Error", str(fail.message)
+        exc_type, tb = "Error", ""
         message = (
-            f"DDP worker rank {rank} (local rank {fail.local_rank}, pid {fail.pid}) failed with "
-            f"exit code {fail.exitcode}: {fail.message}"
+            f"DDP worker rank {rank} (local rank {fail.local_rank}, pid {fail.pid}) exited with "
+            f"code {fail.exitcode} before running the function: see its stderr above. Spawned "
+            "workers import the calling script again (as __mp_main__): it must be importable "
+            "and start its work only under `if __name__ == \"__main__\":`"
         )
     others = {r: s for r, s in summary.items() if r != rank}
     if others:

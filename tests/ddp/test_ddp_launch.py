@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -265,7 +266,9 @@ def train():
 @flow
 def pipeline():
     note("flow")
-    return train()
+    direct = train()  # in the flow's thread
+    submitted = train.submit().result()  # in the task runner's worker thread
+    return direct + " | " + submitted
 
 
 if __name__ == "__main__":
@@ -287,6 +290,62 @@ def test_launch_from_a_prefect_task_does_not_rerun_the_flow(tmp_path: Path) -> N
     p = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path,
                        capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "RESULT trained from rank 0 of 2" in p.stdout
+    assert "RESULT trained from rank 0 of 2 | trained from rank 0 of 2" in p.stdout
     lines = sorted(mark.read_text().split("\n")[:-1])
-    assert lines == ["flow", "task", "worker rank=0", "worker rank=1"]
+    assert lines == ["flow", "task", "task"] + ["worker rank=0"] * 2 + ["worker rank=1"] * 2
+
+
+CALLER_SCRIPT = """
+import os, sys, time
+import torch
+import torch.distributed as dist
+from trainer.strategy import DDPStrategy
+
+
+def forever(pid_dir):
+    open(os.path.join(pid_dir, f"{os.getpid()}.pid"), "w").close()
+    while True:
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    DDPStrategy("cpu", devices=2).launcher.launch(forever, sys.argv[1])
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_workers_end_when_the_caller_is_killed(tmp_path: Path, sig: signal.Signals) -> None:
+    script = tmp_path / "caller.py"
+    script.write_text(CALLER_SCRIPT)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    p = subprocess.Popen([sys.executable, str(script), str(pid_dir)], env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(pid_dir.iterdir())) < 2 and time.monotonic() < deadline:
+            assert p.poll() is None, p.stderr.read()[-3000:]
+            time.sleep(0.2)
+        workers = [int(f.stem) for f in pid_dir.iterdir()]
+        assert len(workers) == 2
+        p.send_signal(sig)
+        p.wait(timeout=60)
+        assert p.returncode != 0
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [w for w in workers if _alive(w)] == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
