@@ -488,7 +488,13 @@ class MLflowLogger(Logger):
                     break
                 except _SinkDied as exc:  # the writer process is gone: write in-process
                     log.warning("MLflowLogger: %s; writing from this process instead", exc)
+                    pending = getattr(sink, "pending", [])
                     sink = self._sink = _ThreadSink(self._client, self._run_id, self.log_plots)
+                    try:  # replay what the process may not have written (duplicates are merged)
+                        for item in pending:
+                            getattr(sink, item[0])(*item[1:])
+                    except Exception as exc2:  # noqa: BLE001
+                        self._errors.append(f"{type(exc2).__name__}: {str(exc2)[:300]}")
                 except Exception as exc:  # noqa: BLE001 - keep training; reported at save/finalize
                     self._errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                     if kind == "flush":
@@ -598,9 +604,11 @@ class _ThreadSink:
 class _ProcessSink:
     """Pipes pickled messages to ``python -m trainer.loggers.mlflow`` (the writer process).
 
-    Until the process has imported mlflow and says "ready" (a few seconds), rows are written
-    from the writer thread, so a flush never waits for the process to start. The pipe is the
-    bounded buffer between the two; replies come only for ready, flush and stop.
+    The pipe is the bounded buffer between the two (the writer thread blocks, without holding
+    the GIL, when it is full); replies come only for ready, flush and stop. Until the process
+    has imported mlflow and says "ready" (a few seconds), rows wait in the writer thread and a
+    flush writes them from there, so an epoch end never waits for the process to start and
+    what was flushed is in the store.
     """
 
     def __init__(self, uri: str, run_id: str, keep_history: bool, client: Any) -> None:
@@ -620,6 +628,13 @@ class _ProcessSink:
         self.early = _ThreadSink(client, run_id, keep_history)
         self.is_ready = False
         self.errors: list[str] = []
+        self.unsent: list[tuple[Any, ...]] = []  # waiting for the process to be ready
+        self.sent: list[tuple[Any, ...]] = []  # sent, not yet confirmed by a flush
+
+    @property
+    def pending(self) -> list[tuple[Any, ...]]:
+        """What may not be in the store yet (replayed in-process if the process dies)."""
+        return self.sent + self.unsent
 
     def _ready(self) -> bool:
         if not self.is_ready:
@@ -648,34 +663,50 @@ class _ProcessSink:
             self.proc.wait(10)
             raise _SinkDied(f"the writer process exited (code {self.proc.returncode})") from None
 
+    def _submit(self, item: tuple[Any, ...]) -> None:
+        if not self._ready():
+            self.unsent.append(item)
+            return
+        for queued in [*self.unsent, item]:
+            self.sent.append(queued)
+            self._send(queued)
+        self.unsent.clear()
+
     def metrics(self, rows: list[Any]) -> None:
-        if self._ready():
-            self._send(("metrics", rows))
-        else:
-            self.early.metrics(rows)
+        self._submit(("metrics", rows))
 
     def artifact(self, path: str, artifact_path: str | None) -> None:
-        if self._ready():
-            self._send(("artifact", path, artifact_path))
-        else:
-            self.early.artifact(path, artifact_path)
+        self._submit(("artifact", path, artifact_path))
+
+    def _write_unsent_here(self) -> None:
+        while self.unsent:
+            item = self.unsent.pop(0)
+            getattr(self.early, item[0])(*item[1:])
 
     def flush(self) -> None:
-        if self.is_ready:
-            self._send(("flush",))
-            _, errors = self._recv()
-            self.errors += errors
+        if not self._ready():
+            self._write_unsent_here()
+            return
+        for queued in self.unsent:
+            self.sent.append(queued)
+            self._send(queued)
+        self.unsent.clear()
+        self._send(("flush",))
+        _, errors = self._recv()
+        self.errors += errors
+        self.sent.clear()
 
     def take_errors(self) -> list[str]:
         errors, self.errors = self.errors, []
         return errors
 
     def close(self) -> dict[str, Any]:
-        history: dict[str, Any] = self.early.close()
-        if not self.is_ready:  # never used: do not wait for it to start
+        if not self._ready():  # never got going: do not wait for it to start
+            self._write_unsent_here()
             self.proc.kill()
             self.proc.wait(10)
-            return history
+            return self.early.close()
+        self.flush()
         self._send(("stop",))
         _, late, errors = self._recv()
         self.errors += errors
@@ -684,6 +715,7 @@ class _ProcessSink:
             self.proc.wait(30)
         except Exception:  # noqa: BLE001
             self.proc.kill()
+        history = self.early.close()
         for key, pts in late.items():
             history[key] = history.get(key, []) + pts
         return history
