@@ -108,3 +108,21 @@ def test_csv_logger_contents_of_a_fit(tmp_path):
         hp = yaml.safe_load(f)
     assert hp["lr"] == 0.01 and hp["scheduler"] is None
     assert lg.log_dir == str(tmp_path / "run" / "version_0")
+
+
+def test_early_stopping_state_travels_in_checkpoints(tmp_path):
+    from trainer.callbacks import ModelCheckpoint
+
+    def run(max_epochs, ckpt_path=None):
+        es = EarlyStopping("val_loss", patience=3)
+        mc = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+        t = Trainer(max_epochs=max_epochs, callbacks=[es, mc], default_root_dir=tmp_path,
+                    logger=False, enable_progress_bar=False, num_sanity_val_steps=0)
+        train, val = loaders()
+        t.fit(Scripted([1.0, 0.5, 0.6, 0.7, 0.8, 0.9]), train, val, ckpt_path=ckpt_path)
+        return es, t
+
+    es1, _ = run(4)  # epochs 0-3: best 0.5 at epoch 1, then two epochs without improvement
+    assert (es1.wait_count, es1.best_score) == (2, 0.5)
+    es2, t2 = run(10, ckpt_path=tmp_path / "ck" / "last.ckpt")
+    assert es2.stopped_epoch == 4 and t2.current_epoch == 5  # the third miss, right after resume

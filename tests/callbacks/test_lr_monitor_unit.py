@@ -74,3 +74,12 @@ def test_needs_a_logger(stub):
         LearningRateMonitor().on_train_start(stub(), None)
     with pytest.raises(ValueError, match="logging_interval"):
         LearningRateMonitor(logging_interval="batch")
+
+
+def test_two_optimizers_of_one_class_get_distinct_names(stub):
+    a = torch.optim.SGD(params(), lr=0.1)
+    b = torch.optim.SGD(params(), lr=0.2)
+    t = stub(loggers=[ListLogger()])
+    t.optimizers = [a, b]
+    stats = LearningRateMonitor().extract_stats(t, "any")
+    assert stats == {"lr-SGD": 0.1, "lr-SGD-1": 0.2}
