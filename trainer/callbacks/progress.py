@@ -171,7 +171,7 @@ class ProgressBar(Callback):
         return self._enabled
 
     def disable(self) -> None:
-        """Turn the bar off (the Trainer does this on non-zero ranks)."""
+        """Turn the bar off (setup does this on every rank but global zero)."""
         self._enabled = False
         self._countdown = self._eval_countdown = _NEVER
 
