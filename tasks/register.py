@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.config import PipelineConfig
-from tasks.types import EvalReport, ExportRef, RegistryRef, TrainResult
+from tasks.types import EvalReport, ExportRef, RegistryRef, StageError, TrainResult, is_transient
 
 CODE_VERSION = "register-1"
 
@@ -48,10 +48,9 @@ def run_register(
     from tasks.registry import register_model
 
     if exported.onnx is None:
-        from tasks.types import StageError
-
         raise StageError("registry.enabled: registering needs export.onnx: true")
-    rv = register_model(
+    rv = _permanent_unless_transient(
+        register_model,
         cfg.registry.model_name,
         exported.onnx,
         torchscript_path=exported.torchscript,
@@ -74,7 +73,8 @@ def run_promote(registered: RegistryRef, cfg: PipelineConfig) -> RegistryRef:
     from tasks.registry import promote as registry_promote
 
     gate = cfg.evaluation.gate
-    decision = registry_promote(
+    decision = _permanent_unless_transient(
+        registry_promote,
         registered.name,
         registered.version,
         gate.metric,
@@ -87,6 +87,20 @@ def run_promote(registered: RegistryRef, cfg: PipelineConfig) -> RegistryRef:
         update={"promoted": decision.promoted, "decision": decision.reason,
                 "alias": cfg.registry.alias if decision.promoted else None}
     )
+
+
+def _permanent_unless_transient(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    """Registry errors name a fix (no such run, bad name): not worth retrying, unless caused by
+    an I/O or connection problem."""
+    from tasks.registry import RegistryError
+
+    try:
+        return fn(*args, **kwargs)
+    except RegistryError as err:
+        cause = err.__cause__ or err.__context__
+        if cause is not None and is_transient(cause) and isinstance(cause, OSError | TimeoutError):
+            raise
+        raise StageError(str(err)) from err
 
 
 def _cache_key(context: object, params: dict) -> str:

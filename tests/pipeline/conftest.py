@@ -35,4 +35,7 @@ def prefect_api() -> Iterator[None]:
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project folder: the pipeline's ``.trainflow/`` goes inside it."""
     monkeypatch.setenv("TRAINFLOW_PROJECT_DIR", str(tmp_path))
+    # MLflow's fluent API writes MLFLOW_TRACKING_URI into os.environ when a URI is set or
+    # restored; pin it to this project so no test sees another's store (or the CWD's mlflow.db).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/.trainflow/mlflow.db")
     return tmp_path
