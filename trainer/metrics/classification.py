@@ -238,15 +238,18 @@ class _CurveMetric(Metric):
         preds, target = F.format_curve_inputs(preds, target, self.task, self.num_classes,
                                               self.num_labels, self.validate_args, self._check,
                                               name)
-        if self.validate_args:
-            F.validate_curve_values(preds, target, self.task, self.num_classes,
-                                    self.ignore_index, self._check, name,
-                                    self.thresholds is not None)
         if self.thresholds is None:
+            # exact mode: the value checks run once over all data in compute() (update stays
+            # an append); forward checks its batch at once through compute
+            if self.validate_args and not preds.is_floating_point():
+                raise ValueError(f"{name}: preds must be float scores (got dtype {preds.dtype})")
             d = self.__dict__
             d["preds"].append(preds.detach())
             d["target"].append(target.detach())
             return
+        if self.validate_args:
+            F.validate_curve_values(preds, target, self.task, self.num_classes,
+                                    self.ignore_index, self._check, name, True)
         th = self.thresholds
         if th.device != preds.device:
             th = self.thresholds = th.to(preds.device)
@@ -262,6 +265,10 @@ class _CurveMetric(Metric):
             return torch.tensor(float("nan"))
         preds = torch.cat(d["preds"]) if len(d["preds"]) > 1 else d["preds"][0]
         target = torch.cat(d["target"]) if len(d["target"]) > 1 else d["target"][0]
+        if self.validate_args:
+            F.validate_curve_values(preds, target, self.task, self.num_classes,
+                                    self.ignore_index, F._eager_check, type(self).__name__,
+                                    False)
         return F.curve_score_exact(preds, target, self.task, self._kind, self.average,  # type: ignore[arg-type]
                                    self.num_classes, self.ignore_index)
 

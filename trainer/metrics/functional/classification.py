@@ -199,12 +199,26 @@ def _checked_count(
                 raise ValueError(message())
             out = out[:n]
         return out
-    bad = (idx < 0) | (idx >= n)
-    if validate:
-        check(bad.any(), message())
-    idx = idx.masked_fill(bad, n)
+    safe = idx.clamp(-1, n).remainder_(n + 1)  # out-of-range values → trash bin n
     out = torch.zeros(n + 1, dtype=torch.int64, device=idx.device)
-    return out.index_add_(0, idx, torch.ones_like(idx))[:n]
+    out.index_add_(0, safe, _ones(safe))
+    if validate:
+        check(out[n] > 0, message())
+    return out[:n]
+
+
+_ONES: dict[tuple[torch.device, int], Tensor] = {}
+
+
+def _ones(idx: Tensor) -> Tensor:
+    """A cached int64 ones vector of idx's length and device (batch sizes repeat)."""
+    key = (idx.device, idx.numel())
+    ones = _ONES.get(key)
+    if ones is None:
+        if len(_ONES) > 32:
+            _ONES.clear()
+        ones = _ONES[key] = torch.ones(idx.numel(), dtype=torch.int64, device=idx.device)
+    return ones
 
 
 # ---------------------------------------------------------------- confusion-matrix state
@@ -354,13 +368,16 @@ def stat_scores(confmat: Tensor, task: Task) -> tuple[Tensor, Tensor, Tensor, Te
     return tp, fp, tn, fn
 
 
-def _sums(cm: Tensor, task: Task) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _sums(
+    cm: Tensor, task: Task, need_total: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """tp, predicted positives (tp+fp), true positives (tp+fn), total — per class/label."""
     if task == "binary":
-        return cm[1, 1], cm[:, 1].sum(), cm[1].sum(), cm.sum()
+        return cm[1, 1], cm[:, 1].sum(), cm[1].sum(), cm.sum() if need_total else None
     if task == "multilabel":
-        return cm[:, 1, 1], cm[:, :, 1].sum(1), cm[:, 1].sum(1), cm.sum((1, 2))
-    return cm.diagonal(), cm.sum(0), cm.sum(1), cm.sum()
+        return (cm[:, 1, 1], cm[:, :, 1].sum(1), cm[:, 1].sum(1),
+                cm.sum((1, 2)) if need_total else None)
+    return cm.diagonal(), cm.sum(0), cm.sum(1), cm.sum() if need_total else None
 
 
 def _warn_zero(what: str, n_zero: int, n: int) -> None:
@@ -397,12 +414,17 @@ def _divide(
     return out
 
 
-def _average(scores: Tensor, average: str | None, weights: Tensor | None) -> Tensor:
-    """Average per-class scores the sklearn way (nan left out; zero weights → plain mean)."""
+def _average(
+    scores: Tensor, average: str | None, weights: Tensor | None, may_nan: bool = True
+) -> Tensor:
+    """Average per-class scores the sklearn way (nan left out; zero weights → plain mean).
+
+    ``may_nan=False`` (no zero_division=nan) skips the nan scan.
+    """
     if average in ("none", None):
         return scores.float()
-    nan = scores.isnan()
-    if bool(nan.any()):
+    nan = scores.isnan() if may_nan else None
+    if nan is not None and bool(nan.any()):
         keep = ~nan
         if not bool(keep.any()):
             return torch.tensor(float("nan"))
@@ -424,7 +446,7 @@ def reduce_prf(
     zero_division: object = "warn",
 ) -> Tensor:
     """Precision / recall / F-beta / specificity from a confusion-matrix state."""
-    tp, pred, true, total = _sums(confmat, task)
+    tp, pred, true, total = _sums(confmat, task, need_total=kind == "specificity")
     micro = task == "binary" or average == "micro"
     if kind == "fbeta" and math.isinf(beta):
         kind = "recall"
@@ -435,6 +457,7 @@ def reduce_prf(
     elif kind == "recall":
         num, den, what = tp, true, "Recall"
     elif kind == "specificity":
+        assert total is not None
         num = total - pred - true + tp  # tn
         den, what = total - true, "Specificity"  # tn + fp
     else:
@@ -447,7 +470,11 @@ def reduce_prf(
             num, den = num.sum(), den.sum()
         return _divide(num, den, zero_division, what)
     scores = _divide(num, den, zero_division, what)
-    return _average(scores, average, true)
+    return _average(scores, average, true, may_nan=_is_nan(zero_division))
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def reduce_accuracy(
@@ -460,6 +487,7 @@ def reduce_accuracy(
         return _divide(state.trace(), state.sum(), zero_division, "Accuracy")
     elif task == "multilabel":
         tp, pred, true, total = _sums(state, task)
+        assert total is not None
         correct = total - pred - true + 2 * tp  # tp + tn
         if average == "micro":
             return _divide(correct.sum(), total.sum(), zero_division, "Accuracy")
