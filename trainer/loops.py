@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -324,8 +325,11 @@ class FitLoop:
             t._update_epoch_metrics(res, train=True, log=True)
             t._call_hook("on_train_epoch_end", monitoring=True, module=False)
         m._results = None
-        t._step_schedulers([c for c in t.lr_scheduler_configs if c.interval == "epoch"],
-                           epoch + 1)
+        with warnings.catch_warnings():
+            if resumed_end:  # resumed at the epoch's end: no optimizer.step() in this process yet
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before")
+            t._step_schedulers([c for c in t.lr_scheduler_configs if c.interval == "epoch"],
+                               epoch + 1)
         res.reset_epoch()
         self.batches_consumed = 0
         self.epoch_end_reached = False

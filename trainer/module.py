@@ -72,6 +72,8 @@ class ManualOptimizer:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "optimizer":  # pickling probes dunders first
+            raise AttributeError(name)
         return getattr(self.optimizer, name)
 
 

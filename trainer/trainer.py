@@ -1018,7 +1018,8 @@ def _parse_optimizers(conf: Any) -> tuple[list[torch.optim.Optimizer], list[LRSc
         return [conf], []
     if isinstance(conf, Mapping):
         conf = [conf]
-    if isinstance(conf, Sequence) and len(conf) == 2 and isinstance(conf[0], list | tuple) and (
+    is_seq = isinstance(conf, Sequence) and not isinstance(conf, str | bytes)
+    if is_seq and len(conf) == 2 and isinstance(conf[0], list | tuple) and (
             isinstance(conf[1], list | tuple)):
         opts = list(conf[0])
         scheds = [_sched_config(s, 0) for s in conf[1]]
@@ -1027,7 +1028,7 @@ def _parse_optimizers(conf: Any) -> tuple[list[torch.optim.Optimizer], list[LRSc
                               if getattr(s.scheduler, "optimizer", None) is o), 0)
         _check_opts(opts)
         return opts, scheds
-    if isinstance(conf, Sequence):
+    if is_seq:
         opts, scheds = [], []
         for item in conf:
             if isinstance(item, Opt):
