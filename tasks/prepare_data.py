@@ -32,7 +32,7 @@ from prefect import task
 from flows.config import DataConfig
 from tasks.types import DataError, DatasetRef, SplitRef
 
-CODE_VERSION = "prepare_data-1"
+CODE_VERSION = "prepare_data-2"
 BLOCK = 100
 SPLITS = ("train", "val", "test")
 
@@ -137,23 +137,19 @@ class _Splitter:
         self.cuts = (n_train, n_train + n_val)
         self.seed = seed
         self.seen: dict[int, int] = {}
-        self.perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def _perm(self, cls: int, block: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, cls & 0xFFFFFFFF, block])
+        rank = rng.permutation(BLOCK)
+        return np.where(rank < self.cuts[0], 0, np.where(rank < self.cuts[1], 1, 2)).astype(
+            np.int8
+        )
 
     def _split_of_positions(self, cls: int, occ: np.ndarray) -> np.ndarray:
-        blocks, pos = np.divmod(occ, BLOCK)
-        out = np.empty(len(occ), dtype=np.int8)
-        for b in np.unique(blocks):
-            key = (cls, int(b))
-            perm = self.perms.pop(key, None)
-            if perm is None:
-                rng = np.random.default_rng([self.seed, cls & 0xFFFFFFFF, int(b)])
-                rank = rng.permutation(BLOCK)
-                perm = np.where(rank < self.cuts[0], 0, np.where(rank < self.cuts[1], 1, 2))
-            sel = blocks == b
-            out[sel] = perm[pos[sel]]
-            if pos[sel].max() < BLOCK - 1:
-                self.perms[key] = perm  # the block continues in the next batch
-        return out
+        # occ is a contiguous run of occurrence numbers: blocks first..last, all needed.
+        first, last = int(occ[0]) // BLOCK, int(occ[-1]) // BLOCK
+        table = np.stack([self._perm(cls, b) for b in range(first, last + 1)])
+        return table.reshape(-1)[occ - first * BLOCK]
 
     def assign(self, classes: np.ndarray) -> np.ndarray:
         out = np.empty(len(classes), dtype=np.int8)
@@ -260,7 +256,7 @@ def _write(
     y_type = pa.int64() if classification else pa.float32()
     out_schema = pa.schema([("x", pa.list_(pa.float32(), nf)), ("y", y_type)])
     writers = {
-        s: pq.ParquetWriter(tmp / f"{s}.parquet", out_schema, compression="zstd") for s in SPLITS
+        s: pq.ParquetWriter(tmp / f"{s}.parquet", out_schema, compression="snappy") for s in SPLITS
     }
     splitter = _Splitter((cfg.split.train, cfg.split.val, cfg.split.test), cfg.seed)
     stats = _Stats(nf)
