@@ -54,7 +54,7 @@ def _wrap_compute(fn: Callable) -> Callable:
         if self._computed is not None:
             return self._computed
         self._check_deferred_errors()
-        if self._update_count == 0 and not self._synced:
+        if self._update_count == 0 and not self._synced and not distributed_available():
             warnings.warn(
                 f"{type(self).__name__}.compute() was called before any update(): the value "
                 "comes from the default states",
