@@ -30,6 +30,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -385,18 +386,23 @@ def _find_version_by_hash(client: Any, name: str, content_hash: str) -> Any:
     return found[0] if found else None
 
 
+_FLUENT_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _fluent(uri: str) -> Iterator[Any]:
+    """mlflow's fluent API pointed at ``uri`` (process-global state: one thread at a time)."""
     import mlflow
 
-    old_t, old_r = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield mlflow
-    finally:
-        mlflow.set_tracking_uri(old_t)
-        mlflow.set_registry_uri(old_r)
+    with _FLUENT_LOCK:
+        old_t, old_r = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield mlflow
+        finally:
+            mlflow.set_tracking_uri(old_t)
+            mlflow.set_registry_uri(old_r)
 
 
 def register_model(

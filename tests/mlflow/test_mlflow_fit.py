@@ -110,3 +110,31 @@ def test_failing_fit_leaves_run_failed_with_error_tag(store_uri: str, tmp_path: 
         m.step for m in MlflowClient(store_uri).get_metric_history(logger.run_id, "train_loss_step")
     ]
     assert sorted(steps) == list(range(5))  # what was logged before the failure was flushed
+
+
+@pytest.mark.ddp
+def test_ddp_fit_logs_once_from_rank_zero_into_the_callers_run(
+    store_uri: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    logger = MLflowLogger("fit-ddp", tracking_uri=store_uri, log_plots=False)
+    trainer = Trainer(
+        max_epochs=EPOCHS,
+        strategy="ddp",
+        devices=2,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+    )
+    train, val = _loaders()
+    trainer.fit(Classifier(), train, val)
+    client = MlflowClient(store_uri, store_uri)
+    runs = client.search_runs([logger.experiment_id])
+    assert [r.info.run_id for r in runs] == [logger.run_id]  # one run, the caller's
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["hidden"] == "8"
+    steps = sorted(m.step for m in client.get_metric_history(logger.run_id, "train_loss_step"))
+    assert steps == list(range(EPOCHS * N_TRAIN // BATCH // 2))  # each rank: half the batches
