@@ -157,6 +157,7 @@ def _five(**kw):
     }
 
 
+@pytest.mark.filterwarnings("ignore::trainer.metrics.UndefinedMetricWarning")
 def test_collection_groups_share_one_state_and_match_members():
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(n, 4, generator=g).softmax(1), torch.randint(0, 4, (n,), generator=g))
