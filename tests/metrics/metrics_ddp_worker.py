@@ -67,9 +67,9 @@ def _as_py(v):
     return v
 
 
-def scenario_collection(rank: int, sizes: tuple[int, int], seed: int) -> dict:
-    mc = five()
-    mine = shards(*sizes, seed)[rank]
+def scenario_collection(rank: int, sizes: tuple[int, int], seed: int, device: str = "cpu") -> dict:
+    mc = five().to(device)
+    mine = tuple(x.to(device) for x in shards(*sizes, seed)[rank])
     # two batches per rank (the empty shard does no update at all)
     n = mine[0].shape[0]
     for a, b in ((0, n // 2), (n // 2, n)):
@@ -166,7 +166,7 @@ def scenario_timeout(rank: int) -> dict:
     return {"error": None, "seconds": time.perf_counter() - t0}
 
 
-def run(rank: int, init_file: str, out_dir: str) -> None:
+def run(rank: int, init_file: str, out_dir: str, device: str = "cpu") -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     result: dict = {}
@@ -181,10 +181,11 @@ def run(rank: int, init_file: str, out_dir: str) -> None:
             warnings.simplefilter("ignore")  # nothing accumulated: undefined values
             warm.compute()
         result["warmup_calls"] = list(CALLS)
-        result["uneven"] = scenario_collection(rank, (100, 63), seed=1)
-        result["empty"] = scenario_collection(rank, (37, 0), seed=2)
-        result["misc"] = scenario_misc(rank)
-        result["timeout"] = scenario_timeout(rank)
+        result["uneven"] = scenario_collection(rank, (100, 63), seed=1, device=device)
+        result["empty"] = scenario_collection(rank, (37, 0), seed=2, device=device)
+        if device == "cpu":
+            result["misc"] = scenario_misc(rank)
+            result["timeout"] = scenario_timeout(rank)
     except BaseException:
         result["exception"] = traceback.format_exc()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

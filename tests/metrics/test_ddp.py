@@ -17,10 +17,9 @@ import metrics_ddp_worker as worker  # noqa: E402
 pytestmark = pytest.mark.ddp
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("metrics_ddp")
-    ctx = mp.start_processes(worker.run, args=(str(tmp / "init"), str(tmp)), nprocs=2,
+def launch(tmp, device: str = "cpu") -> list[dict]:
+    """Run metrics_ddp_worker.run on 2 gloo processes; each rank's result dict."""
+    ctx = mp.start_processes(worker.run, args=(str(tmp / "init"), str(tmp), device), nprocs=2,
                              join=False, start_method="spawn")
     try:
         for _ in range(120):  # 120 s at most
@@ -38,6 +37,11 @@ def results(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return launch(tmp_path_factory.mktemp("metrics_ddp"))
+
+
 def _sklearn_five(preds, target):
     p, t = preds.argmax(1).numpy(), target.numpy()
     labels = [0, 1, 2, 3]
@@ -50,8 +54,23 @@ def _sklearn_five(preds, target):
     }
 
 
-@pytest.mark.parametrize("case,sizes,seed", [("uneven", (100, 63), 1), ("empty", (37, 0), 2)])
+CASES = [("uneven", (100, 63), 1), ("empty", (37, 0), 2)]
+
+
+@pytest.mark.parametrize("case,sizes,seed", CASES)
 def test_collection_sync_equals_sklearn_with_at_most_3_collectives(results, case, sizes, seed):
+    check_collection(results, case, sizes, seed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_collection_sync_cuda_states(tmp_path):
+    """States on the GPU (both ranks share one card here): synced over the gloo group."""
+    res = launch(tmp_path, "cuda")
+    for case, sizes, seed in CASES:
+        check_collection(res, case, sizes, seed)
+
+
+def check_collection(results, case, sizes, seed):
     preds, target = worker.data(seed, sum(sizes))
     ref = _sklearn_five(preds, target)
     for rank, res in enumerate(results):
