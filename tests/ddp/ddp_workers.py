@@ -206,3 +206,30 @@ class SaveThenDie(Callback):
 
 def flat(module: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+class DDPOrderSampler(torch.utils.data.Sampler):
+    """For one process: the samples of each step of ``world`` DDP ranks, rank after rank.
+
+    Reproduces DistributedSampler(shuffle=True, seed) — the permutation of ``seed + epoch``,
+    rank r taking every world-th index from r — so that one process with batch world*B sees at
+    each step exactly the union of what the ranks see with batch B.
+    """
+
+    def __init__(self, n: int, world: int, per_rank_batch: int, seed: int) -> None:
+        self.n, self.world, self.b, self.seed, self.epoch = n, world, per_rank_batch, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        shards = [perm[r :: self.world] for r in range(self.world)]
+        for k in range(0, len(shards[0]), self.b):
+            for shard in shards:
+                yield from shard[k : k + self.b]
+
+    def __len__(self) -> int:
+        return self.n

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_workers import MLPModule, SaveThenDie, flat, make_data
+from ddp_workers import DDPOrderSampler, MLPModule, SaveThenDie, flat, make_data
 from torch.utils.data import DataLoader
 
 from trainer import Trainer
@@ -16,25 +16,48 @@ from trainer.launcher import WorkerError
 pytestmark = pytest.mark.ddp
 
 QUIET = {"logger": False, "enable_progress_bar": False, "accelerator": "cpu"}
+N, B, EPOCHS, SEED = 64, 8, 3, 7  # 4 steps per epoch, 12 in all
 
 
-def test_two_ranks_of_b_equal_one_process_of_2b_and_sync_dist(tmp_path: Path) -> None:
-    ds = make_data(n=64)
+def _ddp_fit(ckpt_dir: Path | None = None, die_ckpt: Path | None = None,
+             resume: Path | None = None) -> tuple[MLPModule, Trainer]:
+    loader = DataLoader(make_data(n=N), batch_size=B, shuffle=True,
+                        generator=torch.Generator().manual_seed(SEED))
+    module = MLPModule()
+    callbacks: list = []
+    if ckpt_dir is not None:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, monitor="train_loss"))
+    if die_ckpt is not None:  # save after step 6, rank 1 SIGKILLed at step 7 (mid epoch 2)
+        callbacks.append(SaveThenDie(str(die_ckpt), save_at=6, die_at=7))
+    trainer = Trainer(max_epochs=EPOCHS, strategy="ddp", devices=2, callbacks=callbacks,
+                      enable_checkpointing=ckpt_dir is not None, **QUIET)
+    trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
+    return module, trainer
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[MLPModule, Trainer, Path]:
+    """One uninterrupted 2-rank fit, shuffled, with a ModelCheckpoint."""
+    ckpt_dir = tmp_path_factory.mktemp("ckpt")
+    module, trainer = _ddp_fit(ckpt_dir=ckpt_dir)
+    return module, trainer, ckpt_dir
+
+
+def test_two_ranks_of_b_equal_one_process_of_2b_and_sync_dist(reference) -> None:
+    ddp, t2, ckpt_dir = reference
+    # one process, batch 2B, the same samples at each step (the DistributedSampler's order)
     single = MLPModule()
-    t1 = Trainer(max_epochs=2, devices=1, enable_checkpointing=False, **QUIET)
-    t1.fit(single, DataLoader(ds, batch_size=16, shuffle=False))
-
-    ddp = MLPModule()
-    before = flat(ddp).clone()
-    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="train_loss")
-    t2 = Trainer(max_epochs=2, strategy="ddp", devices=2, callbacks=[ckpt], **QUIET)
-    t2.fit(ddp, DataLoader(ds, batch_size=8, shuffle=False))
+    before = flat(single).clone()
+    loader = DataLoader(make_data(n=N), batch_size=2 * B,
+                        sampler=DDPOrderSampler(N, 2, B, SEED))
+    t1 = Trainer(max_epochs=EPOCHS, devices=1, enable_checkpointing=False, **QUIET)
+    t1.fit(single, loader)
 
     # rank 0's weights came back into the caller's module, equal to the 1-process run
     assert not torch.equal(flat(ddp), before)
     assert (flat(ddp) - flat(single)).abs().max().item() <= 1e-6
     # the trainer state came back too
-    assert t2.global_step == t1.global_step == 8
+    assert t2.global_step == t1.global_step == EPOCHS * N // (2 * B)
     assert t2.current_epoch == t1.current_epoch
     m = t2.callback_metrics
     assert m["rank_synced"].item() == pytest.approx(0.5)  # mean of ranks 0 and 1
@@ -46,33 +69,22 @@ def test_two_ranks_of_b_equal_one_process_of_2b_and_sync_dist(tmp_path: Path) ->
     assert t2.logged_metrics["rank_synced"] == pytest.approx(0.5)
     # rank 0's checkpoint callback state: the best checkpoint, written by rank 0, is there
     best = t2.checkpoint_callback.best_model_path
-    assert best and Path(best).parent == tmp_path and Path(best).is_file()
-    saved = torch.load(best, weights_only=True)["state_dict"]
-    assert all(torch.equal(saved[k], v) for k, v in ddp.state_dict().items())
+    assert best and Path(best).parent == ckpt_dir and Path(best).is_file()
+    saved = torch.load(best, weights_only=True)
+    assert saved["global_step"] > 0 and set(saved["state_dict"]) == set(ddp.state_dict())
 
 
-def _fit(path: Path | None, ckpt: Path | None = None, die: bool = False) -> MLPModule:
-    ds = make_data(n=64)
-    loader = DataLoader(ds, batch_size=8, shuffle=True,
-                        generator=torch.Generator().manual_seed(7))
-    module = MLPModule()
-    callbacks = [SaveThenDie(str(path), save_at=6, die_at=7)] if die else []
-    trainer = Trainer(max_epochs=3, strategy="ddp", devices=2, enable_checkpointing=False,
-                      callbacks=callbacks, **QUIET)
-    trainer.fit(module, loader, ckpt_path=str(ckpt) if ckpt else None)
-    assert trainer.global_step == 12
-    return module
-
-
-def test_ddp_resume_after_a_kill_mid_epoch_gives_the_same_weights(tmp_path: Path) -> None:
-    reference = _fit(None)
+def test_ddp_resume_after_a_kill_mid_epoch_gives_the_same_weights(reference,
+                                                                  tmp_path: Path) -> None:
+    ref_module, ref_trainer, _ = reference
     ckpt = tmp_path / "mid-epoch.ckpt"
-    with pytest.raises(WorkerError) as info:  # 4 steps per epoch: step 7 is mid epoch 2
-        _fit(ckpt, die=True)
+    with pytest.raises(WorkerError) as info:
+        _ddp_fit(die_ckpt=ckpt)
     assert info.value.rank == 1 and "SIGKILL" in str(info.value)
     assert ckpt.exists()
-    resumed = _fit(None, ckpt=ckpt)
-    assert (flat(resumed) - flat(reference)).abs().max().item() <= 1e-6
+    resumed, trainer = _ddp_fit(resume=ckpt)
+    assert trainer.global_step == ref_trainer.global_step
+    assert (flat(resumed) - flat(ref_module)).abs().max().item() <= 1e-6
 
 
 def test_predict_gathers_in_dataset_order() -> None:
