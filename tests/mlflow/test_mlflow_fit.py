@@ -20,7 +20,9 @@ N_TRAIN, BATCH, EPOCHS = 32, 8, 2  # 4 steps per epoch
 
 
 class Classifier(TrainModule):
-    def __init__(self, hidden: int = 8, lr: float = 0.1, fail_at_step: int = -1) -> None:
+    def __init__(
+        self, hidden: int = 8, lr: float = 0.1, fail_at_step: int = -1, interrupt: bool = False
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
@@ -30,6 +32,8 @@ class Classifier(TrainModule):
 
     def training_step(self, batch, batch_idx):
         if self.global_step == self.hparams.fail_at_step:
+            if self.hparams.interrupt:
+                raise KeyboardInterrupt
             raise RuntimeError(f"boom at step {self.global_step}")
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
@@ -110,6 +114,16 @@ def test_failing_fit_leaves_run_failed_with_error_tag(store_uri: str, tmp_path: 
         m.step for m in MlflowClient(store_uri).get_metric_history(logger.run_id, "train_loss_step")
     ]
     assert sorted(steps) == list(range(5))  # what was logged before the failure was flushed
+
+
+def test_interrupted_fit_leaves_run_killed(store_uri: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    logger, _, fit = _fit(store_uri, tmp_path, "fit-interrupt", fail_at_step=2, interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        fit()
+    run = MlflowClient(store_uri, store_uri).get_run(logger.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["error_type"] == "KeyboardInterrupt"
 
 
 @pytest.mark.ddp
