@@ -160,6 +160,142 @@ def ui(
     run_ui(host=host, port=port)
 
 
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow URI; default: $MLFLOW_TRACKING_URI or .trainflow"),
+]
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by the train stage")],
+    out: Annotated[Path, typer.Option(help="Folder for model.onnx / model.ts")] = Path("export"),
+    config: Annotated[Path | None, typer.Option(help="Config whose export section to use")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Export a checkpoint to ONNX and TorchScript and check both against eager PyTorch."""
+    cfg = _load(config, set_)
+    if not checkpoint.is_file():
+        _fail(f"checkpoint {checkpoint}: not found")
+    from tasks.export import run_export
+    from tasks.prepare_data import file_sha256
+    from tasks.types import StageError, TrainResult
+    from trainer.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        class_path = load_checkpoint(checkpoint).get("module_class") or cfg.model.class_path
+    except CheckpointError as err:
+        _fail(str(err), 1)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"class_path": class_path})})
+    sha = file_sha256(checkpoint)
+    trained = TrainResult(
+        checkpoint=checkpoint.resolve(), checkpoint_sha256=sha, metrics={}, epochs=0,
+        global_step=0, data_hash="", config_hash="", cache_key="cli", code_version="cli",
+    )
+    try:
+        ref = run_export(trained, cfg, out.resolve(), "cli")
+    except StageError as err:
+        _fail(str(err), 1)
+    for p in (ref.onnx, ref.torchscript):
+        if p is not None:
+            typer.echo(f"wrote {p}")
+    for k, v in ref.parity.items():
+        typer.echo(f"parity {k} {v:.3g}")
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name")],
+    version: Annotated[str, typer.Argument(help="Version to promote")],
+    metric: Annotated[str, typer.Option(help="Gate metric (a metric.* tag)")] = "test_acc",
+    mode: Annotated[str, typer.Option(help="max or min")] = "max",
+    min_delta: Annotated[float, typer.Option(help="Required improvement")] = 0.0,
+    alias: Annotated[str, typer.Option(help="Alias to move")] = "champion",
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Move ALIAS to VERSION if it beats the current champion on METRIC."""
+    if mode not in ("max", "min"):
+        _fail(f"--mode: must be max or min (got {mode!r})")
+    from tasks.registry import RegistryError
+    from tasks.registry import promote as registry_promote
+
+    try:
+        d = registry_promote(name, version, metric, mode, min_delta, alias=alias,
+                             tracking_uri=tracking_uri)
+    except RegistryError as err:
+        _fail(str(err), 1)
+    verdict = f"promoted to @{d.alias}" if d.promoted else "not promoted"
+    typer.echo(f"{d.name} v{d.version}: {verdict} ({d.reason})")
+    if not d.promoted:
+        raise typer.Exit(3)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="NAME or NAME@alias (default alias: champion)")],
+    input: Annotated[Path, typer.Option("--input", help="CSV or parquet of features")],
+    output: Annotated[Path, typer.Option("--output", help="Parquet file to write")],
+    label: Annotated[str, typer.Option(help="Column to ignore if present")] = "label",
+    batch_rows: Annotated[int, typer.Option(help="Rows per batch")] = 65536,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Batch predictions with onnxruntime from a registered model; parquet out."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    if not input.is_file():
+        _fail(f"--input {input}: not found")
+    name, _, alias = model.partition("@")
+    from tasks.registry import RegistryError, load_champion
+
+    try:
+        sess = load_champion(name, alias=alias or "champion", tracking_uri=tracking_uri)
+    except RegistryError as err:
+        _fail(str(err), 1)
+    meta = sess.get_inputs()[0]
+    n_in = meta.shape[1] if len(meta.shape) == 2 and isinstance(meta.shape[1], int) else None
+    fmt = "csv" if input.name.lower().endswith((".csv", ".csv.gz")) else "parquet"
+    try:
+        dataset = ds.dataset(str(input), format=fmt)
+    except (pa.ArrowInvalid, OSError) as err:
+        _fail(f"--input {input}: not readable as {fmt}: {err}")
+    features = [c for c in dataset.schema.names if c != label]
+    if n_in is not None and len(features) != n_in:
+        _fail(f"--input: {len(features)} feature columns, the model takes {n_in}")
+    tmp = output.with_name(f".{output.name}.tmp")
+    writer = None
+    n = 0
+    try:
+        for batch in dataset.scanner(columns=features, batch_size=batch_rows).to_batches():
+            x = np.column_stack(
+                [batch.column(c).to_numpy(zero_copy_only=False) for c in features]
+            ).astype(np.float32)
+            logits = sess.run(None, {meta.name: x})[0]
+            cols = {"prediction": pa.array(np.asarray(logits).argmax(1))}
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            cols["score"] = pa.array((e.max(1) / e.sum(1)).astype(np.float32))
+            table = pa.table(cols)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            n += len(x)
+        if writer is not None:
+            writer.close()
+            writer = None
+            os.replace(tmp, output)
+    except Exception as err:  # noqa: BLE001
+        tmp.unlink(missing_ok=True)
+        _fail(f"predict: {type(err).__name__}: {err}", 1)
+    finally:
+        if writer is not None:
+            writer.close()
+            tmp.unlink(missing_ok=True)
+    version = getattr(sess, "trainflow_version", "?")
+    typer.echo(f"wrote {n} predictions to {output} ({name} v{version})")
+
+
 def main() -> None:
     """Entry point for ``python -m flows.cli``."""
     app()

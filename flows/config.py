@@ -83,7 +83,7 @@ class CheckpointConfig(_Section):
 class TrainerConfig(_Section):
     """Trainer flags (see trainer.Trainer) and the data loader's batch size."""
 
-    max_epochs: int = Field(30, gt=0)
+    max_epochs: int = Field(15, gt=0)
     batch_size: int = Field(64, gt=0)
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "cpu"
     devices: int = Field(1, gt=0)

@@ -43,6 +43,9 @@ def run_export(trained: TrainResult, cfg: PipelineConfig, root: Path, key: str) 
     """Run the stage without Prefect."""
     from trainer.export import ExportError, to_onnx, to_torchscript, verify
 
+    if not (cfg.export.onnx or cfg.export.torchscript):
+        return ExportRef(checkpoint_sha256=trained.checkpoint_sha256, cache_key=key,
+                         code_version=CODE_VERSION)
     module = import_class(cfg.model.class_path).load_from_checkpoint(str(trained.checkpoint))
     module.eval()
     if getattr(module, "_trainer", 0) is None:
