@@ -331,7 +331,9 @@ class MLflowLogger(Logger):
             return
         if self._thread is None:
             self._ensure_writer()
-        self._buf.append((int(time.time() * 1000), int(step), dict(metrics)))
+        # floats here (the contract's type; a 0-d tensor is converted), so the rows pickle small
+        values = {k: float(v) for k, v in metrics.items()}
+        self._buf.append((int(time.time() * 1000), int(step), values))
         if len(self._buf) >= self.chunk_size:
             self._handoff()
 
