@@ -431,3 +431,24 @@ def test_validate_args_false_skips_checks():
     m = Accuracy("multiclass", num_classes=3, validate_args=False)
     m.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
     _close(m.compute(), 1.0)
+
+
+@pytest.mark.filterwarnings("ignore::trainer.metrics.UndefinedMetricWarning")  # empty batches
+def test_extra_dims_are_flattened_like_samples():
+    g = torch.Generator().manual_seed(30)
+    scores = torch.randn(6, C, 7, generator=g).softmax(1)  # (N, C, H)
+    target = torch.randint(0, C, (6, 7), generator=g)
+    flat_p = scores.movedim(1, -1).reshape(-1, C)
+    flat_t = target.reshape(-1)
+    _close(_run(F1Score("multiclass", num_classes=C, average="macro"), scores, target),
+           skm.f1_score(flat_t, flat_p.argmax(1), average="macro"))
+    _close(_run(AUROC("multiclass", num_classes=C, average="macro"), scores, target),
+           skm.roc_auc_score(flat_t, flat_p, multi_class="ovr", labels=list(range(C))))
+    ml_p = torch.rand(6, L, 5, generator=g)
+    ml_t = torch.randint(0, 2, (6, L, 5), generator=g)
+    _close(_run(Recall("multilabel", num_labels=L, average="macro"), ml_p, ml_t),
+           skm.recall_score(ml_t.movedim(1, -1).reshape(-1, L),
+                            (ml_p.movedim(1, -1).reshape(-1, L) >= 0.5).long(), average="macro"))
+    b_p, b_t = torch.rand(5, 9, generator=g), torch.randint(0, 2, (5, 9), generator=g)
+    _close(_run(Accuracy("binary"), b_p, b_t),
+           skm.accuracy_score(b_t.reshape(-1), (b_p.reshape(-1) >= 0.5).long()))
