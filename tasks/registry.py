@@ -161,9 +161,21 @@ def export_content_hash(
     in the ``.onnx`` file or in a side ``.onnx.data`` file.
     """
     import onnx
+    from onnx.external_data_helper import convert_model_from_external_data
 
+    model = onnx.load(str(onnx_path))  # loads side-file weights into the tensors
+    convert_model_from_external_data(model)  # and forgets where they came from
+    try:
+        from onnx.external_data_helper import _get_all_tensors
+
+        tensors = list(_get_all_tensors(model))
+    except ImportError:  # pragma: no cover - older/newer onnx
+        tensors = list(model.graph.initializer)
+    for tensor in tensors:  # an explicit DEFAULT location serialises differently from none
+        if tensor.data_location == onnx.TensorProto.DEFAULT:
+            tensor.ClearField("data_location")
     h = hashlib.sha256(b"onnx\0")
-    h.update(onnx.load(str(onnx_path)).SerializeToString())
+    h.update(model.SerializeToString(deterministic=True))
     if torchscript_path is not None:
         h.update(b"\0torchscript\0")
         with open(torchscript_path, "rb") as f:
