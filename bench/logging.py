@@ -160,7 +160,7 @@ def bench_logger_throughput(uri: str, rows: int, per_row: int = 4) -> tuple[floa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=200, help="steps per epoch")
+    p.add_argument("--steps", type=int, default=1000, help="steps per epoch")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
