@@ -81,15 +81,26 @@ def scenario_collection(rank: int, sizes: tuple[int, int], seed: int, device: st
     out = mc.compute()
     elapsed = time.perf_counter() - t0
     calls = list(CALLS)
+    local_after = int(mc["acc"].confmat.sum())
+    local_cat_rows = sum(t.shape[0] for t in mc["auroc"].preds)
     # cached: a second compute does no collective
     CALLS.clear()
     mc.compute()
     cached_calls = list(CALLS)
+    # members computed one by one (as the Trainer does for self.log(name, member)): the first
+    # computes the whole collection with one sync, the others hit the cache
+    if n:
+        mc.update(mine[0][:1], mine[1][:1])
+    else:
+        mc.update(torch.zeros(0, 4, device=device), torch.zeros(0, dtype=torch.long, device=device))
+    CALLS.clear()
+    one_by_one = {k: _as_py(m.compute()) for k, m in mc.items(keep_base=True)}
+    member_calls = list(CALLS)
     return {
         "values": _as_py(out), "calls": calls, "cached_calls": cached_calls,
-        "seconds": elapsed, "local_after": int(mc["acc"].confmat.sum()),
-        "local_before": local_before, "local_cat_rows": sum(
-            t.shape[0] for t in mc["auroc"].preds),
+        "member_calls": member_calls, "one_by_one": one_by_one,
+        "seconds": elapsed, "local_after": local_after,
+        "local_before": local_before, "local_cat_rows": local_cat_rows,
     }
 
 

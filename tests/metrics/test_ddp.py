@@ -81,6 +81,7 @@ def check_collection(results, case, sizes, seed):
         assert len(got["calls"]) <= 3, got["calls"]
         assert got["calls"] == ["all_reduce", "all_gather"], got["calls"]
         assert got["cached_calls"] == []
+        assert got["member_calls"] == ["all_reduce", "all_gather"], got["member_calls"]
         # local states restored after compute
         assert got["local_after"] == got["local_before"] == sizes[rank]
         assert got["local_cat_rows"] == sizes[rank]

@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from torch import nn
 
-from trainer.metrics.metric import Metric, sync_metrics
+from trainer.metrics.metric import _COLLECTION_OF, Metric, sync_metrics
 from trainer.metrics.sync import distributed_available
 
 __all__ = ["MetricCollection"]
@@ -90,6 +91,9 @@ class MetricCollection(nn.ModuleDict):
                 order.append(groups[key])
         self._groups = order
         self._update_kwargs = {n: _accepted_kwargs(m) for n, m in self._modules.items()}
+        me = weakref.ref(self)
+        for m in self._modules.values():
+            _COLLECTION_OF[m] = me
         for members in self._groups:
             self._share(members)
 

@@ -21,6 +21,7 @@ import contextlib
 import copy
 import functools
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -32,6 +33,9 @@ from trainer.metrics.sync import distributed_available, sync_states
 __all__ = ["Metric", "sync_metrics"]
 
 _REDUCTIONS = ("sum", "mean", "max", "min", "cat")
+# member → its MetricCollection (set by the collection): a member's own synced compute() then
+# computes the whole collection with one bucketed sync (Trainer logging calls members one by one)
+_COLLECTION_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _wrap_update(fn: Callable) -> Callable:
@@ -64,6 +68,12 @@ def _wrap_compute(fn: Callable) -> Callable:
         if self._synced or not (self.sync_on_compute and distributed_available()):
             value = fn(self)
         else:
+            ref = _COLLECTION_OF.get(self)
+            owner = ref() if ref is not None else None
+            if owner is not None and any(m is self for m in owner.values()):
+                owner.compute()  # one sync for every member; caches each member's value
+                if self.__dict__["_computed"] is not None:
+                    return self.__dict__["_computed"]
             with sync_metrics([self]):
                 value = fn(self)
         self.__dict__["_computed"] = value
