@@ -600,13 +600,13 @@ def validate_curve_values(
 
 def _binary_clf_curve(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """fps, tps at each distinct score, scores descending (sklearn's _binary_clf_curve)."""
-    order = torch.argsort(preds, descending=True, stable=True)
-    p = preds[order]
-    t = target[order].double()
-    distinct = torch.nonzero(p[1:] != p[:-1]).reshape(-1)
-    idx = torch.cat([distinct, torch.tensor([p.numel() - 1], device=p.device)])
-    tps = torch.cumsum(t, 0)[idx]
-    fps = (idx + 1).double() - tps
+    p, order = torch.sort(preds, descending=True)  # order inside ties does not matter
+    t = target[order]
+    # the last position of each run of equal scores: its cumulative counts are a curve point
+    _, counts = torch.unique_consecutive(p, return_counts=True)
+    idx = torch.cumsum(counts, 0) - 1
+    tps = torch.cumsum(t, 0, dtype=torch.float64)[idx]
+    fps = (idx + 1) - tps
     return fps, tps
 
 
@@ -648,7 +648,7 @@ def _binary_curve_score(preds: Tensor, target: Tensor, kind: str, warn: bool = T
     if preds.numel() == 0:
         fps = tps = torch.zeros(0, dtype=torch.float64)
     else:
-        fps, tps = _binary_clf_curve(preds.double(), target)
+        fps, tps = _binary_clf_curve(preds, target)
     return _auc_from_counts(fps, tps, warn) if kind == "auroc" else _ap_from_counts(fps, tps, warn)
 
 
