@@ -1,8 +1,9 @@
 """What ``self.log`` collected during one stage (train, validate or test).
 
 Values stay tensors on their device. An on_step value is kept as the last tensor logged; an
-on_epoch value is accumulated as a running tensor (a weighted sum and a Python-int weight for
-'mean', a running max/min/sum otherwise), so the hot loop never waits on the device. Floats are
+on_epoch 'mean' keeps the step tensors in a short list with their batch sizes (a list append,
+no tensor op per step) and folds every FOLD_EVERY of them into a running weighted sum with one
+stack; 'max'/'min'/'sum' keep a running tensor. The hot loop never waits on the device. Floats are
 made only when the progress bar refreshes, a logger is called or an epoch ends.
 """
 
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+FOLD_EVERY = 256  # step values of a 'mean' entry held before they are summed into one tensor
 
 _REDUCE_ALIASES = {
     "mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min",
@@ -44,7 +47,8 @@ class LogEntry:
 
     __slots__ = (
         "name", "on_step", "on_epoch", "prog_bar", "logger", "reduce", "sync_dist",
-        "step_key", "epoch_key", "step_value", "acc", "weight", "metric", "dataloader_idx",
+        "step_key", "epoch_key", "step_value", "acc", "weight", "metric", "pending",
+        "pending_w",
     )
 
     def __init__(self, name: str, on_step: bool, on_epoch: bool, prog_bar: bool, logger: bool,
@@ -62,7 +66,24 @@ class LogEntry:
         self.step_value: Tensor | None = None
         self.acc: Tensor | None = None
         self.weight = 0
+        self.pending: list[Tensor] = []  # 'mean': step values not yet summed into acc
+        self.pending_w: list[int] = []  # and their batch sizes
         self.metric = metric
+
+    def fold(self) -> None:
+        """Sum the pending step values, weighted by their batch sizes, into ``acc``."""
+        if not self.pending:
+            return
+        vals = torch.stack(self.pending)
+        vals = vals.double() if vals.dtype == torch.float64 else vals.float()
+        w = self.pending_w
+        if all(x == w[0] for x in w):
+            total = vals.sum() * w[0]
+        else:
+            total = vals @ torch.tensor(w, dtype=vals.dtype).to(vals.device, non_blocking=True)
+        self.acc = total if self.acc is None else self.acc + total
+        self.weight += sum(w)
+        self.pending, self.pending_w = [], []
 
     def options(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
@@ -113,12 +134,10 @@ class Results:
                     batch_size = self.batch_size
                     if batch_size is None:
                         batch_size = self.batch_size = extract_batch_size(self.batch)
-                if entry.acc is None:
-                    entry.acc = value.to(torch.float64 if value.dtype == torch.float64
-                                         else torch.float32) * batch_size
-                else:
-                    entry.acc.add_(value, alpha=batch_size)
-                entry.weight += batch_size
+                entry.pending.append(value)
+                entry.pending_w.append(batch_size)
+                if len(entry.pending) == FOLD_EVERY:
+                    entry.fold()
             elif entry.acc is None:
                 entry.acc = value.clone() if value.is_floating_point() else value.float()
             elif red == "sum":
@@ -201,6 +220,8 @@ class Results:
         if e.metric is not None:
             v = e.metric.compute()
             return v if isinstance(v, Tensor) else torch.tensor(v)
+        if e.reduce == "mean":
+            e.fold()
         if e.acc is None:
             return None
         if e.reduce == "mean":
@@ -218,6 +239,7 @@ class Results:
         for e in self.entries.values():
             e.acc = None
             e.weight = 0
+            e.pending, e.pending_w = [], []
             e.step_value = None
             if e.metric is not None:
                 e.metric.reset()
@@ -228,7 +250,9 @@ class Results:
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         """Accumulators of plain (non-Metric) entries, to resume an epoch mid-way exactly."""
-        return {k: {**e.options(), "acc": e.acc, "weight": e.weight, "step_value": e.step_value}
+        return {k: {**e.options(), "acc": e.acc, "weight": e.weight, "step_value": e.step_value,
+                    "pending": torch.stack(e.pending) if e.pending else None,
+                    "pending_w": list(e.pending_w)}
                 for k, e in self.entries.items() if e.metric is None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -236,6 +260,9 @@ class Results:
             e = LogEntry(s["name"], s["on_step"], s["on_epoch"], s["prog_bar"], s["logger"],
                          s["reduce"], s["sync_dist"])
             e.acc, e.weight, e.step_value = s["acc"], s["weight"], s["step_value"]
+            if s.get("pending") is not None:
+                e.pending = list(s["pending"].unbind())
+                e.pending_w = list(s["pending_w"])
             self.entries[k] = e
 
 

@@ -264,3 +264,33 @@ def test_test_returns_floats_per_loader():
     assert len(out) == 2
     assert set(out[0]) == {"test_acc/dataloader_idx_0"}
     assert out[0]["test_acc/dataloader_idx_0"] == out[1]["test_acc/dataloader_idx_1"]
+
+
+def test_results_weighted_mean_across_folds_and_state_round_trip():
+    from trainer.results import FOLD_EVERY, Results
+
+    g = torch.Generator().manual_seed(0)
+    n = 2 * FOLD_EVERY + 37
+    values = torch.rand(n, generator=g)
+    sizes = [int(s) for s in torch.randint(1, 9, (n,), generator=g)]
+
+    def feed(res, lo, hi):
+        for i in range(lo, hi):
+            res.log("v", values[i], None, True, False, True, "mean", False, sizes[i])
+
+    a = Results("train")
+    a.fx = "train_batch"
+    feed(a, 0, n)
+    expected = (values.double() * torch.tensor(sizes, dtype=torch.float64)).sum() / sum(sizes)
+    got = a.epoch_values()["v_epoch"]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+    b = Results("train")
+    b.fx = "train_batch"
+    feed(b, 0, FOLD_EVERY + 5)  # stop with values pending
+    state = b.state_dict()
+    c = Results("train")
+    c.load_state_dict(state)
+    c.fx = "train_batch"
+    feed(c, FOLD_EVERY + 5, n)
+    assert torch.equal(c.epoch_values()["v_epoch"], got)  # bit for bit, as uninterrupted

@@ -12,9 +12,15 @@ import torch
 SCRIPT = Path(__file__).parent / "resume_script.py"
 
 
-def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), str(out), *args], capture_output=True,
-                          text=True, timeout=120, cwd=str(out))
+def _start(out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(out))
+
+
+def _wait(p: subprocess.Popen) -> tuple[int, str]:
+    _, err = p.communicate(timeout=180)
+    return p.returncode, err
 
 
 def _steps(path: Path) -> list[tuple[int, str]]:
@@ -25,18 +31,22 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     full_dir, dir_ = tmp_path / "full", tmp_path / "killed"
     full_dir.mkdir()
     dir_.mkdir()
-    r = _run(full_dir, "full")
-    assert r.returncode == 0, r.stderr
+    # the uninterrupted run and the one to be killed run side by side
+    full_p = _start(full_dir, "full")
     # 8 batches per epoch, a checkpoint every 3 steps: killed at step 13 (epoch 2, batch 5),
     # its last checkpoint is step 12 (epoch 2, 4 batches consumed).
-    r = _run(dir_, "kill", "13")
-    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
+    kill_p = _start(dir_, "kill", "13")
+    rc, err = _wait(kill_p)
+    assert rc == -signal.SIGKILL, (rc, err)
     assert not (dir_ / "kill.weights.pt").exists()
     ckpt = torch.load(dir_ / "last.ckpt", weights_only=True)
     assert (ckpt["epoch"], ckpt["global_step"]) == (1, 12)
     assert ckpt["loops"]["fit"]["batches_consumed"] == 4
-    r = _run(dir_, "resume")
-    assert r.returncode == 0, r.stderr
+    resume_p = _start(dir_, "resume")
+    rc, err = _wait(full_p)
+    assert rc == 0, err
+    rc, err = _wait(resume_p)
+    assert rc == 0, err
 
     full = torch.load(full_dir / "full.weights.pt", weights_only=True)
     resumed = torch.load(dir_ / "resume.weights.pt", weights_only=True)
