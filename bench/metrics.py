@@ -10,6 +10,12 @@ hand-written torch expression of the same statistic measured in the same run, an
 (targets: update ≤ 2× hand-written, forward ≤ 1.2× update). Then the latency of compute() of a
 5-metric collection (accuracy, precision, recall, macro F1, AUROC) synced across 2 gloo
 processes, with the number of collective calls per compute.
+
+Hand-written references: accuracy = argmax/eq/sum into two counters; macro F1 = bincount
+confusion matrix; MSE = squared-error sum and count; AUROC: update = append scores and targets
+to two lists (the exact state), forward = that plus a sort/cumsum/trapezoid AUROC of the batch.
+With --torchmetrics the same metrics from torchmetrics are timed in the same run, and the sync
+benchmark is repeated with a torchmetrics MetricCollection.
 """
 
 from __future__ import annotations
