@@ -736,8 +736,6 @@ class Trainer:
             self.num_val_batches = limits
         else:
             self.num_test_batches = limits
-        self.strategy.setup_module(model)
-        self._call_hook("on_fit_start") if False else None
         values = self._eval_pass(stage, dls, limits, log=True)
         floats = {k: float(v) for k, v in values.items()}
         if len(dls) == 1:
