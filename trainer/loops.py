@@ -305,8 +305,9 @@ class FitLoop:
                     t.should_stop and epoch + 1 >= t.min_epochs):
                 break
 
-        if pending:  # a loader of unknown length ended inside an accumulation window
-            t._clip_and_step_tail(opt)
+        else:  # the loader ran out (not a break): one of unknown length may end mid-window
+            if pending:
+                t._clip_and_step_tail(opt)
         self.batches_consumed = batch_idx
         t._live_results = None
         t._check_watched_nonfinite()

@@ -501,6 +501,7 @@ class Trainer:
             if stage == "fit":
                 return self._fit(model, train_dl, eval_dl, datamodule, ckpt_path)
             if ckpt_path is not None:
+                ckpt_path = self._resolve_ckpt_path(ckpt_path)
                 ckpt = load_checkpoint(ckpt_path, map_location=self.strategy.root_device)
                 model.on_load_checkpoint(ckpt)
                 model.load_state_dict(ckpt["state_dict"])
@@ -925,12 +926,19 @@ class Trainer:
             save_checkpoint(ckpt, filepath)
         self.strategy.barrier("save_checkpoint")
 
+    def _resolve_ckpt_path(self, ckpt_path: Any) -> Any:
+        """'best' / 'last' name the checkpoint callback's files; anything else is a path."""
+        if ckpt_path in ("best", "last"):
+            attr = f"{ckpt_path}_model_path"
+            path = getattr(self.checkpoint_callback, attr, None) or None
+            if not path:
+                raise ValueError(f"ckpt_path={ckpt_path!r}: no {ckpt_path} checkpoint is known "
+                                 "(no ModelCheckpoint, or it saved none yet); pass a path")
+            return path
+        return ckpt_path
+
     def _restore_fit(self, model: TrainModule, ckpt_path: Any) -> None:
-        if ckpt_path == "last":
-            cb = self.checkpoint_callback
-            ckpt_path = getattr(cb, "last_model_path", None) or None
-            if not ckpt_path:
-                raise ValueError("Trainer.fit(ckpt_path='last'): no last checkpoint known")
+        ckpt_path = self._resolve_ckpt_path(ckpt_path)
         ckpt = load_checkpoint(ckpt_path, map_location=self.strategy.root_device)
         missing = [k for k in ("optimizer_states", "loops", "rng") if k not in ckpt]
         if missing:

@@ -62,3 +62,17 @@ def test_progress_bar_runs_without_a_terminal(capsys):
     t.fit(M(), make_loader(make_data(n=16)))
     assert t.progress_bar_callback is not None
     assert "loss" in capsys.readouterr().out
+
+
+def test_test_with_best_checkpoint(tmp_path):
+    ds = make_data(n=32)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", mode="min")
+    t = Trainer(max_epochs=3, enable_progress_bar=False, num_sanity_val_steps=0, logger=False,
+                callbacks=[ckpt])
+    m = Plateau()
+    t.fit(m, make_loader(ds), make_loader(ds, shuffle=False))
+    out = t.test(m, make_loader(ds, shuffle=False), ckpt_path="best")
+    assert 0.0 <= out[0]["test_acc"] <= 1.0
+    best = TrainModule.load_from_checkpoint(ckpt.best_model_path)
+    assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(),
+                                                m.state_dict().values()))
