@@ -2,7 +2,8 @@
 
 import os
 
-# Offline hygiene, set before prefect / mlflow / onnxruntime are imported (../shared/STACK-NOTES.md).
+# Offline hygiene, set before prefect / mlflow / onnxruntime are imported
+# (../shared/STACK-NOTES.md).
 for _name, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",

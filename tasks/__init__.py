@@ -1,12 +1,5 @@
 """trainflow stages: one Prefect task per pipeline stage, typed inputs to typed outputs."""
 
-import os
-
-# Offline hygiene, set before prefect / mlflow / onnxruntime are imported (../shared/STACK-NOTES.md).
-for _name, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "ORT_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-}.items():
-    os.environ.setdefault(_name, _value)
+# flows/__init__ sets the offline hygiene env vars; import it before any stage imports
+# prefect, mlflow or onnxruntime.
+import flows  # noqa: F401
