@@ -63,6 +63,8 @@ def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
     from flows.settings import configure_environment
 
     configure_environment()
+    if sys.stderr.isatty():
+        os.environ.setdefault("TRAINFLOW_PROGRESS", "1")  # a progress bar while training
     from flows.config import ConfigError
     from flows.pipeline import training_pipeline
     from tasks.types import DataError, StageError
@@ -144,20 +146,20 @@ def serve(
 def ui(
     port: Annotated[int, typer.Option(help="Port for the MLflow UI")] = 5000,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI")] = None,
 ) -> None:
     """Open the MLflow UI on the embedded store; prints how to open the Prefect UI."""
     typer.echo(
         "Prefect UI: run `prefect server start --host 127.0.0.1` and open http://127.0.0.1:4200 "
         "(with PREFECT_API_URL=http://127.0.0.1:4200/api set, runs are recorded there)."
     )
+    from flows import tracking
+
     try:
-        from flows import tracking
-    except ImportError as err:  # pragma: no cover - MLflow part not installed
-        _fail(f"MLflow tracking is not available: {err}", 1)
-    run_ui = getattr(tracking, "run_ui", None)
-    if run_ui is None:
-        _fail("flows.tracking.run_ui is not available in this build", 1)
-    run_ui(host=host, port=port)
+        code = tracking.run_ui(host=host, port=port, tracking_uri=tracking_uri)
+    except tracking.TrackingUnreachable as err:
+        _fail(str(err), 1)
+    raise typer.Exit(code)
 
 
 TrackingOpt = Annotated[

@@ -125,7 +125,8 @@ def make_trainer(
         default_root_dir=str(root),
         logger=logger if logger is not None else False,
         callbacks=callbacks,
-        enable_progress_bar=False,
+        # Progress is no part of the result (nor the cache key): the CLI turns it on in a TTY.
+        enable_progress_bar=os.environ.get("TRAINFLOW_PROGRESS") == "1",
         **extra,
     )
 

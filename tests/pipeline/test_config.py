@@ -108,3 +108,13 @@ def test_cli_bad_config_is_one_line_and_nonzero(tmp_path: Path, monkeypatch) -> 
     res = CliRunner().invoke(app, ["run", "--set", "data.path=nowhere.parquet"])
     assert res.exit_code == 2 and "data.path: file not found" in res.output
     assert not (tmp_path / ".trainflow").exists()  # nothing written
+
+
+def test_cli_serve_needs_a_real_server(tmp_path: Path, monkeypatch) -> None:
+    from flows.cli import app
+
+    monkeypatch.setenv("TRAINFLOW_PROJECT_DIR", str(tmp_path))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    res = CliRunner().invoke(app, ["serve", "--cron", "0 2 * * *"])
+    assert res.exit_code == 2
+    assert "schedules need a Prefect server" in res.output

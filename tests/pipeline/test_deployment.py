@@ -94,7 +94,9 @@ def test_deploy_and_run_through_a_process_worker(tmp_path: Path) -> None:
 
         procs.append(_start([PREFECT, "worker", "start", "--pool", "trainflow", "--type",
                              "process"], env, tmp_path / "worker.log"))
-        params = {"config": None, "overrides": ["trainer.max_epochs=2", "export.torchscript=false"]}
+        small = ["trainer.max_epochs=1", "export.onnx=false", "export.torchscript=false",
+                 "registry.enabled=false"]
+        params = {"config": None, "overrides": small}
         run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
                          json={"parameters": params}, timeout=10).json()
         deadline = time.monotonic() + 300
