@@ -84,7 +84,12 @@ class TrainModule(nn.Module):
     subclass overrides and calls only those.
     """
 
-    automatic_optimization: bool = True
+    automatic_optimization = True  # (no annotation: torch.jit reads class annotations)
+    # torch.jit must not compile these (Lightning's protocol; trainer.export sets the flag)
+    __jit_unused_properties__ = [
+        "trainer", "device", "current_epoch", "global_step", "hparams", "example_input_array",
+    ]
+    _jit_is_scripting = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,7 +108,7 @@ class TrainModule(nn.Module):
 
     @property
     def trainer(self) -> Any:
-        if self._trainer is None:
+        if self._trainer is None and not self._jit_is_scripting:
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer")
         return self._trainer
 
