@@ -132,7 +132,10 @@ class Trainer:
         **unknown: Any,
     ) -> None:
         if unknown:
-            known = [n for n in Trainer.__init__.__code__.co_varnames[1:32] if n != "unknown"]
+            import inspect
+
+            known = [n for n, p in inspect.signature(Trainer.__init__).parameters.items()
+                     if p.kind is p.KEYWORD_ONLY]
             msgs = []
             for k in unknown:
                 close = difflib.get_close_matches(k, known, n=1)
@@ -338,6 +341,11 @@ class Trainer:
     @property
     def world_size(self) -> int:
         return self.strategy.world_size
+
+    @property
+    def model(self) -> TrainModule | None:
+        """The module being run (Lightning's name: lightning_module)."""
+        return self.lightning_module
 
     @property
     def logger(self) -> Any:
