@@ -392,6 +392,45 @@ class TrainModule(nn.Module):
         module.load_state_dict(ckpt["state_dict"], strict=strict)
         return module
 
+    # ------------------------------------------------------------------ summary
+    def summarize(self, max_depth: int = 1) -> str:
+        """A table of the submodules (name, type, parameters and, with example_input_array,
+        output shape) and the parameter totals."""
+        rows: list[list[str]] = []
+        shapes: dict[str, str] = {}
+        handles = []
+        named = [(n, m) for n, m in self.named_modules()
+                 if n and n.count(".") < max_depth]
+        if self.example_input_array is not None:
+            def hook_for(name: str) -> Any:
+                def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+                    if isinstance(out, Tensor):
+                        shapes[name] = str(list(out.shape))
+                return hook
+            handles = [m.register_forward_hook(hook_for(n)) for n, m in named]
+            was_training = self.training
+            try:
+                self.eval()
+                with torch.no_grad():
+                    x = self.example_input_array
+                    x = x.to(self.device) if isinstance(x, Tensor) else x
+                    self(*x) if isinstance(x, tuple) else self(x)
+            finally:
+                for h in handles:
+                    h.remove()
+                self.train(was_training)
+        for n, m in named:
+            count = sum(p.numel() for p in m.parameters())
+            rows.append([n, type(m).__name__, f"{count:,}", shapes.get(n, "?")])
+        header = ["name", "type", "params", "out shape"]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        lines.append(f"{trainable:,} trainable params, {total - trainable:,} non-trainable, "
+                     f"{total:,} total")
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ export (EXPORT owns)
     def to_onnx(self, path: Any, input_sample: Any = None, dynamic_batch: bool = True,
                 opset: int | None = None, **kwargs: Any) -> Any:

@@ -204,3 +204,9 @@ def test_model_checkpoint_every_n_train_steps_resume(tmp_path):
     assert load_checkpoint(last)["global_step"] == 6
     resumed, _ = _run(ckpt=last)
     assert torch.equal(full, resumed)
+
+
+def test_summarize_uses_example_input_array():
+    text = TinyModule().summarize(max_depth=2)
+    assert "net.0" in text and "Linear" in text and "[2, 16]" in text and "[2, 3]" in text
+    assert text.splitlines()[-1] == "195 trainable params, 0 non-trainable, 195 total"
