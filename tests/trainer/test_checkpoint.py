@@ -130,6 +130,11 @@ class SaveAt(Callback):
             trainer.save_checkpoint(self.path)
             raise KeyboardInterrupt
 
+    def on_validation_end(self, trainer, module):
+        if self.hook == "val" and trainer.global_step == self.step and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
+            raise KeyboardInterrupt
+
     def on_train_epoch_end(self, trainer, module):
         if self.hook == "epoch" and trainer.current_epoch == self.epoch:
             trainer.save_checkpoint(self.path)
@@ -145,9 +150,9 @@ class Rich(TinyModule):
                 "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)}
 
 
-def _run(ckpt=None, cb=None, epochs=3):
+def _run(ckpt=None, cb=None, epochs=3, n=40):
     torch.manual_seed(0)
-    ds = make_data(n=40)
+    ds = make_data(n=n)
     m = Rich(dropout=0.3)
     t = _t(max_epochs=epochs, callbacks=[cb] if cb else None, val_check_interval=0.5)
     try:
@@ -157,16 +162,19 @@ def _run(ckpt=None, cb=None, epochs=3):
     return flat(m), t
 
 
-@pytest.mark.parametrize("hook,epoch,step", [("epoch", 0, None), ("batch", None, 7),
-                                             ("batch", None, 3)])
-def test_resume_in_process_equals_uninterrupted(tmp_path, hook, epoch, step):
-    full, t_full = _run()
+@pytest.mark.parametrize("hook,epoch,step,n", [
+    ("epoch", 0, None, 40), ("batch", None, 7, 40), ("batch", None, 3, 40),
+    ("val", None, 7, 40),  # mid-epoch validation
+    ("val", None, 12, 48),  # the validation at the end of epoch 2 (6 batches, every 3)
+])
+def test_resume_in_process_equals_uninterrupted(tmp_path, hook, epoch, step, n):
+    full, t_full = _run(n=n)
     p = tmp_path / "c.ckpt"
-    stopped, _ = _run(cb=SaveAt(p, hook, epoch, step))
+    stopped, _ = _run(cb=SaveAt(p, hook, epoch, step), n=n)
     assert stopped is None and p.exists()
-    resumed, t = _run(ckpt=p)
+    resumed, t = _run(ckpt=p, n=n)
     assert torch.equal(full, resumed)
-    assert t.global_step == t_full.global_step == 15 and t.current_epoch == 3
+    assert t.global_step == t_full.global_step == 3 * (n // 8) and t.current_epoch == 3
     assert torch.equal(t.callback_metrics["val_loss"], t_full.callback_metrics["val_loss"])
 
 

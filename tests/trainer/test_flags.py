@@ -120,10 +120,11 @@ def test_num_sanity_val_steps():
 
 
 def test_sanity_check_logs_are_discarded():
-    t = _t(max_epochs=1, num_sanity_val_steps=2, limit_train_batches=0.0)
-    # with no training batches, only the sanity pass ran validation... and the fit's own
-    _fit(t)
-    assert t.sanity_checking is False
+    m = Counting()
+    t = _t(max_epochs=1, num_sanity_val_steps=2, limit_train_batches=0)
+    _fit(t, m)  # no training batches: only the sanity pass runs validation_step
+    assert m.val_batches == [2] and t.sanity_checking is False
+    assert "val_loss" not in t.callback_metrics
 
 
 def test_fast_dev_run():
