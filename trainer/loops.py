@@ -204,8 +204,10 @@ class FitLoop:
         step_scheds = [c for c in t.lr_scheduler_configs if c.interval == "step"]
         max_steps = t.max_steps if t.max_steps != -1 else math.inf
         nonfinite = t.on_nonfinite_loss
-        check_now = nonfinite != "ignore" and device.type == "cpu"  # free on CPU, a sync elsewhere
-        check_later = nonfinite == "raise" and not check_now  # on device, read at log/epoch end
+        # 'raise' checks each step on CPU (no sync there) and, on an accelerator, reads a device
+        # accumulator at log points and epoch end; 'skip' must check each step (a sync on GPU)
+        check_now = nonfinite == "skip" or (nonfinite == "raise" and device.type == "cpu")
+        check_later = nonfinite == "raise" and not check_now
         log_every = t.log_every_n_steps if t.loggers and t.is_global_zero else 0
         no_sync = t.strategy.no_sync if t.strategy.world_size > 1 and accum > 1 else None
         val_every = self._val_check_batches(val_dls, n_batches)

@@ -61,6 +61,19 @@ def test_nonfinite_loss_found_without_per_step_sync():
         _t(max_epochs=1).fit(Bad(), make_loader(make_data(n=64)))
 
 
+def test_nonfinite_loss_skip_on_cuda():
+    class Bad(TinyModule):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if batch_idx == 3 else loss
+
+    t = _t(max_epochs=1, on_nonfinite_loss="skip")
+    m = Bad()
+    t.fit(m, make_loader(make_data(n=64)))
+    assert t.global_step == 7
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
 def test_manual_backward_uses_the_scaler():
     class Manual(TinyModule):
         automatic_optimization = False
