@@ -218,3 +218,23 @@ def test_summarize_uses_example_input_array():
     text = TinyModule().summarize(max_depth=2)
     assert "net.0" in text and "Linear" in text and "[2, 16]" in text and "[2, 3]" in text
     assert text.splitlines()[-1] == "195 trainable params, 0 non-trainable, 195 total"
+
+
+def test_resume_with_worker_processes(tmp_path):
+    """With num_workers > 0 the consumed batches are fetched and dropped: still exact."""
+
+    def run(ckpt=None, cb=None):
+        torch.manual_seed(0)
+        ds = make_data(n=40)
+        m = Rich(dropout=0.3)
+        t = _t(max_epochs=2, callbacks=[cb] if cb else None)
+        try:
+            t.fit(m, make_loader(ds, num_workers=1), ckpt_path=ckpt)
+        except KeyboardInterrupt:
+            return None
+        return flat(m)
+
+    full = run()
+    p = tmp_path / "c.ckpt"
+    assert run(cb=SaveAt(p, "batch", None, 7)) is None
+    assert torch.equal(full, run(ckpt=p))
