@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ SCRIPT = Path(__file__).parent / "resume_script.py"
 def _start(out: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(SCRIPT), str(out), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=str(out))
+                            cwd=str(out), env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
 def _wait(p: subprocess.Popen) -> tuple[int, str]:
