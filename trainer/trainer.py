@@ -19,12 +19,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from trainer.callbacks import (
+    HOOK_NAMES,
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    ProgressBar,
+    overridden_hooks,
+)
 from trainer.checkpoint import (
     collect_rng_states,
     load_checkpoint,
     restore_rng_states,
     save_checkpoint,
 )
+from trainer.loggers.csv import CSVLogger
 from trainer.loops import (
     FitLoop,
     NonFiniteLossError,
@@ -287,40 +296,21 @@ class Trainer:
             cbs = list(callbacks)
         else:
             cbs = [callbacks]
-        try:
-            from trainer.callbacks import Callback
-        except ImportError:  # pragma: no cover - the base ships with the package
-            Callback = object  # noqa: N806
         for cb in cbs:
             if not isinstance(cb, Callback):
                 raise TypeError(f"Trainer(callbacks=...): {cb!r} is not a trainer.callbacks."
                                 "Callback")
-        names = {type(cb).__name__ for cb in cbs}
-        if progress and not any("ProgressBar" in type(c).__name__ for c in cbs):
-            try:
-                from trainer.callbacks.progress import ProgressBar
-
-                cbs.append(ProgressBar())
-            except ImportError:
-                pass
-        if checkpointing and "ModelCheckpoint" not in names:
-            try:
-                from trainer.callbacks.model_checkpoint import ModelCheckpoint
-
-                cbs.append(ModelCheckpoint())
-            except ImportError:
-                pass
+        if progress and not any(isinstance(c, ProgressBar) for c in cbs):
+            cbs.append(ProgressBar())
+        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in cbs):
+            cbs.append(ModelCheckpoint())
         # Lightning's order: checkpoint callbacks run last so they see what others logged
-        return sorted(cbs, key=lambda c: type(c).__name__ == "ModelCheckpoint")
+        return sorted(cbs, key=lambda c: isinstance(c, ModelCheckpoint))
 
     def _build_loggers(self, logger: Any) -> list[Any]:
         if logger is None or logger is False:
             return []
         if logger is True:
-            try:
-                from trainer.loggers.csv import CSVLogger
-            except ImportError:
-                return []
             return [CSVLogger(save_dir=self.default_root_dir)]
         loggers = list(logger) if isinstance(logger, list | tuple) else [logger]
         for lg in loggers:
@@ -372,8 +362,7 @@ class Trainer:
 
     @property
     def checkpoint_callbacks(self) -> list[Any]:
-        return [c for c in self.callbacks if type(c).__name__ == "ModelCheckpoint"
-                or hasattr(c, "best_model_path")]
+        return [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
 
     @property
     def checkpoint_callback(self) -> Any:
@@ -383,14 +372,14 @@ class Trainer:
     @property
     def early_stopping_callback(self) -> Any:
         for c in self.callbacks:
-            if type(c).__name__ == "EarlyStopping":
+            if isinstance(c, EarlyStopping):
                 return c
         return None
 
     @property
     def progress_bar_callback(self) -> Any:
         for c in self.callbacks:
-            if "ProgressBar" in type(c).__name__:
+            if isinstance(c, ProgressBar):
                 return c
         return None
 
@@ -548,10 +537,6 @@ class Trainer:
         return _default_transfer
 
     def _setup_hooks(self, model: TrainModule) -> None:
-        try:
-            from trainer.callbacks import HOOK_NAMES, overridden_hooks
-        except ImportError:  # pragma: no cover
-            HOOK_NAMES, overridden_hooks = (), lambda cb: []  # noqa: N806
         self._cb_with = {name: [] for name in HOOK_NAMES}
         for cb in self.callbacks:
             for name in overridden_hooks(cb):
@@ -577,7 +562,7 @@ class Trainer:
 
     @staticmethod
     def _is_monitoring(cb: Any) -> bool:
-        return type(cb).__name__ in ("ModelCheckpoint", "EarlyStopping")
+        return isinstance(cb, ModelCheckpoint | EarlyStopping)
 
     def _call_hook(self, name: str, *args: Any, monitoring: bool | None = None,
                    module: bool = True) -> None:

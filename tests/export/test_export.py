@@ -373,11 +373,6 @@ def test_train_module_to_onnx(tmp_path):
     assert report.ok and report.batch_sizes == [1, 7, 64]
 
 
-@pytest.mark.xfail(
-    raises=ExportError,
-    strict=False,
-    reason="needs TrainModule._jit_is_scripting + __jit_unused_properties__ (trainer/module.py)",
-)
 @pytest.mark.parametrize("method", ["script", "trace"])
 def test_train_module_to_torchscript(tmp_path, method):
     net = _train_module_net()
