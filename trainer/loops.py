@@ -9,6 +9,7 @@ is, so the random numbers are drawn exactly as a hand-written loop draws them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -21,6 +22,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from trainer.checkpoint import restore_rng_states
+
+# reused for every micro-step that needs no DDP no_sync (a nullcontext can be re-entered)
+_NO_SYNC = contextlib.nullcontext()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -236,33 +240,33 @@ class FitLoop:
                     for f in before_zero_grad:
                         f(opt)
                     opt.zero_grad()
-                if autocast is None:
-                    out = training_step(batch, batch_idx)
-                else:
-                    with autocast():
+                # DDP skips the gradient all-reduce only when forward AND backward of a
+                # micro-step run inside no_sync, so it wraps both.
+                with no_sync(m) if no_sync is not None and not last else _NO_SYNC:
+                    if autocast is None:
                         out = training_step(batch, batch_idx)
-                if step_end is not None:
-                    out = step_end(out)
-                loss = out if type(out) is Tensor else t._loss_of(out)
-                if loss is not None and check_now and not math.isfinite(loss.item()):
-                    loss = t._nonfinite(loss, epoch, batch_idx)
-                if loss is not None:
-                    if check_later:
-                        t._watch_nonfinite(loss, batch_idx)
-                    if accum > 1:
-                        loss = loss / accum
-                    for f in before_backward:
-                        f(loss)
-                    if no_sync is not None and not last:
-                        with no_sync(m):
-                            t._backward(loss)
-                    elif scaler is None:
-                        loss.backward()
                     else:
-                        scaler.scale(loss).backward()
-                    for f in after_backward:
-                        f()
-                    pending = True
+                        with autocast():
+                            out = training_step(batch, batch_idx)
+                    if step_end is not None:
+                        out = step_end(out)
+                    loss = out if type(out) is Tensor else t._loss_of(out)
+                    if loss is not None and check_now and not math.isfinite(loss.item()):
+                        loss = t._nonfinite(loss, epoch, batch_idx)
+                    if loss is not None:
+                        if check_later:
+                            t._watch_nonfinite(loss, batch_idx)
+                        if accum > 1:
+                            loss = loss / accum
+                        for f in before_backward:
+                            f(loss)
+                        if scaler is None:
+                            loss.backward()
+                        else:
+                            scaler.scale(loss).backward()
+                        for f in after_backward:
+                            f()
+                        pending = True
                 if last and pending:
                     for f in before_opt_step:
                         f(opt)

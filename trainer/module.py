@@ -285,9 +285,7 @@ class TrainModule(nn.Module):
         """``loss.backward()`` through the precision plugin (loss scaling), with its hooks."""
         t = self.trainer
         t._call_hook("on_before_backward", loss)
-        if t.precision_plugin.scaler is not None:
-            loss = t.precision_plugin.scaler.scale(loss)
-        loss.backward(*args, **kwargs)
+        t.precision_plugin.backward(loss, *args, **kwargs)
         t._call_hook("on_after_backward")
 
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,

@@ -54,11 +54,11 @@ class Precision:
         ctx = self.autocast()
         return ctx if ctx is not None else contextlib.nullcontext()
 
-    def backward(self, loss: Tensor) -> None:
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()``, scaled first under 16-mixed (GradScaler)."""
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+            loss = self.scaler.scale(loss)
+        loss.backward(*args, **kwargs)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring the gradients back to their true scale before clipping or inspecting them."""

@@ -835,9 +835,6 @@ class Trainer:
                 "log point on an accelerator, without a per-step sync); pass "
                 "Trainer(on_nonfinite_loss='skip') for a per-step check that skips the batch")
 
-    def _backward(self, loss: Tensor) -> None:
-        self.precision_plugin.backward(loss)
-
     def _clip_gradients(self, opt: torch.optim.Optimizer, value: float | None,
                         algorithm: str = "norm") -> None:
         if not value:

@@ -233,3 +233,26 @@ class DDPOrderSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.n
+
+
+def _counting_allreduce(state: dict, bucket):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    state["calls"] += 1
+    return allreduce_hook(None, bucket)
+
+
+class CountGradAllReduce(Callback):
+    """Counts DDP's gradient all-reduces (a comm hook); rank 0 writes the count to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.state = {"calls": 0}
+
+    def on_train_start(self, trainer, module) -> None:
+        trainer.strategy.model.register_comm_hook(self.state, _counting_allreduce)
+
+    def on_train_end(self, trainer, module) -> None:
+        if trainer.is_global_zero:
+            with open(self.path, "w") as f:
+                f.write(str(self.state["calls"]))
