@@ -6,7 +6,9 @@ imported, so nothing lands in the repo's own ``.trainflow/``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="trainflow-pipeline-tests-"))
+atexit.register(shutil.rmtree, _SESSION_TMP, True)
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect-home"))
 os.environ["TRAINFLOW_PROJECT_DIR"] = str(_SESSION_TMP / "project")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
