@@ -35,10 +35,6 @@ def stage_key(trained: TrainResult, cfg: PipelineConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-class _Detached:
-    """Stands in for the Trainer of a module exported outside any Trainer."""
-
-
 def run_export(trained: TrainResult, cfg: PipelineConfig, root: Path, key: str) -> ExportRef:
     """Run the stage without Prefect."""
     from trainer.export import ExportError, to_onnx, to_torchscript, verify
@@ -48,11 +44,6 @@ def run_export(trained: TrainResult, cfg: PipelineConfig, root: Path, key: str) 
                          code_version=CODE_VERSION)
     module = import_class(cfg.model.class_path).load_from_checkpoint(str(trained.checkpoint))
     module.eval()
-    if getattr(module, "_trainer", 0) is None:
-        # TrainModule.trainer raises RuntimeError (not AttributeError) while detached, which
-        # breaks torch.jit's hasattr() scan of the module: give it a placeholder until
-        # trainer/module.py raises AttributeError there (reported to CORE).
-        module._trainer = _Detached()
     root.mkdir(parents=True, exist_ok=True)
     onnx_path = root / "model.onnx" if cfg.export.onnx else None
     ts_path = root / "model.ts" if cfg.export.torchscript else None
