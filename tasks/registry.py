@@ -403,11 +403,22 @@ _FLUENT_LOCK = threading.RLock()
 
 @contextlib.contextmanager
 def _fluent(uri: str) -> Iterator[Any]:
-    """mlflow's fluent API pointed at ``uri`` (process-global state: one thread at a time)."""
-    import mlflow
+    """mlflow's fluent API pointed at ``uri`` (process-global state: one thread at a time).
 
+    On exit the URIs and their environment variables are put back exactly as they were: reading
+    them back with ``mlflow.get_tracking_uri()`` would give mlflow's default (``sqlite:///mlflow.db``
+    in the current folder) and setting that would export it to ``MLFLOW_TRACKING_URI``, so later
+    calls would silently write a stray store there. mlflow's own ``_use_tracking_uri`` saves the
+    module attribute the same way.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env_names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     with _FLUENT_LOCK:
-        old_t, old_r = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        old_env = {k: os.environ.get(k) for k in env_names}
+        old_t, old_r = tracking_utils._tracking_uri, registry_utils._registry_uri
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:
@@ -415,6 +426,11 @@ def _fluent(uri: str) -> Iterator[Any]:
         finally:
             mlflow.set_tracking_uri(old_t)
             mlflow.set_registry_uri(old_r)
+            for k, v in old_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def register_model(

@@ -204,3 +204,14 @@ def test_two_processes_racing_leave_champion_on_the_better(
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     champ = _alias(_client(store_uri), name, "champion")
     assert champ == better
+
+
+def test_register_leaves_no_global_uri_behind(store_uri: str, exports, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registering must not leave mlflow pointed at its CWD default (a stray ./mlflow.db)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    _register(store_uri, "no-leak", exports[3], 0.5)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    assert not (tmp_path / "mlflow.db").exists()
