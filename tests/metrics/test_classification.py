@@ -452,3 +452,37 @@ def test_extra_dims_are_flattened_like_samples():
     b_p, b_t = torch.rand(5, 9, generator=g), torch.randint(0, 2, (5, 9), generator=g)
     _close(_run(Accuracy("binary"), b_p, b_t),
            skm.accuracy_score(b_t.reshape(-1), (b_p.reshape(-1) >= 0.5).long()))
+
+
+@pytest.mark.parametrize("zero_division", ["warn", 0.0, 1.0, float("nan")])
+def test_host_reductions_equal_the_tensor_path(monkeypatch, zero_division):
+    """Small CPU confusion matrices reduce on the host; the tensor path gives the same values."""
+    from trainer.metrics.functional import classification as FC
+
+    g = torch.Generator().manual_seed(31)
+    cms = [torch.randint(0, 6, (4, 4), generator=g) for _ in range(3)]
+    cms[1][2] = 0  # a class absent from the target
+    cms[2][:, 1] = 0  # a class never predicted
+    cms.append(torch.zeros(4, 4, dtype=torch.int64))
+    cms += [torch.randint(0, 6, (2, 2), generator=g), torch.tensor([[3, 0], [2, 0]])]
+
+    def run():
+        out = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for cm in cms:
+                task = "binary" if cm.shape[0] == 2 else "multiclass"
+                for average in ("micro", "macro", "weighted", "none"):
+                    for kind, beta in (("precision", 1.0), ("recall", 1.0), ("fbeta", 1.0),
+                                       ("fbeta", 0.5), ("specificity", 1.0)):
+                        out.append(FC.reduce_prf(cm, task, kind, average, beta, zero_division))
+                    out.append(FC.reduce_accuracy(cm, task, average, 1, zero_division))
+        return out
+
+    host = run()
+    monkeypatch.setattr(FC, "_HOST_MAX", 0)
+    tensor = run()
+    for h, t in zip(host, tensor, strict=True):
+        assert h.shape == t.shape
+        np.testing.assert_allclose(h.double().numpy(), t.double().numpy(), rtol=1e-6,
+                                   equal_nan=True)

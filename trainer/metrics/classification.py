@@ -234,6 +234,20 @@ class _CurveMetric(Metric):
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Accumulate a batch of scores and targets."""
+        if self.thresholds is None and self.task == "binary":
+            # exact binary: an append of the (detached) tensors; the value checks run once
+            # over all data in compute() (forward checks its batch at once through compute)
+            if self.validate_args and (
+                preds.shape != target.shape or target.is_floating_point()
+                or target.is_complex() or not preds.is_floating_point()
+            ):
+                self._bad_binary_input(preds, target)
+            if preds.dim() != 1:
+                preds, target = preds.reshape(-1), target.reshape(-1)
+            d = self.__dict__
+            d["preds"].append(preds.detach() if preds.requires_grad else preds)
+            d["target"].append(target.detach() if target.requires_grad else target)
+            return
         name = type(self).__name__
         preds, target = F.format_curve_inputs(preds, target, self.task, self.num_classes,
                                               self.num_labels, self.validate_args, self._check,
@@ -255,6 +269,11 @@ class _CurveMetric(Metric):
             th = self.thresholds = th.to(preds.device)
         self._accumulate("hist", F.binned_update(preds, target, th, self.task, self.num_classes,
                                                 self.ignore_index))
+
+    def _bad_binary_input(self, preds: Tensor, target: Tensor) -> None:
+        name = type(self).__name__
+        F.format_curve_inputs(preds, target, self.task, None, None, True, self._check, name)
+        raise ValueError(f"{name}: preds must be float scores (got dtype {preds.dtype})")
 
     def compute(self) -> Tensor:
         """The score of everything accumulated."""

@@ -136,6 +136,7 @@ class Metric(nn.Module):
         self._list_states: tuple[str, ...] = ()
         self._tensor_states: tuple[str, ...] = ()
         self._update_count = 0
+        self._in_forward = False
         self._computed: Any = None
         self._forward_cache: Any = None
         self._synced = False
@@ -206,11 +207,17 @@ class Metric(nn.Module):
         return d
 
     def _accumulate(self, name: str, value: Tensor) -> None:
-        """state := state + value (the value itself while the state is the fresh default)."""
+        """state := state + value (the value itself while the state is the fresh default).
+
+        Inside forward the batch value keeps its own dtype (no cast: compute reads it, and the
+        merge into the running state promotes it).
+        """
         d = self.__dict__
         cur = d[name]
-        if cur is self._defaults[name]:
-            d[name] = value if value.dtype == cur.dtype else value.to(cur.dtype)
+        if cur is d["_defaults"][name]:
+            d[name] = value if (value.dtype == cur.dtype or d["_in_forward"]) else (
+                value.to(cur.dtype)
+            )
         else:
             d[name] = cur + value
 
@@ -235,21 +242,30 @@ class Metric(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Accumulate the batch (one update) and return the metric on this batch alone."""
         d = self.__dict__
-        running = self._state_refs()
+        # the running states step aside for fresh defaults (the defaults themselves where
+        # update never writes in place): update fills them with the batch's statistics
+        running = {}
+        pure = self._pure_update
+        for name, default in d["_defaults"].items():
+            running[name] = d[name]
+            d[name] = [] if default.__class__ is list else (default if pure else default.clone())
         count = d["_update_count"]
-        self._set_states(self._fresh_states())
         d["_update_count"] = 0
+        d["_in_forward"] = True
+        cls = type(self)
         try:
-            type(self).update._raw(self, *args, **kwargs)
+            cls.update._raw(self, *args, **kwargs)
+            d["_in_forward"] = False
             if d["compute_on_cpu"] and d["_list_states"]:
                 self._move_list_states_to_cpu()
             d["_update_count"] = 1
             if d["_deferred"]:
                 self._check_deferred_errors(keep=True)
-            value = type(self).compute._raw(self)
+            value = cls.compute._raw(self)
         except BaseException:
-            self._set_states(running)
+            d.update(running)
             d["_update_count"] = count
+            d["_in_forward"] = False
             raise
         self._merge_states(running, count, 1)
         d["_update_count"] = count + 1
@@ -263,13 +279,18 @@ class Metric(nn.Module):
         'mean' states are weighted by the update counts ``n_running`` and ``n_new``.
         """
         d = self.__dict__
-        for name, fx in self._reductions.items():
+        for name, fx in d["_reductions"].items():
             new = d[name]
             old = running[name]
-            if isinstance(old, list):
-                d[name] = old + new
+            if old.__class__ is list:
+                if old:
+                    d[name] = old + new
             elif not n_running:
-                continue  # nothing accumulated yet: the new state is the result
+                # nothing accumulated yet: the new state is the result (in the state's dtype:
+                # a batch state may keep its statistic's dtype, see _accumulate)
+                if new.dtype != old.dtype:
+                    d[name] = new.to(old.dtype)
+                continue
             elif fx == "sum":
                 d[name] = old + new
             elif fx == "max":
@@ -450,6 +471,10 @@ class Metric(nn.Module):
 
     def extra_repr(self) -> str:
         return ""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_in_forward", False)  # pickled by an older version
+        super().__setstate__(state)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,13 +37,21 @@ class MeanSquaredError(Metric):
         """Accumulate a batch."""
         if self.validate_args:
             F.check_regression_inputs("MeanSquaredError", preds, target)
-        diff = (preds - target).reshape(-1)
+        diff = preds - target
+        if diff.dim() != 1:
+            diff = diff.reshape(-1)
         self._accumulate("sum_squared_error", torch.dot(diff, diff))
-        self.__dict__["total"] = self.__dict__["total"] + diff.numel()
+        d = self.__dict__
+        d["total"] = d["total"] + diff.numel()
 
     def compute(self) -> Tensor:
         """MSE (or RMSE) of everything accumulated."""
-        mse = self.sum_squared_error / self.total
+        sse, total = self.sum_squared_error, self.total
+        if sse.is_cpu:  # on the host: two reads and one small tensor (no promoting divisions)
+            n = total.item()
+            mse = sse.item() / n if n else math.nan
+            return torch.scalar_tensor(mse if self.squared else math.sqrt(mse))
+        mse = sse.double() / total
         return (mse if self.squared else mse.sqrt()).float()
 
 

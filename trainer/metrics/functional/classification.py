@@ -394,8 +394,15 @@ def _divide(
 ) -> Tensor:
     """num / den (float32); where den == 0 the zero_division value (+ warning for 'warn').
 
-    One reduction and one host read when nothing is zero.
+    One reduction and one host read when nothing is zero. Scalars on CPU divide on the host
+    (two reads and one small tensor: cheaper than a promoting tensor division).
     """
+    if den.dim() == 0 and num.dim() == 0 and den.device.type == "cpu":
+        d = den.item()
+        if d != 0:
+            f64 = num.dtype == torch.float64 or den.dtype == torch.float64
+            return torch.scalar_tensor(num.item() / d,
+                                       dtype=torch.float64 if f64 else torch.float32)
     out = torch.true_divide(num, den)
     if out.dtype != torch.float32 and out.dtype != torch.float64:
         out = out.float()
@@ -437,6 +444,116 @@ def _average(
     return scores.mean().float()
 
 
+# Small confusion matrices on the CPU reduce on the host: one copy (tolist) and plain Python
+# arithmetic in float64 cost less than the ~10 tensor ops (each a few µs of dispatch) of the
+# tensor path. Same conventions; the value is rounded to float32 once at the end.
+_HOST_MAX = 1024
+
+
+def _host_rows(cm: Tensor, task: Task) -> list | None:
+    """cm as nested lists where the host path applies (CPU, binary/multiclass, small)."""
+    if task == "multilabel" or not cm.is_cpu or cm.numel() > _HOST_MAX or cm.dim() != 2:
+        return None
+    return cm.tolist()
+
+
+def _host_divide(
+    num: list, den: list, zero_division: object, what: str, warn: bool = True
+) -> list[float]:
+    """num / den per entry; where den == 0 the zero_division value (+ warning for 'warn')."""
+    out = [n / d if d else math.nan for n, d in zip(num, den)]
+    n_zero = sum(1 for d in den if not d)
+    if n_zero:
+        value = check_zero_division(what, zero_division)
+        out = [v if d else value for v, d in zip(out, den)]
+        if zero_division == "warn" and warn:
+            _warn_zero(what, n_zero, len(den))
+    return out
+
+
+def _host_average(
+    scores: list[float], average: str | None, weights: list | None, may_nan: bool = True
+) -> Tensor:
+    """_average on host lists."""
+    if average in ("none", None):
+        return torch.tensor(scores, dtype=torch.float32)
+    if may_nan and any(math.isnan(v) for v in scores):
+        keep = [i for i, v in enumerate(scores) if not math.isnan(v)]
+        if not keep:
+            return torch.scalar_tensor(math.nan)
+        scores = [scores[i] for i in keep]
+        weights = [weights[i] for i in keep] if weights is not None else None
+    if average == "weighted" and weights is not None:
+        total = sum(weights)
+        if total != 0:
+            return torch.scalar_tensor(sum(v * w for v, w in zip(scores, weights)) / total)
+    return torch.scalar_tensor(sum(scores) / len(scores))
+
+
+def _host_sums(rows: list, task: Task) -> tuple[list, list, list, int]:
+    """tp, predicted positives, true positives per class (binary: the positive class), total."""
+    if task == "binary":
+        (tn, fp), (fn, tp) = rows
+        return [tp], [tp + fp], [tp + fn], tn + fp + fn + tp
+    true = [sum(r) for r in rows]
+    return [r[i] for i, r in enumerate(rows)], [sum(c) for c in zip(*rows)], true, sum(true)
+
+
+def _host_prf(
+    rows: list, task: Task, kind: str, average: str | None, beta: float, zero_division: object
+) -> Tensor:
+    tp, pred, true, total = _host_sums(rows, task)
+    micro = task == "binary" or average == "micro"
+    if kind == "fbeta" and math.isinf(beta):
+        kind = "recall"
+    elif kind == "fbeta" and beta == 0:
+        kind = "precision"
+    b2 = beta * beta
+    f64 = False
+    if kind == "precision":
+        num, den, what = tp, pred, "Precision"
+    elif kind == "recall":
+        num, den, what = tp, true, "Recall"
+    elif kind == "specificity":
+        num = [total - p - t + x for x, p, t in zip(tp, pred, true)]
+        den, what = [total - t for t in true], "Specificity"
+    else:
+        num = [x * (1 + b2) for x in tp]
+        den = [p + t * b2 for p, t in zip(pred, true)]
+        what, f64 = "F-score", b2 != 1.0
+    if micro:
+        num, den = [sum(num)], [sum(den)]
+        value = _host_divide(num, den, zero_division, what)[0]
+        return torch.scalar_tensor(value, dtype=torch.float64 if f64 else torch.float32)
+    scores = _host_divide(num, den, zero_division, what)
+    return _host_average(scores, average, true, may_nan=_is_nan(zero_division))
+
+
+def _host_accuracy(rows: list, task: Task, average: str | None, zero_division: object) -> Tensor:
+    if task == "binary" or average in ("micro", "weighted"):
+        n = len(rows)
+        correct, total = sum(rows[i][i] for i in range(n)), sum(map(sum, rows))
+        return torch.scalar_tensor(_host_divide([correct], [total], zero_division,
+                                                "Accuracy")[0])
+    tp, pred, support, total = _host_sums(rows, task)
+    if average == "macro":
+        present = [i for i, s in enumerate(support) if s > 0]
+        if len(present) == len(support):
+            return torch.scalar_tensor(sum(x / s for x, s in zip(tp, support)) / len(tp))
+        if not present:
+            return torch.scalar_tensor(_host_divide([sum(tp)], [total], zero_division,
+                                                    "Accuracy")[0])
+        if any(pred[i] > 0 for i, s in enumerate(support) if s == 0):
+            warnings.warn(
+                "Accuracy(average='macro'): preds contain classes absent from the target; "
+                "those classes are left out of the mean recall (balanced_accuracy_score)",
+                UndefinedMetricWarning,
+                stacklevel=3,
+            )
+        return torch.scalar_tensor(sum(tp[i] / support[i] for i in present) / len(present))
+    return torch.tensor(_host_divide(tp, support, zero_division, "Recall"), dtype=torch.float32)
+
+
 def reduce_prf(
     confmat: Tensor,
     task: Task,
@@ -446,6 +563,9 @@ def reduce_prf(
     zero_division: object = "warn",
 ) -> Tensor:
     """Precision / recall / F-beta / specificity from a confusion-matrix state."""
+    rows = _host_rows(confmat, task)
+    if rows is not None:
+        return _host_prf(rows, task, kind, average, beta, zero_division)
     tp, pred, true, total = _sums(confmat, task, need_total=kind == "specificity")
     micro = task == "binary" or average == "micro"
     if kind == "fbeta" and math.isinf(beta):
@@ -481,6 +601,9 @@ def reduce_accuracy(
     state: Tensor, task: Task, average: str | None, top_k: int = 1, zero_division: object = "warn"
 ) -> Tensor:
     """Accuracy from a confusion-matrix state (or a top-k state (2, C))."""
+    rows = _host_rows(state, task) if top_k == 1 else None
+    if rows is not None:
+        return _host_accuracy(rows, task, average, zero_division)
     if top_k > 1:
         tp, support = state[0], state[1]
     elif task == "binary":
