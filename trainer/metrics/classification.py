@@ -248,6 +248,9 @@ class _CurveMetric(Metric):
             d["preds"].append(preds.detach() if preds.requires_grad else preds)
             d["target"].append(target.detach() if target.requires_grad else target)
             return
+        if self.task == "binary" and self.ignore_index is None:
+            self._accumulate("hist", self._binary_hist(preds, target))
+            return
         name = type(self).__name__
         preds, target = F.format_curve_inputs(preds, target, self.task, self.num_classes,
                                               self.num_labels, self.validate_args, self._check,
@@ -269,6 +272,31 @@ class _CurveMetric(Metric):
             th = self.thresholds = th.to(preds.device)
         self._accumulate("hist", F.binned_update(preds, target, th, self.task, self.num_classes,
                                                 self.ignore_index))
+
+    def _binary_hist(self, preds: Tensor, target: Tensor) -> Tensor:
+        """The (1, T+1, 2) histogram of a binary batch in few ops: bin = how many thresholds
+        are <= pred; counted at target * (T+1) + bin, so a target outside {0, 1} lands
+        outside the counted range (the range check is the count itself, see _checked_count).
+        """
+        if self.validate_args and (
+            preds.shape != target.shape or target.is_floating_point() or target.is_complex()
+            or not preds.is_floating_point()
+        ):
+            self._bad_binary_input(preds, target)
+        if preds.dim() != 1:
+            preds, target = preds.reshape(-1), target.reshape(-1)
+        th = self.thresholds
+        assert th is not None
+        if th.device != preds.device:
+            th = self.thresholds = th.to(preds.device)
+        name = type(self).__name__
+        if self.validate_args:
+            F._check_probs(name, preds, self._check)
+        n_t = th.numel() + 1
+        idx = torch.add(torch.searchsorted(th, preds, right=True), target, alpha=n_t)
+        counts = F._checked_count(idx, 2 * n_t, self.validate_args, self._check,
+                                  lambda: F._range_message(name, target, 2, None))
+        return counts.view(1, 2, n_t).transpose(1, 2)
 
     def _bad_binary_input(self, preds: Tensor, target: Tensor) -> None:
         name = type(self).__name__

@@ -872,10 +872,35 @@ def binned_update(
     return counts[:size].view(k, n_t + 1, 2)
 
 
+def _binned_binary_auroc(hist: Tensor) -> Tensor:
+    """Binary AUROC from a (T+1, 2) histogram on the CPU in few ops.
+
+    Thresholds descending, bin 0 (below the first threshold) never positive, as in
+    curve_score_binned. The trapezoid from (0, 0) over (fps, tps) equals
+    Σ neg_b · (positives at or above b) - Σ neg_b · pos_b / 2 over the bins, divided by P·N.
+    """
+    h = hist.flip(0).narrow(0, 0, hist.shape[0] - 1).double()  # bins T..1
+    c = h.cumsum(0)
+    neg, pos = h.unbind(1)
+    ((n, p),) = c.narrow(0, c.shape[0] - 1, 1).tolist()
+    if p == 0 or n == 0:
+        warnings.warn(
+            "Only one class is present in y_true. ROC AUC score is not defined in that "
+            "case (nan)",
+            UndefinedMetricWarning,
+            stacklevel=4,
+        )
+        return torch.scalar_tensor(math.nan)
+    area = torch.dot(neg, c.select(1, 1)).item() - 0.5 * torch.dot(neg, pos).item()
+    return torch.scalar_tensor(area / (p * n))
+
+
 def curve_score_binned(
     hist: Tensor, task: Task, kind: Literal["auroc", "ap"], average: str | None
 ) -> Tensor:
     """AUROC or AP from a binned histogram (K, T+1, 2)."""
+    if task == "binary" and kind == "auroc" and hist.is_cpu:
+        return _binned_binary_auroc(hist[0])
     # tps at threshold i (descending) = positives in bins >= i+1
     rev = hist.flip(1).cumsum(1).double()  # rev[:, j] = counts in bins >= T - j
     tps_all, fps_all = rev[:, :-1, 1], rev[:, :-1, 0]  # thresholds T-1 .. 0
