@@ -79,6 +79,8 @@ class _ConfmatMetric(Metric):
         else:
             n = int(num_labels)  # type: ignore[arg-type]
             self.add_state("confmat", torch.zeros(n, 2, 2, dtype=torch.int64), "sum")
+        # multiclass scores (N, C) + labels (N,) on the CPU: a lean path (see _update_scores)
+        self._lean = task == "multiclass" and top_k == 1 and ignore_index is None
 
     def _compute_group_key(self) -> tuple:
         """Metrics with equal keys share their state in a MetricCollection."""
@@ -87,6 +89,25 @@ class _ConfmatMetric(Metric):
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Accumulate a batch of predictions and targets."""
+        if self._lean and preds.dim() == 2 and target.dim() == 1 and preds.is_cpu:
+            c = self.num_classes
+            if not self.validate_args or (
+                preds.shape[1] == c and preds.shape[0] == target.shape[0]
+                and preds.is_floating_point() and not target.is_floating_point()
+                and not target.is_complex()
+            ):
+                # argmax, one combined index, one count: the count checks the target range
+                # (a negative label fails, one >= C lengthens the counts)
+                try:
+                    counts = torch.bincount(torch.add(preds.argmax(1), target, alpha=c),
+                                            minlength=c * c)  # type: ignore[operator]
+                except RuntimeError:
+                    counts = None
+                if counts is not None and counts.numel() == c * c:  # type: ignore[operator]
+                    self._accumulate("confmat", counts.view(c, c))  # type: ignore[arg-type]
+                    return
+            # bad input (or too-long counts without validation): the general path below
+            # raises the clear error, or drops the out-of-range counts
         if self.top_k > 1:
             st = F.topk_update(preds, target, self.num_classes, self.top_k,  # type: ignore[arg-type]
                                self.ignore_index, self.validate_args, self._check,
@@ -296,7 +317,7 @@ class _CurveMetric(Metric):
         idx = torch.add(torch.searchsorted(th, preds, right=True), target, alpha=n_t)
         counts = F._checked_count(idx, 2 * n_t, self.validate_args, self._check,
                                   lambda: F._range_message(name, target, 2, None))
-        return counts.view(1, 2, n_t).transpose(1, 2)
+        return counts.as_strided((1, n_t, 2), (2 * n_t, 1, n_t))  # (1, T+1, 2) view
 
     def _bad_binary_input(self, preds: Tensor, target: Tensor) -> None:
         name = type(self).__name__

@@ -142,7 +142,7 @@ def _check_range(
 def _check_probs(name: str, preds: Tensor, check: Check) -> None:
     if preds.numel() == 0:
         return
-    lo, hi = torch.aminmax(preds.detach())
+    lo, hi = torch.aminmax(preds.detach() if preds.requires_grad else preds)
     msg = (
         f"{name}: float preds must be probabilities in [0, 1] (got values in "
         "[{lo}, {hi}]); apply torch.sigmoid (binary, multilabel) or softmax first"
@@ -873,13 +873,14 @@ def binned_update(
 
 
 def _binned_binary_auroc(hist: Tensor) -> Tensor:
-    """Binary AUROC from a (T+1, 2) histogram on the CPU in few ops.
+    """Binary AUROC from a (T+1, 2) histogram on the CPU in few ops, in exact integers.
 
     Thresholds descending, bin 0 (below the first threshold) never positive, as in
-    curve_score_binned. The trapezoid from (0, 0) over (fps, tps) equals
-    Σ neg_b · (positives at or above b) - Σ neg_b · pos_b / 2 over the bins, divided by P·N.
+    curve_score_binned. The trapezoid from (0, 0) over (fps, tps), times 2, equals
+    2·N·P - 2·Σ_b neg_b·(positives in bins <= b) + Σ_b neg_b·pos_b over bins 1..T; divided by
+    2·P·N it is the area under the normalised curve of _auc_from_counts.
     """
-    h = hist.flip(0).narrow(0, 0, hist.shape[0] - 1).double()  # bins T..1
+    h = hist.narrow(0, 1, hist.shape[0] - 1)  # bins 1..T, ascending
     c = h.cumsum(0)
     neg, pos = h.unbind(1)
     ((n, p),) = c.narrow(0, c.shape[0] - 1, 1).tolist()
@@ -891,8 +892,8 @@ def _binned_binary_auroc(hist: Tensor) -> Tensor:
             stacklevel=4,
         )
         return torch.scalar_tensor(math.nan)
-    area = torch.dot(neg, c.select(1, 1)).item() - 0.5 * torch.dot(neg, pos).item()
-    return torch.scalar_tensor(area / (p * n))
+    area2 = 2 * n * p - 2 * torch.dot(neg, c.select(1, 1)).item() + torch.dot(neg, pos).item()
+    return torch.scalar_tensor(area2 / (2 * p * n))
 
 
 def curve_score_binned(
