@@ -486,3 +486,25 @@ def test_host_reductions_equal_the_tensor_path(monkeypatch, zero_division):
         assert h.shape == t.shape
         np.testing.assert_allclose(h.double().numpy(), t.double().numpy(), rtol=1e-6,
                                    equal_nan=True)
+
+
+@pytest.mark.parametrize("target,match", [
+    (torch.tensor([0, 1, 3, 0]), r"target must be in \[0, 2\]"),
+    (torch.tensor([0, -1, 2, 0]), r"target must be in \[0, 2\]"),
+    (torch.tensor([0.0, 1.0, 2.0, 0.0]), "integer class labels"),
+])
+def test_scores_path_bad_targets(target, match):
+    """(N, C) scores with (N,) labels take the lean CPU path; bad labels still raise clearly."""
+    scores = torch.rand(4, 3)
+    for call in ("update", "forward"):
+        m = Accuracy("multiclass", num_classes=3)
+        with pytest.raises(ValueError, match=match):
+            m.update(scores, target) if call == "update" else m(scores, target)
+        assert m.update_count == 0 and int(m.confmat.sum()) == 0
+
+
+def test_scores_path_without_validation_drops_out_of_range_labels():
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    m = Accuracy("multiclass", num_classes=3, validate_args=False)
+    m.update(scores, torch.tensor([0, 1, 5]))
+    assert int(m.confmat.sum()) == 2 and float(m.compute()) == 1.0
