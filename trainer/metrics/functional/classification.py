@@ -767,7 +767,25 @@ def _ap_from_counts(fps: Tensor, tps: Tensor, warn: bool) -> Tensor:
     return ((recall - prev) * precision).sum()
 
 
+def _rank_auroc(preds: Tensor, target: Tensor, warn: bool) -> Tensor:
+    """Binary AUROC as the Mann-Whitney statistic (ties count 1/2, as the trapezoid of sklearn's
+    ROC curve), in exact integers: with s the sorted scores and lo/hi the left/right insertion
+    points of each positive score in s, Σ(lo + hi) = 2·Σ(average 1-based rank) - P, so
+    AUROC = (Σ(lo + hi) - P²) / (2·P·N). One sort, two searchsorted, one sum.
+    """
+    s = preds.sort().values
+    pos = preds[target == 1]
+    p = pos.numel()
+    n = preds.numel() - p
+    if p == 0 or n == 0:
+        return _auc_from_counts(torch.zeros(0, dtype=torch.float64), torch.zeros(0), warn)
+    ranks = torch.searchsorted(s, pos).add_(torch.searchsorted(s, pos, right=True))
+    return torch.scalar_tensor((ranks.sum().item() - p * p) / (2 * p * n), dtype=torch.float64)
+
+
 def _binary_curve_score(preds: Tensor, target: Tensor, kind: str, warn: bool = True) -> Tensor:
+    if kind == "auroc" and preds.is_cpu and not preds.dtype.is_complex:
+        return _rank_auroc(preds, target, warn)
     if preds.numel() == 0:
         fps = tps = torch.zeros(0, dtype=torch.float64)
     else:
