@@ -308,15 +308,25 @@ class _CurveMetric(Metric):
             preds, target = preds.reshape(-1), target.reshape(-1)
         th = self.thresholds
         assert th is not None
-        if th.device != preds.device:
+        cpu = preds.is_cpu
+        if not (cpu and th.is_cpu) and th.device != preds.device:
             th = self.thresholds = th.to(preds.device)
         name = type(self).__name__
         if self.validate_args:
             F._check_probs(name, preds, self._check)
         n_t = th.numel() + 1
         idx = torch.add(torch.searchsorted(th, preds, right=True), target, alpha=n_t)
-        counts = F._checked_count(idx, 2 * n_t, self.validate_args, self._check,
-                                  lambda: F._range_message(name, target, 2, None))
+        counts = None
+        if cpu:
+            try:
+                counts = torch.bincount(idx, minlength=2 * n_t)
+            except RuntimeError:
+                counts = None
+            if counts is not None and counts.numel() != 2 * n_t:
+                counts = None
+        if counts is None:  # an accelerator, or a target outside {0, 1}: the checked count
+            counts = F._checked_count(idx, 2 * n_t, self.validate_args, self._check,
+                                      lambda: F._range_message(name, target, 2, None))
         return counts.as_strided((1, n_t, 2), (2 * n_t, 1, n_t))  # (1, T+1, 2) view
 
     def _bad_binary_input(self, preds: Tensor, target: Tensor) -> None:

@@ -131,7 +131,7 @@ def _check_range(
         + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
         + " (got values in [{lo}, {hi}])"
     )
-    if t.device.type == "cpu":
+    if t.is_cpu:
         lo_i, hi_i = int(lo), int(hi)
         if lo_i < 0 or hi_i >= high:
             raise ValueError(msg.format(lo=lo_i, hi=hi_i))
@@ -147,7 +147,7 @@ def _check_probs(name: str, preds: Tensor, check: Check) -> None:
         f"{name}: float preds must be probabilities in [0, 1] (got values in "
         "[{lo}, {hi}]); apply torch.sigmoid (binary, multilabel) or softmax first"
     )
-    if preds.device.type == "cpu":
+    if preds.is_cpu:
         lo_f, hi_f = float(lo), float(hi)
         if not (lo_f >= 0.0 and hi_f <= 1.0):  # also catches nan
             raise ValueError(msg.format(lo=lo_f, hi=hi_f))
@@ -165,7 +165,7 @@ def _check_same_shape(name: str, preds: Tensor, target: Tensor) -> None:
 
 def _count(idx: Tensor, n: int) -> Tensor:
     """Counts of the values 0..n-1 in idx (int64), no host sync on accelerators."""
-    if idx.device.type == "cpu":
+    if idx.is_cpu:
         return torch.bincount(idx, minlength=n)
     out = torch.zeros(n, dtype=torch.int64, device=idx.device)
     return out.index_add_(0, idx, torch.ones_like(idx))
@@ -173,7 +173,7 @@ def _count(idx: Tensor, n: int) -> Tensor:
 
 def _range_message(name: str, target: Tensor, high: int, ignore_index: int | None) -> str:
     got = ""
-    if target.device.type == "cpu":  # on accelerators: no host sync for the message
+    if target.is_cpu:  # on accelerators: no host sync for the message
         t = target if ignore_index is None else target[target != ignore_index]
         if t.numel():
             got = f" (got values in [{int(t.min())}, {int(t.max())}])"
@@ -189,7 +189,7 @@ def _checked_count(
     On CPU the check is free (bincount's output length / its error on negatives); on an
     accelerator out-of-range values go to a trash bin and the error is deferred (no sync).
     """
-    if idx.device.type == "cpu":
+    if idx.is_cpu:
         try:
             out = torch.bincount(idx, minlength=n)
         except RuntimeError as err:
@@ -397,7 +397,7 @@ def _divide(
     One reduction and one host read when nothing is zero. Scalars on CPU divide on the host
     (two reads and one small tensor: cheaper than a promoting tensor division).
     """
-    if den.dim() == 0 and num.dim() == 0 and den.device.type == "cpu":
+    if den.dim() == 0 and num.dim() == 0 and den.is_cpu:
         d = den.item()
         if d != 0:
             f64 = num.dtype == torch.float64 or den.dtype == torch.float64
@@ -531,8 +531,10 @@ def _host_prf(
 
 def _host_accuracy(rows: list, task: Task, average: str | None, zero_division: object) -> Tensor:
     if task == "binary" or average in ("micro", "weighted"):
-        n = len(rows)
-        correct, total = sum(rows[i][i] for i in range(n)), sum(map(sum, rows))
+        total = sum(map(sum, rows))
+        correct = sum(map(list.__getitem__, rows, range(len(rows))))
+        if total:
+            return torch.scalar_tensor(correct / total)
         return torch.scalar_tensor(_host_divide([correct], [total], zero_division,
                                                 "Accuracy")[0])
     tp, pred, support, total = _host_sums(rows, task)
@@ -919,7 +921,7 @@ def curve_score_binned(
 ) -> Tensor:
     """AUROC or AP from a binned histogram (K, T+1, 2)."""
     if task == "binary" and kind == "auroc" and hist.is_cpu:
-        return _binned_binary_auroc(hist[0])
+        return _binned_binary_auroc(hist.select(0, 0))
     # tps at threshold i (descending) = positives in bins >= i+1
     rev = hist.flip(1).cumsum(1).double()  # rev[:, j] = counts in bins >= T - j
     tps_all, fps_all = rev[:, :-1, 1], rev[:, :-1, 0]  # thresholds T-1 .. 0
