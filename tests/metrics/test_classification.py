@@ -508,3 +508,29 @@ def test_scores_path_without_validation_drops_out_of_range_labels():
     m = Accuracy("multiclass", num_classes=3, validate_args=False)
     m.update(scores, torch.tensor([0, 1, 5]))
     assert int(m.confmat.sum()) == 2 and float(m.compute()) == 1.0
+
+
+def test_binary_auroc_with_ties_and_binned_fast_paths():
+    """Exact binary AUROC (rank statistic) with heavy ties equals sklearn; the binned binary
+    histogram path equals the generic binned computation; its bad labels raise clearly."""
+    g = torch.Generator().manual_seed(41)
+    preds = torch.randint(0, 5, (300,), generator=g) / 4.0  # on the grid of 5 thresholds
+    target = torch.randint(0, 2, (300,), generator=g)
+    ref = skm.roc_auc_score(target.numpy(), preds.numpy())
+    _close(FM.auroc(preds, target, "binary"), ref)
+    _close(AUROC("binary", thresholds=5)(preds, target), ref)
+    off_grid = torch.rand(300, generator=g)
+    m = AUROC("binary", thresholds=[0.1, 0.35, 0.6, 0.9])
+    m.update(off_grid[:100], target[:100])
+    m.update(off_grid[100:], target[100:])
+    hist = m.hist
+    from trainer.metrics.functional import classification as FC
+
+    rev = hist.flip(1).cumsum(1).double()
+    generic = FC._auc_from_counts(rev[0, :-1, 0], rev[0, :-1, 1], True).float()
+    _close(m.compute(), generic.numpy())
+    for bad in (torch.tensor([0, 2]), torch.tensor([-1, 1])):
+        m = AUROC("binary", thresholds=5)
+        with pytest.raises(ValueError, match=r"target must be in \[0, 1\]"):
+            m(torch.tensor([0.2, 0.5]), bad)
+        assert m.update_count == 0 and int(m.hist.sum()) == 0
