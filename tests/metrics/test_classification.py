@@ -534,3 +534,24 @@ def test_binary_auroc_with_ties_and_binned_fast_paths():
         with pytest.raises(ValueError, match=r"target must be in \[0, 1\]"):
             m(torch.tensor([0.2, 0.5]), bad)
         assert m.update_count == 0 and int(m.hist.sum()) == 0
+
+
+def test_exact_binary_auroc_update_appends_and_checks_dtypes_in_compute():
+    m = AUROC("binary")
+    with pytest.raises(ValueError, match="same shape"):
+        m.update(torch.rand(3), torch.tensor([0, 1]))
+    assert m.update_count == 0 and m.preds == []
+    with pytest.raises(ValueError, match="integer class labels"):
+        m(torch.rand(2), torch.tensor([0.0, 1.0]))  # forward checks its batch at once
+    assert m.update_count == 0 and m.preds == []
+    m.update(torch.rand(2), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="integer class labels"):
+        m.compute()
+    m.reset()
+    m.update(torch.tensor([1, 0]), torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="float scores"):
+        m.compute()
+    p = torch.rand(4, requires_grad=True)
+    m.reset()
+    m.update(p, torch.tensor([0, 1, 1, 0]))
+    assert not m.preds[0].requires_grad and m.update_count == 1

@@ -237,6 +237,7 @@ class _CurveMetric(Metric):
         self.num_labels = num_labels if task == "multilabel" else None
         self.average = average
         self.ignore_index = ignore_index
+        self._exact_binary = thresholds is None and task == "binary"
         if thresholds is None:
             self.thresholds: Tensor | None = None
             self.add_state("preds", [], "cat")
@@ -255,13 +256,12 @@ class _CurveMetric(Metric):
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Accumulate a batch of scores and targets."""
-        if self.thresholds is None and self.task == "binary":
-            # exact binary: an append of the (detached) tensors; the value checks run once
-            # over all data in compute() (forward checks its batch at once through compute)
-            if self.validate_args and (
-                preds.shape != target.shape or target.is_floating_point()
-                or target.is_complex() or not preds.is_floating_point()
-            ):
+        if self._exact_binary:
+            # exact binary: an append of the (detached) tensors after a shape check; the
+            # dtype and value checks run once over all data in compute() (forward checks its
+            # batch at once through compute). _exact_update below is the same without the
+            # wrapper's bookkeeping call.
+            if self.validate_args and preds.shape != target.shape:
                 self._bad_binary_input(preds, target)
             if preds.dim() != 1:
                 preds, target = preds.reshape(-1), target.reshape(-1)
@@ -286,6 +286,9 @@ class _CurveMetric(Metric):
             d["target"].append(target.detach())
             return
         if self.validate_args:
+            if self._exact_binary:  # update only checked the shapes
+                F.format_curve_inputs(preds, target, "binary", None, None, True,
+                                      F._eager_check, type(self).__name__)
             F.validate_curve_values(preds, target, self.task, self.num_classes,
                                     self.ignore_index, self._check, name, True)
         th = self.thresholds
@@ -344,6 +347,9 @@ class _CurveMetric(Metric):
         preds = torch.cat(d["preds"]) if len(d["preds"]) > 1 else d["preds"][0]
         target = torch.cat(d["target"]) if len(d["target"]) > 1 else d["target"][0]
         if self.validate_args:
+            if self._exact_binary:  # update only checked the shapes
+                F.format_curve_inputs(preds, target, "binary", None, None, True,
+                                      F._eager_check, type(self).__name__)
             F.validate_curve_values(preds, target, self.task, self.num_classes,
                                     self.ignore_index, F._eager_check, type(self).__name__,
                                     False)
@@ -355,6 +361,31 @@ class _CurveMetric(Metric):
         if self.thresholds is not None:
             self.thresholds = fn(self.thresholds)
         return self
+
+
+_curve_update_wrapped = _CurveMetric.update
+
+
+def _curve_update(self: _CurveMetric, preds: Tensor, target: Tensor) -> None:
+    """Accumulate a batch of scores and targets."""
+    d = self.__dict__
+    if d["_exact_binary"] and not d["compute_on_cpu"]:
+        # the exact binary append with the update bookkeeping inline (the hot path of a
+        # validation loop): a shape check, two appends
+        if d["validate_args"] and preds.shape != target.shape:
+            self._bad_binary_input(preds, target)
+        if preds.dim() != 1:
+            preds, target = preds.reshape(-1), target.reshape(-1)
+        d["preds"].append(preds.detach() if preds.requires_grad else preds)
+        d["target"].append(target.detach() if target.requires_grad else target)
+        d["_computed"] = None
+        d["_update_count"] += 1
+        return
+    _curve_update_wrapped(self, preds, target)
+
+
+_curve_update._raw = _curve_update_wrapped._raw  # type: ignore[attr-defined]
+_CurveMetric.update = _curve_update  # type: ignore[method-assign]
 
 
 class AUROC(_CurveMetric):
