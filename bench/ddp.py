@@ -19,31 +19,22 @@ fp32. The Trainer's module logs its loss each step (``self.log``), as users do.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+from typing import Any
 
-# `python bench/ddp.py` puts bench/ first on sys.path, where bench/logging.py would shadow the
-# standard library's logging (torch imports it): drop that entry before importing anything else.
-_BENCH = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p not in (_BENCH, "")]
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer import Trainer, TrainModule  # noqa: E402
-from trainer.callbacks import Callback  # noqa: E402
-from trainer.strategy import DDPStrategy  # noqa: E402
+from trainer import Trainer, TrainModule
+from trainer.callbacks import Callback
+from trainer.strategy import DDPStrategy
 
 
 def make_mlp() -> nn.Module:

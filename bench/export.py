@@ -23,11 +23,11 @@ from pathlib import Path
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
 
-from trainer.export import to_onnx, to_torchscript, verify  # noqa: E402
+from trainer.export import to_onnx, to_torchscript, verify
 
 
 class MLP(nn.Module):

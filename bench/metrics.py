@@ -23,26 +23,16 @@ benchmark is repeated with a torchmetrics MetricCollection.
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
 
-# `python bench/metrics.py` puts bench/ first on sys.path, where bench/logging.py would shadow
-# the standard library's logging module (which torch imports): use the repo root instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(_HERE)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import torch
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import torch  # noqa: E402
-
-from trainer.metrics import AUROC, Accuracy, F1Score, MeanSquaredError  # noqa: E402
+from trainer.metrics import AUROC, Accuracy, F1Score, MeanSquaredError
 
 C = 10
 

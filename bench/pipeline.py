@@ -17,23 +17,17 @@ Prints a markdown table (paste it into bench/RESULTS.md with the CPU model).
 
 from __future__ import annotations
 
+import argparse
+import os
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-# bench/ holds a logging.py (bench/logging.py) that would shadow the standard library's
-# `logging` when this file is run as a script: take bench/ off the import path first.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def _fresh_project(base: Path, name: str) -> Path:

@@ -7,39 +7,31 @@
 2. ``MlflowClient.log_batch`` throughput (1000 metrics per call) and the logger's end-to-end
    throughput (``log_metrics`` + ``save()``), in metrics per second, on a SQLite store.
 
-Run: ``.venv/bin/python bench/logging.py`` (full) or ``--smoke`` (tiny counts).
+Run: ``.venv/bin/python bench/mlflow_logging.py`` (full) or ``--smoke`` (tiny counts).
 Writes nothing outside a temp folder; prints a markdown table for bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
-
-# Run as a script, this file's folder is sys.path[0] and this file would shadow the stdlib
-# `logging` module (torch imports it): drop the folder before anything imports logging.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from trainer.callbacks import Callback  # noqa: E402
-from trainer.loggers.mlflow import MLflowLogger  # noqa: E402
-from trainer.module import TrainModule  # noqa: E402
-from trainer.trainer import Trainer  # noqa: E402
+from trainer.callbacks import Callback
+from trainer.loggers.mlflow import MLflowLogger
+from trainer.module import TrainModule
+from trainer.trainer import Trainer
 
 
 class MLP(TrainModule):
@@ -182,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     fit_b, fit_l = med(b[0] for b in base), med(x[0] for x in logged)
     st_b, st_l = med(b[1] for b in base), med(x[1] for x in logged)
     print(
-        f"# bench/logging.py  ({platform.processor() or platform.machine()}, "
+        f"# bench/mlflow_logging.py  ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {a.threads})"
     )
     print(

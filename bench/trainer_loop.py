@@ -1,8 +1,8 @@
 """Trainer vs a hand-written PyTorch loop: time per optimizer step (printed table).
 
-    .venv/bin/python bench/trainer.py                 # the CPU cases of issue 2
-    .venv/bin/python bench/trainer.py --quick         # tiny counts, a smoke run
-    .venv/bin/python bench/trainer.py --device cuda   # + a small bf16-mixed transformer
+    .venv/bin/python bench/trainer_loop.py                 # the CPU cases of issue 2
+    .venv/bin/python bench/trainer_loop.py --quick         # tiny counts, a smoke run
+    .venv/bin/python bench/trainer_loop.py --device cuda   # + a small bf16-mixed transformer
 
 Each repeat runs the hand loop then the Trainer on fresh copies of the same model, alternating;
 the table shows medians over the repeats and the ratio of the medians. torch.set_num_threads(1)
@@ -13,26 +13,17 @@ fit() call (setup included).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import copy
+import io
+import os
+import statistics
+import time
 
-# bench/ holds scripts named like modules (logging.py, trainer.py): keep it off sys.path so
-# `import logging` / `import trainer` find the real ones, and put the repo root first.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_HERE)]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import nn
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import io  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from trainer import Trainer, TrainModule  # noqa: E402
+from trainer import Trainer, TrainModule
 
 
 class Net(TrainModule):
