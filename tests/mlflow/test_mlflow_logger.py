@@ -36,8 +36,7 @@ def test_params_metrics_nan_flush_and_finish(store_uri: str) -> None:
         run_name="basic",
         tracking_uri=store_uri,
         tags={"k": 1},
-        chunk_size=7,
-        queue_size=2,
+        max_buffered_rows=7,  # 41 rows: five writes when the buffer fills, one at save()
     )
     params = {"model": {"hidden": 64}, **{f"p{i:03d}": i for i in range(250)}}
     logger.log_hyperparams(params)  # 251 params: three log_batch calls of <= 100
@@ -62,7 +61,7 @@ def test_params_metrics_nan_flush_and_finish(store_uri: str) -> None:
 
 @pytest.mark.parametrize(("status", "expected"), [("failed", "FAILED"), ("interrupted", "KILLED")])
 def test_failed_and_interrupted_runs(store_uri: str, status: str, expected: str) -> None:
-    logger = MLflowLogger("logger-status", tracking_uri=store_uri, log_plots=False, writer="thread")
+    logger = MLflowLogger("logger-status", tracking_uri=store_uri, log_plots=False)
     logger.log_metrics({"loss": 1.0}, step=0)
     error = RuntimeError("boom at batch 3") if status == "failed" else KeyboardInterrupt()
     logger.finalize(status, error)
@@ -74,12 +73,12 @@ def test_failed_and_interrupted_runs(store_uri: str, status: str, expected: str)
 
 
 def test_resume_run_id_and_unknown_run(store_uri: str) -> None:
-    first = MLflowLogger("logger-resume", tracking_uri=store_uri, log_plots=False, writer="thread")
+    first = MLflowLogger("logger-resume", tracking_uri=store_uri, log_plots=False)
     first.log_hyperparams({"lr": 0.1})
     first.log_metrics({"loss": 1.0}, step=0)
     first.finalize("interrupted")
     second = MLflowLogger(
-        tracking_uri=store_uri, run_id=first.run_id, log_plots=False, writer="thread"
+        tracking_uri=store_uri, run_id=first.run_id, log_plots=False
     )
     second.log_hyperparams({"lr": 0.1, "epochs": 3})  # same value again: skipped, no error
     second.log_metrics({"loss": 0.5}, step=1)
@@ -90,19 +89,19 @@ def test_resume_run_id_and_unknown_run(store_uri: str) -> None:
     assert run.data.params == {"lr": "0.1", "epochs": "3"}
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "loss")) == [0, 1]
     with pytest.raises(ValueError, match="no run 'nope'"):
-        MLflowLogger(tracking_uri=store_uri, run_id="nope", writer="thread").log_metrics(
+        MLflowLogger(tracking_uri=store_uri, run_id="nope").log_metrics(
             {"a": 1.0}, step=0
         )
 
 
-def test_pickle_drops_client_and_thread_keeps_run(store_uri: str) -> None:
-    logger = MLflowLogger("logger-pickle", tracking_uri=store_uri, log_plots=False, writer="thread")
-    logger.log_metrics({"loss": 1.0}, step=0)  # client + writer thread exist now
-    blob = pickle.dumps(logger)
+def test_pickle_writes_the_buffer_drops_the_client_keeps_run(store_uri: str) -> None:
+    logger = MLflowLogger("logger-pickle", tracking_uri=store_uri, log_plots=False)
+    logger.log_metrics({"loss": 1.0}, step=0)  # client exists, row buffered
+    blob = pickle.dumps(logger)  # writes the buffered row first
     state = logger.__getstate__()
-    assert "_client" not in state and "_thread" not in state and "_queue" not in state
+    assert "_client" not in state and "_rows" not in state
     clone = pickle.loads(blob)
-    assert clone._client is None and clone._thread is None
+    assert clone._client is None and clone._rows == []
     clone.log_metrics({"loss": 0.5}, step=1)
     clone.finalize("success")
     assert clone.run_id == logger.run_id
@@ -112,7 +111,7 @@ def test_pickle_drops_client_and_thread_keeps_run(store_uri: str) -> None:
 
 def test_pickle_before_first_log_creates_the_shared_run(store_uri: str) -> None:
     logger = MLflowLogger(
-        "logger-pickle2", tracking_uri=store_uri, log_plots=False, writer="thread"
+        "logger-pickle2", tracking_uri=store_uri, log_plots=False
     )
     clone = pickle.loads(pickle.dumps(logger))
     assert clone._run_id is not None and clone._run_id == logger._run_id
@@ -132,7 +131,7 @@ def test_checkpoints_and_confusion_matrix(store_uri: str, tmp_path: Path) -> Non
     best, last = tmp_path / "epoch=1-step=4.ckpt", tmp_path / "last.ckpt"
     best.write_bytes(b"best")
     last.write_bytes(b"last")
-    logger = MLflowLogger("logger-ckpt", tracking_uri=store_uri, log_plots=False, writer="thread")
+    logger = MLflowLogger("logger-ckpt", tracking_uri=store_uri, log_plots=False)
     cb = types.SimpleNamespace(
         best_model_path=str(best), last_model_path=str(last), best_model_score=0.25
     )
@@ -167,35 +166,36 @@ def test_checkpoints_all_mode_logs_each_save(store_uri: str, tmp_path: Path) -> 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="log_checkpoints"):
         MLflowLogger(log_checkpoints="best")
+    with pytest.raises(ValueError, match="max_buffered_rows: must be >= 1"):
+        MLflowLogger(max_buffered_rows=0)
     with pytest.raises(ValueError, match="status must be one of"):
         MLflowLogger().finalize("done")
 
 
-def test_writer_process_writes_then_its_death_falls_back_to_thread(store_uri: str) -> None:
-    import time
-
-    logger = MLflowLogger("logger-fallback", tracking_uri=store_uri, log_plots=False, chunk_size=1)
-    step, deadline = 0, time.monotonic() + 120
-    while True:  # until the writer process has said ready
-        logger.log_metrics({"loss": 1.0}, step=step)
-        logger.save()
-        step += 1
-        if logger._sink.is_ready or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert logger._sink.is_ready
-    logger.log_metrics({"loss": 1.0}, step=step)  # written by the writer process
+def test_nothing_written_during_the_epoch_until_save(store_uri: str) -> None:
+    logger = MLflowLogger("logger-buffer", tracking_uri=store_uri, log_plots=False)
+    for step in range(5):
+        logger.log_metrics({"loss": 1.0 / (step + 1), "epoch": 0.0}, step=step)
+    client = _client(store_uri)
+    assert client.get_metric_history(logger.run_id, "loss") == []  # buffered only
     logger.save()
-    step += 1
-    logger.log_metrics({"loss": 1.0}, step=step)  # handed over, not confirmed by a flush
-    logger._handoff()
-    step += 1
-    proc = logger._sink.proc
-    proc.kill()
-    proc.wait(10)
-    for _ in range(2):
-        logger.log_metrics({"loss": 1.0}, step=step)
-        step += 1
+    hist = client.get_metric_history(logger.run_id, "loss")
+    assert sorted((m.step, m.value) for m in hist) == [(s, 1.0 / (s + 1)) for s in range(5)]
     logger.finalize("success")
-    steps = sorted(m.step for m in _client(store_uri).get_metric_history(logger.run_id, "loss"))
-    assert steps == list(range(step))  # nothing lost (unconfirmed rows replayed) nor doubled
+
+
+def test_write_failure_is_a_warning_and_training_goes_on(
+    store_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = MLflowLogger("logger-badwrite", tracking_uri=store_uri, log_plots=False)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    client = _client(store_uri)
+    client.delete_run(logger.run_id)  # MLflow refuses writes to a deleted run
+    with caplog.at_level("WARNING", logger="trainer.loggers.mlflow"):
+        logger.save()
+    assert "writing 1 metric row(s) to run" in caplog.text
+    client.restore_run(logger.run_id)
+    logger.log_metrics({"loss": 0.5}, step=1)
+    logger.finalize("success")
+    assert [m.step for m in client.get_metric_history(logger.run_id, "loss")] == [1]
+    assert client.get_run(logger.run_id).info.status == "FINISHED"

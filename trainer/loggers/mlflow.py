@@ -1,22 +1,19 @@
 """MLflowLogger: hyperparameters, metrics, checkpoints and plots into an MLflow run.
 
-The training thread only appends ``(time, step, metrics)`` to a list; full chunks go through a
-bounded queue to one writer thread, which pipes them to a writer process that sends them with
-``MlflowClient.log_batch`` (≤ 1000 metrics per call), or sends them itself
-(``writer="thread"``). ``save()`` (every epoch end) and ``finalize()`` flush and wait. The
-client, the thread and the process are created lazily and dropped when pickled (the Trainer is
-pickled to DDP workers); the run is created before pickling so the workers and the caller share
-one run.
+Metrics: the training thread only appends ``(time, step, metrics)`` to a bounded in-memory
+buffer; nothing else runs during the epoch. ``save()`` (every epoch end), ``finalize()`` and a
+full buffer write the rows with ``MlflowClient.log_batch`` (1000 metrics per call, MLflow's
+maximum), so what was logged before an epoch end is in the store after it. The client is
+created lazily and dropped when pickled (the Trainer is pickled to DDP workers); the run is
+created before pickling so the workers and the caller share one run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -88,13 +85,8 @@ class MLflowLogger(Logger):
         log_checkpoints: ``True``: ModelCheckpoint's best and last files at the end of the run;
             ``"all"``: every saved checkpoint, when saved; ``False``: none.
         log_plots: draw metric curves (and keep the points for them) at the end of the run.
-        queue_size: bounded queue length, in chunks of ``chunk_size`` metric rows; a full queue
-            blocks the training thread (no metric is dropped).
-        chunk_size: metric rows gathered on the training thread before a hand-off.
-        writer: ``"process"`` (default): the writer thread pipes the rows to a child process
-            (``python -m trainer.loggers.mlflow``) that calls ``log_batch``, so MLflow's
-            SQLAlchemy work does not hold this process's GIL during training; falls back to
-            ``"thread"`` (``log_batch`` from the writer thread) if the child cannot start or dies.
+        max_buffered_rows: ``log_metrics`` calls kept in memory between epoch ends; when full,
+            they are written at once (no metric is dropped).
     """
 
     def __init__(
@@ -106,21 +98,16 @@ class MLflowLogger(Logger):
         run_id: str | None = None,
         log_checkpoints: bool | str = True,
         log_plots: bool = True,
-        queue_size: int = 64,
-        chunk_size: int = 256,
-        writer: str = "process",
+        max_buffered_rows: int = 100_000,
     ) -> None:
         if log_checkpoints not in (True, False, "all"):
             raise ValueError(
                 "MLflowLogger.log_checkpoints: must be True, False or 'all' "
                 f"(got {log_checkpoints!r})"
             )
-        if writer not in ("process", "thread"):
-            raise ValueError(f"MLflowLogger.writer: must be 'process' or 'thread' (got {writer!r})")
-        if queue_size < 1 or chunk_size < 1:
+        if max_buffered_rows < 1:
             raise ValueError(
-                f"MLflowLogger: queue_size and chunk_size must be >= 1 (got {queue_size}, "
-                f"{chunk_size})"
+                f"MLflowLogger.max_buffered_rows: must be >= 1 (got {max_buffered_rows})"
             )
         self._experiment_name = experiment_name
         self._run_name = run_name
@@ -130,9 +117,7 @@ class MLflowLogger(Logger):
         self._resume = run_id is not None
         self.log_checkpoints = log_checkpoints
         self.log_plots = log_plots
-        self.queue_size = queue_size
-        self.chunk_size = chunk_size
-        self.writer = writer
+        self.max_buffered_rows = max_buffered_rows
         self._tracking_uri: str | None = None
         self._experiment_id: str | None = None
         self._best_path: str | None = None
@@ -145,31 +130,17 @@ class MLflowLogger(Logger):
 
     def _init_runtime(self) -> None:
         self._client: Any = None
-        self._thread: threading.Thread | None = None
-        self._queue: queue.Queue[Any] | None = None
-        self._buf: list[tuple[int, int, dict[str, float]]] = []
-        self._errors: list[str] = []
-        self._reported = 0
+        self._rank: int | None = None  # read from the environment on the first log_metrics
+        self._rows: list[tuple[float, int, dict[str, float]]] = []
+        self._keymap: dict[str, str] = {}
         self._history: dict[str, list[tuple[int, float, float | None]]] = {}
-        self._sink: Any = None
-        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         if global_rank() == 0 and not self._finalized:
             self._ensure_run()  # one run shared by the caller and the DDP workers
-            self._flush()
+            self._write()
         state = self.__dict__.copy()
-        for key in (
-            "_client",
-            "_thread",
-            "_queue",
-            "_buf",
-            "_errors",
-            "_reported",
-            "_history",
-            "_sink",
-            "_lock",
-        ):
+        for key in ("_client", "_rank", "_rows", "_keymap", "_history"):
             state.pop(key, None)
         return state
 
@@ -238,58 +209,33 @@ class MLflowLogger(Logger):
     def _ensure_run(self) -> None:
         if self._client is not None:
             return
-        with self._lock:
-            if self._client is not None:
-                return
-            from mlflow import MlflowClient
-            from mlflow.exceptions import MlflowException
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
-            from flows.tracking import get_or_create_experiment
+        from flows.tracking import get_or_create_experiment
 
-            uri = self.check()
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            if self._run_id is not None:
-                try:
-                    run = client.get_run(self._run_id)
-                except MlflowException:
-                    raise ValueError(
-                        f"MLflowLogger.run_id: no run {self._run_id!r} in {uri}: pass an "
-                        "existing run id or None to start a new run"
-                    ) from None
-                self._experiment_id = run.info.experiment_id
-                if run.info.status != "RUNNING":
-                    client.update_run(self._run_id, status="RUNNING")
-                if self._tags:
-                    self._log_tags(client, self._tags)
-            else:
-                self._experiment_id = get_or_create_experiment(client, self._experiment_name, uri)
-                tags = dict(self._tags)
-                tags.setdefault("trainflow.logger", "MLflowLogger")
-                run = client.create_run(self._experiment_id, run_name=self._run_name, tags=tags)
-                self._run_id = run.info.run_id
-            self._client = client
-
-    def _ensure_writer(self) -> None:
-        self._ensure_run()
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._sink = self._make_sink()
-        self._queue = queue.Queue(maxsize=self.queue_size)
-        self._thread = threading.Thread(
-            target=self._writer,
-            args=(self._queue,),
-            name=f"mlflow-writer-{str(self._run_id)[:8]}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def _make_sink(self) -> Any:
-        if self.writer == "process":
+        uri = self.check()
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        if self._run_id is not None:
             try:
-                return _ProcessSink(self.tracking_uri, self._run_id, self.log_plots, self._client)
-            except Exception as exc:  # noqa: BLE001 - e.g. a daemonic or sandboxed process
-                log.warning("MLflowLogger: no writer process (%s); writing from a thread", exc)
-        return _ThreadSink(self._client, self._run_id, self.log_plots)
+                run = client.get_run(self._run_id)
+            except MlflowException:
+                raise ValueError(
+                    f"MLflowLogger.run_id: no run {self._run_id!r} in {uri}: pass an "
+                    "existing run id or None to start a new run"
+                ) from None
+            self._experiment_id = run.info.experiment_id
+            if run.info.status != "RUNNING":
+                client.update_run(self._run_id, status="RUNNING")
+            if self._tags:
+                self._log_tags(client, self._tags)
+        else:
+            self._experiment_id = get_or_create_experiment(client, self._experiment_name, uri)
+            tags = dict(self._tags)
+            tags.setdefault("trainflow.logger", "MLflowLogger")
+            run = client.create_run(self._experiment_id, run_name=self._run_name, tags=tags)
+            self._run_id = run.info.run_id
+        self._client = client
 
     def _log_tags(self, client: Any, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -308,7 +254,7 @@ class MLflowLogger(Logger):
         """
         if global_rank() != 0:
             return
-        self._ensure_writer()  # the run, and the writer (process) starting in the background
+        self._ensure_run()
         from mlflow.entities import Param
 
         flat = {_sanitize_key(k): v for k, v in flatten_params(params).items()}
@@ -326,16 +272,19 @@ class MLflowLogger(Logger):
             self._client.log_batch(self._run_id, params=items[i : i + _MAX_PARAMS])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue metric values at ``step`` (written by the writer thread; no I/O here)."""
-        if global_rank() != 0:
+        """Buffer metric values at ``step`` (written at the next epoch end; no I/O here)."""
+        rank = self._rank
+        if rank is None:  # the first call: fail fast on a bad store or run id, not at epoch end
+            rank = self._rank = global_rank()
+            if rank == 0:
+                self._ensure_run()
+        if rank != 0:
             return
-        if self._thread is None:
-            self._ensure_writer()
-        # floats here (the contract's type; a 0-d tensor is converted), so the rows pickle small
-        values = {k: float(v) for k, v in metrics.items()}
-        self._buf.append((int(time.time() * 1000), int(step), values))
-        if len(self._buf) >= self.chunk_size:
-            self._handoff()
+        rows = self._rows
+        # float() per value: a tensor must not change under us before the write (floats: cheap)
+        rows.append((time.time(), step, {k: float(v) for k, v in metrics.items()}))
+        if len(rows) >= self.max_buffered_rows:
+            self._write()
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         """Remember ModelCheckpoint's best and last files (logged at the end, or now for 'all')."""
@@ -356,13 +305,12 @@ class MLflowLogger(Logger):
         if self.log_checkpoints == "all":
             for path in {best, last} - {None}:
                 if Path(path).is_file():
-                    self._put(("artifact", str(path), "checkpoints"))
+                    self.log_artifact(path, "checkpoints")
 
     def save(self) -> None:
-        """Flush: hand the buffered rows to the writer and wait until they are written."""
-        if global_rank() != 0 or (self._thread is None and not self._buf):
-            return
-        self._flush()
+        """Write the buffered metric rows now (``log_batch``, 1000 metrics per call)."""
+        if self._rows and global_rank() == 0:
+            self._write()
 
     def finalize(self, status: str = "success", error: BaseException | None = None) -> None:
         """Flush, log checkpoints and plots, and end the run FINISHED / FAILED / KILLED.
@@ -377,8 +325,7 @@ class MLflowLogger(Logger):
                 f"MLflowLogger.finalize: status must be one of {sorted(_STATUS)} (got {status!r})"
             )
         self._ensure_run()
-        self._flush()
-        self._stop_writer()
+        self._write()
         client = self._client
         try:
             if error is not None:
@@ -394,8 +341,6 @@ class MLflowLogger(Logger):
         finally:
             client.set_terminated(self._run_id, status=_STATUS[status])
             self._finalized = True
-            if self._errors[self._reported :]:
-                self._report_errors()
 
     # ------------------------------------------------------------------ extra helpers
 
@@ -434,74 +379,28 @@ class MLflowLogger(Logger):
 
     # ------------------------------------------------------------------ internals
 
-    def _put(self, item: Any) -> None:
-        self._ensure_writer()
-        assert self._queue is not None
-        self._queue.put(item)
-
-    def _handoff(self) -> None:
-        if self._buf:
-            buf, self._buf = self._buf, []
-            self._put(("metrics", buf))
-
-    def _flush(self, timeout: float = 300.0) -> None:
-        if self._thread is None and not self._buf:
+    def _write(self) -> None:
+        """Send the buffered rows; a failed write is a warning (training goes on)."""
+        rows, self._rows = self._rows, []
+        if not rows:
             return
-        self._handoff()
-        done = threading.Event()
-        self._put(("flush", done))
-        if not done.wait(timeout):
-            log.warning("MLflowLogger: flush of run %s took over %.0fs", self._run_id, timeout)
-        if self._errors[self._reported :]:
-            self._report_errors()
-
-    def _report_errors(self) -> None:
-        new = self._errors[self._reported :]
-        self._reported = len(self._errors)
-        log.warning(
-            "MLflowLogger: %d write(s) to run %s failed; first: %s", len(new), self._run_id, new[0]
-        )
-
-    def _stop_writer(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            assert self._queue is not None
-            self._queue.put(("stop", None))
-            self._thread.join(60)
-        self._thread = None
-        self._queue = None
-
-    def _writer(self, q: queue.Queue[Any]) -> None:
-        sink = self._sink
-        while True:
-            kind, payload, *rest = q.get()
-            for _attempt in (0, 1):  # a second try after falling back to a thread sink
-                try:
-                    if kind == "stop":
-                        self._history = sink.close()
-                        return
-                    if kind == "flush":
-                        sink.flush()
-                        payload.set()
-                    elif kind == "metrics":
-                        sink.metrics(payload)
-                    elif kind == "artifact":
-                        sink.artifact(payload, rest[0])
-                    self._errors.extend(sink.take_errors())
-                    break
-                except _SinkDied as exc:  # the writer process is gone: write in-process
-                    log.warning("MLflowLogger: %s; writing from this process instead", exc)
-                    pending = getattr(sink, "pending", [])
-                    sink = self._sink = _ThreadSink(self._client, self._run_id, self.log_plots)
-                    try:  # replay what the process may not have written (duplicates are merged)
-                        for item in pending:
-                            getattr(sink, item[0])(*item[1:])
-                    except Exception as exc2:  # noqa: BLE001
-                        self._errors.append(f"{type(exc2).__name__}: {str(exc2)[:300]}")
-                except Exception as exc:  # noqa: BLE001 - keep training; reported at save/finalize
-                    self._errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-                    if kind == "flush":
-                        payload.set()
-                    break
+        self._ensure_run()
+        try:
+            write_rows(
+                self._client,
+                self._run_id,
+                rows,
+                self._keymap,
+                self._history if self.log_plots else None,
+            )
+        except Exception as exc:  # noqa: BLE001 - keep training; the rows are lost
+            log.warning(
+                "MLflowLogger: writing %d metric row(s) to run %s failed: %s: %s",
+                len(rows),
+                self._run_id,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:300] if str(exc) else "",
+            )
 
     def _log_final_checkpoints(self) -> None:
         if not self.log_checkpoints:
@@ -543,23 +442,26 @@ class MLflowLogger(Logger):
                     self._client.log_artifact(self._run_id, str(png), "plots")
 
 
-# ---------------------------------------------------------------------------- writer sinks
+# ---------------------------------------------------------------------------- writing
 
 
 def write_rows(
     client: Any,
     run_id: str,
-    rows: list[tuple[int, int, dict[str, float]]],
+    rows: list[tuple[float, int, Mapping[str, float]]],
     keymap: dict[str, str],
     history: dict[str, list[tuple[int, float, float | None]]] | None,
 ) -> None:
-    """Send metric rows ``(timestamp_ms, step, {name: value})`` with ``log_batch`` (≤ 1000 per
-    call); record ``(step, value, epoch)`` points in ``history`` for the plots."""
+    """Send metric rows ``(time_s, step, {name: value})`` with ``log_batch`` (≤ 1000 per call);
+    record ``(step, value, epoch)`` points in ``history`` for the plots."""
     from mlflow.entities import Metric
 
     batch: list[Any] = []
-    for ts, step, metrics in rows:
+    for t, step, metrics in rows:
+        ts, step = int(t * 1000), int(step)
         epoch = metrics.get("epoch")
+        if epoch is not None:
+            epoch = float(epoch)
         for key, value in metrics.items():
             name = keymap.get(key)
             if name is None:
@@ -567,202 +469,14 @@ def write_rows(
             value = float(value)
             batch.append(Metric(name, value, ts, step))
             if history is not None:
-                pts = history.setdefault(name, [])
-                pts.append((step, value, None if epoch is None else float(epoch)))
+                pts = history.get(name)
+                if pts is None:
+                    pts = history[name] = []
+                pts.append((step, value, epoch))
                 if len(pts) > _HISTORY_CAP:
                     del pts[::2]
+        if len(batch) >= _MAX_METRICS:
+            client.log_batch(run_id, metrics=batch[:_MAX_METRICS])
+            del batch[:_MAX_METRICS]
     for i in range(0, len(batch), _MAX_METRICS):
         client.log_batch(run_id, metrics=batch[i : i + _MAX_METRICS])
-
-
-class _SinkDied(RuntimeError):
-    pass
-
-
-class _ThreadSink:
-    """Writes from the writer thread of the training process."""
-
-    def __init__(self, client: Any, run_id: str, keep_history: bool) -> None:
-        self.client, self.run_id = client, run_id
-        self.keymap: dict[str, str] = {}
-        self.history: dict[str, Any] | None = {} if keep_history else None
-
-    def metrics(self, rows: list[Any]) -> None:
-        write_rows(self.client, self.run_id, rows, self.keymap, self.history)
-
-    def artifact(self, path: str, artifact_path: str | None) -> None:
-        self.client.log_artifact(self.run_id, path, artifact_path)
-
-    def flush(self) -> None:
-        pass
-
-    def take_errors(self) -> list[str]:
-        return []
-
-    def close(self) -> dict[str, Any]:
-        return self.history or {}
-
-
-class _ProcessSink:
-    """Pipes pickled messages to ``python -m trainer.loggers.mlflow`` (the writer process).
-
-    The pipe is the bounded buffer between the two (the writer thread blocks, without holding
-    the GIL, when it is full); replies come only for ready, flush and stop. Until the process
-    has imported mlflow and says "ready" (a few seconds), rows wait in the writer thread and a
-    flush writes them from there, so an epoch end never waits for the process to start and
-    what was flushed is in the store.
-    """
-
-    def __init__(self, uri: str, run_id: str, keep_history: bool, client: Any) -> None:
-        import subprocess
-        import sys
-
-        env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true")
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer.loggers.mlflow", uri, run_id, str(int(keep_history))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        self.early = _ThreadSink(client, run_id, keep_history)
-        self.is_ready = False
-        self.errors: list[str] = []
-        self.unsent: list[tuple[Any, ...]] = []  # waiting for the process to be ready
-        self.sent: list[tuple[Any, ...]] = []  # sent, not yet confirmed by a flush
-
-    @property
-    def pending(self) -> list[tuple[Any, ...]]:
-        """What may not be in the store yet (replayed in-process if the process dies)."""
-        return self.sent + self.unsent
-
-    def _ready(self) -> bool:
-        if not self.is_ready:
-            import select
-
-            if select.select([self.proc.stdout], [], [], 0)[0]:
-                self._recv()  # ("ready",), or _SinkDied when the process failed to start
-                self.is_ready = True
-        return self.is_ready
-
-    def _send(self, msg: tuple[Any, ...]) -> None:
-        import pickle
-
-        try:
-            pickle.dump(msg, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.proc.stdin.flush()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError, ValueError):
-            raise _SinkDied(f"the writer process exited (code {self.proc.poll()})") from None
-
-    def _recv(self) -> Any:
-        import pickle
-
-        try:
-            return pickle.load(self.proc.stdout)  # type: ignore[arg-type]
-        except (EOFError, OSError, pickle.UnpicklingError):
-            self.proc.wait(10)
-            raise _SinkDied(f"the writer process exited (code {self.proc.returncode})") from None
-
-    def _submit(self, item: tuple[Any, ...]) -> None:
-        if not self._ready():
-            self.unsent.append(item)
-            return
-        for queued in [*self.unsent, item]:
-            self.sent.append(queued)
-            self._send(queued)
-        self.unsent.clear()
-
-    def metrics(self, rows: list[Any]) -> None:
-        self._submit(("metrics", rows))
-
-    def artifact(self, path: str, artifact_path: str | None) -> None:
-        self._submit(("artifact", path, artifact_path))
-
-    def _write_unsent_here(self) -> None:
-        while self.unsent:
-            item = self.unsent.pop(0)
-            getattr(self.early, item[0])(*item[1:])
-
-    def flush(self) -> None:
-        if not self._ready():
-            self._write_unsent_here()
-            return
-        for queued in self.unsent:
-            self.sent.append(queued)
-            self._send(queued)
-        self.unsent.clear()
-        self._send(("flush",))
-        _, errors = self._recv()
-        self.errors += errors
-        self.sent.clear()
-
-    def take_errors(self) -> list[str]:
-        errors, self.errors = self.errors, []
-        return errors
-
-    def close(self) -> dict[str, Any]:
-        if not self._ready():  # never got going: do not wait for it to start
-            self._write_unsent_here()
-            self.proc.kill()
-            self.proc.wait(10)
-            return self.early.close()
-        self.flush()
-        self._send(("stop",))
-        _, late, errors = self._recv()
-        self.errors += errors
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            self.proc.wait(30)
-        except Exception:  # noqa: BLE001
-            self.proc.kill()
-        history = self.early.close()
-        for key, pts in late.items():
-            history[key] = history.get(key, []) + pts
-        return history
-
-
-def _writer_process_main(argv: list[str]) -> int:
-    """The writer process: read pickled messages on stdin, ``log_batch`` them, reply on stdout."""
-    import pickle
-    import sys
-
-    uri, run_id, keep = argv[0], argv[1], argv[2] == "1"
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.get_run(run_id)  # the store is open
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    pickle.dump(("ready",), stdout)
-    stdout.flush()
-    keymap: dict[str, str] = {}
-    history: dict[str, Any] | None = {} if keep else None
-    errors: list[str] = []
-    while True:
-        try:
-            msg = pickle.load(stdin)
-        except EOFError:
-            return 0
-        kind = msg[0]
-        try:
-            if kind == "metrics":
-                write_rows(client, run_id, msg[1], keymap, history)
-            elif kind == "artifact":
-                client.log_artifact(run_id, msg[1], msg[2])
-        except Exception as exc:  # noqa: BLE001 - reported to the parent at the next flush
-            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-        if kind == "flush":
-            pickle.dump(("flushed", errors), stdout)
-            stdout.flush()
-            errors = []
-        elif kind == "stop":
-            pickle.dump(("stopped", history or {}, errors), stdout)
-            stdout.flush()
-            return 0
-
-
-if __name__ == "__main__":
-    import sys as _sys
-
-    raise SystemExit(_writer_process_main(_sys.argv[1:]))
