@@ -39,12 +39,7 @@ __all__ = [
     "start_server",
 ]
 
-for _name, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "ORT_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-}.items():
-    os.environ.setdefault(_name, _value)
+# Offline hygiene (MLflow/onnxruntime telemetry off) is set by flows/__init__, imported first.
 
 STATE_DIR = ".trainflow"
 DB_NAME = "mlflow.db"

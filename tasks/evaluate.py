@@ -6,15 +6,13 @@ content, the data content, the evaluation and trainer sections and the code vers
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from prefect import task
 
 from flows.config import PipelineConfig
 from tasks.train import dataloader, import_class, make_trainer, mlflow_logger
-from tasks.types import DatasetRef, EvalReport, StageError, TrainResult
+from tasks.types import DatasetRef, EvalReport, StageError, TrainResult, content_key
 
 CODE_VERSION = "evaluate-1"
 
@@ -30,7 +28,7 @@ _ALIASES = {
 
 def stage_key(trained: TrainResult, data: DatasetRef, cfg: PipelineConfig) -> str:
     """Cache key: checkpoint and data content, evaluation and trainer sections, code version."""
-    payload = json.dumps(
+    return content_key(
         {
             "stage": "evaluate",
             "code": CODE_VERSION,
@@ -38,10 +36,8 @@ def stage_key(trained: TrainResult, data: DatasetRef, cfg: PipelineConfig) -> st
             "data": data.content_hash,
             "evaluation": cfg.evaluation.digest(),
             "trainer": cfg.trainer.digest(),
-        },
-        sort_keys=True,
+        }
     )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _wanted(name: str, metrics: list[str]) -> bool:

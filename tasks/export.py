@@ -7,8 +7,6 @@ checkpoint's content, the export section and the code version. A mismatch beyond
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from prefect import task
@@ -16,23 +14,21 @@ from prefect import task
 from flows.config import PipelineConfig
 from tasks.prepare_data import file_sha256
 from tasks.train import import_class
-from tasks.types import ExportRef, StageError, TrainResult
+from tasks.types import ExportRef, StageError, TrainResult, content_key
 
 CODE_VERSION = "export-1"
 
 
 def stage_key(trained: TrainResult, cfg: PipelineConfig) -> str:
     """Cache key: checkpoint content, export section, code version."""
-    payload = json.dumps(
+    return content_key(
         {
             "stage": "export",
             "code": CODE_VERSION,
             "checkpoint": trained.checkpoint_sha256,
             "export": cfg.export.digest(),
-        },
-        sort_keys=True,
+        }
     )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def run_export(trained: TrainResult, cfg: PipelineConfig, root: Path, key: str) -> ExportRef:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from flows.config import DataConfig
-from tasks.types import DataError, DatasetRef, SplitRef
+from tasks.types import DataError, DatasetRef, SplitRef, content_key
 
 CODE_VERSION = "prepare_data-2"
 BLOCK = 100
@@ -67,11 +67,9 @@ def stage_key(source_sha: str, cfg: DataConfig) -> str:
     """The stage's cache key: input content, its config section (less the path) and code version."""
     section = cfg.model_dump(mode="json")
     section.pop("path")  # the content hash stands for the file; moving it is no change
-    payload = json.dumps(
-        {"stage": "prepare_data", "code": CODE_VERSION, "source": source_sha, "config": section},
-        sort_keys=True,
+    return content_key(
+        {"stage": "prepare_data", "code": CODE_VERSION, "source": source_sha, "config": section}
     )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _format(cfg: DataConfig) -> str:

@@ -7,21 +7,26 @@ alias moves depends on the champion of the moment.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.config import PipelineConfig
-from tasks.types import EvalReport, ExportRef, RegistryRef, StageError, TrainResult, is_transient
+from tasks.types import (
+    EvalReport,
+    ExportRef,
+    RegistryRef,
+    StageError,
+    TrainResult,
+    content_key,
+    is_transient,
+)
 
 CODE_VERSION = "register-1"
 
 
 def stage_key(exported: ExportRef, report: EvalReport, cfg: PipelineConfig) -> str:
     """Cache key: export content, evaluation metrics, registry section, code version."""
-    payload = json.dumps(
+    return content_key(
         {
             "stage": "register",
             "code": CODE_VERSION,
@@ -30,10 +35,8 @@ def stage_key(exported: ExportRef, report: EvalReport, cfg: PipelineConfig) -> s
             "metrics": report.metrics,
             "registry": cfg.registry.digest(),
             "tracking": cfg.tracking.digest(),
-        },
-        sort_keys=True,
+        }
     )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def run_register(

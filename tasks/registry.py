@@ -37,12 +37,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-for _name, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "ORT_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-}.items():
-    os.environ.setdefault(_name, _value)
+# Offline hygiene (MLflow/onnxruntime telemetry off) is set by tasks/__init__ -> flows/__init__.
 
 __all__ = [
     "CHALLENGER",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import json
 import os
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ from prefect import task
 
 from flows.config import ModelConfig, PipelineConfig, TrackingConfig, TrainerConfig
 from tasks.prepare_data import file_sha256, load_split
-from tasks.types import DatasetRef, StageError, TrainResult
+from tasks.types import DatasetRef, StageError, TrainResult, content_key
 
 CODE_VERSION = "train-1"
 
@@ -53,7 +52,7 @@ def model_code_version(class_path: str) -> str:
 
 def stage_key(data: DatasetRef, model: ModelConfig, trainer: TrainerConfig) -> str:
     """Cache key: data content, model and trainer sections, code versions."""
-    payload = json.dumps(
+    return content_key(
         {
             "stage": "train",
             "code": CODE_VERSION,
@@ -61,10 +60,8 @@ def stage_key(data: DatasetRef, model: ModelConfig, trainer: TrainerConfig) -> s
             "data": data.content_hash,
             "model": model.digest(),
             "trainer": trainer.digest(),
-        },
-        sort_keys=True,
+        }
     )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def build_module(model: ModelConfig, data: DatasetRef) -> Any:

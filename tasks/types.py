@@ -6,7 +6,11 @@ a content hash travels with every path, so a file rewritten in place is never mi
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -137,3 +141,8 @@ def retry_transient(task: object, task_run: object, state: object) -> bool:
         except Exception as err:  # noqa: BLE001 - reading the state must not mask the decision
             exc = err
     return not isinstance(exc, BaseException) or is_transient(exc)
+
+
+def content_key(fields: Mapping[str, Any]) -> str:
+    """A stage's cache key: sha256 of its inputs as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

@@ -1097,7 +1097,6 @@ def verify(
 
 
 def _ort_session(path: str | os.PathLike):
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
