@@ -9,7 +9,9 @@ environment is set: ``trainflow --help`` stays fast.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -172,6 +174,8 @@ TrackingOpt = Annotated[
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by the train stage")],
     out: Annotated[Path, typer.Option(help="Folder for model.onnx / model.ts")] = Path("export"),
+    onnx: Annotated[Path | None, typer.Option(help="Write ONNX here (only named formats)")] = None,
+    torchscript: Annotated[Path | None, typer.Option(help="... and/or TorchScript here")] = None,
     config: Annotated[Path | None, typer.Option(help="Config whose export section to use")] = None,
     set_: SetOpt = None,
 ) -> None:
@@ -179,6 +183,13 @@ def export_cmd(
     cfg = _load(config, set_)
     if not checkpoint.is_file():
         _fail(f"checkpoint {checkpoint}: not found")
+    targets = {"onnx": onnx, "torchscript": torchscript}
+    if onnx or torchscript:  # explicit paths: export those formats only, into a folder beside them
+        cfg = cfg.model_copy(update={"export": cfg.export.model_copy(
+            update={k: v is not None for k, v in targets.items()})})
+        first = (onnx or torchscript).resolve()
+        first.parent.mkdir(parents=True, exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix=".export-", dir=first.parent))
     from tasks.export import run_export
     from tasks.prepare_data import file_sha256
     from tasks.types import StageError, TrainResult
@@ -197,8 +208,24 @@ def export_cmd(
     try:
         ref = run_export(trained, cfg, out.resolve(), "cli")
     except StageError as err:
+        if onnx or torchscript:
+            shutil.rmtree(out, ignore_errors=True)
         _fail(str(err), 1)
-    for p in (ref.onnx, ref.torchscript):
+    written = {"onnx": ref.onnx, "torchscript": ref.torchscript}
+    try:
+        for kind, target in targets.items():
+            if target is not None and written[kind] is not None:
+                target.resolve().parent.mkdir(parents=True, exist_ok=True)
+                # a rename on one file system: the target appears whole or not at all
+                for suffix in ("", ".json"):
+                    src = Path(f"{written[kind]}{suffix}")
+                    if src.exists():
+                        os.replace(src, f"{target.resolve()}{suffix}")
+                written[kind] = target
+    finally:
+        if onnx or torchscript:
+            shutil.rmtree(out, ignore_errors=True)
+    for p in written.values():
         if p is not None:
             typer.echo(f"wrote {p}")
     for k, v in ref.parity.items():

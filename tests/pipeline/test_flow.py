@@ -86,6 +86,12 @@ def test_end_to_end_then_cached_rerun(project: Path) -> None:
                            str(project / "exp"), "--set", "export.torchscript=false"])
     assert res.exit_code == 0, res.output
     assert (project / "exp" / "model.onnx").exists()
+    res = cli.invoke(app, ["export", str(first.trained.checkpoint), "--onnx",
+                           str(project / "named" / "m.onnx"), "--torchscript",
+                           str(project / "named" / "ts" / "m.pt")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (project / "named").rglob("*")) == [
+        "m.onnx", "m.onnx.json", "m.pt", "m.pt.json", "ts"]  # no temp folder left behind
     res = cli.invoke(app, ["promote", "digits-mlp", first.registered.version])
     assert res.exit_code in (0, 3) and "digits-mlp v" in res.output
 
