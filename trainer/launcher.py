@@ -31,6 +31,7 @@ import pickle
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -204,6 +205,24 @@ def _register_backend() -> None:
 # the caller's side
 
 
+def _check_main_importable() -> None:
+    """Refuse before starting anything when spawned workers could not re-import ``__main__``.
+
+    spawn runs the caller's main file again (as ``__mp_main__``) in each worker; when that file
+    does not exist (a script piped to ``python -``) every worker dies before our entry point runs,
+    and torch's elastic agent was seen waiting on them for good instead of failing.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return  # `python -m pkg.mod`: workers import it by name
+    path = getattr(main, "__file__", None)
+    if path is not None and not os.path.isfile(path):
+        raise RuntimeError(
+            f"DDP launcher: the workers must re-import your main script, but it is {path!r}, "
+            "not a file; save the code to a .py file and run that (or use torchrun)"
+        )
+
+
 class Launcher:
     """Starts ``strategy.devices`` workers per node with torch's elastic launcher."""
 
@@ -221,6 +240,7 @@ class Launcher:
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
         strategy = self.strategy
+        _check_main_importable()
         payload = _dumps((function, args, kwargs, trainer, strategy))
         run_id = strategy.rdzv_id or os.environ.get("TRAINFLOW_RDZV_ID") or uuid.uuid4().hex
         endpoint, backend, local_addr, loopback = self._rendezvous(run_id)

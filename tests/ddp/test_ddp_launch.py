@@ -347,3 +347,23 @@ def test_workers_end_when_the_caller_is_killed(tmp_path: Path, sig: signal.Signa
         if p.poll() is None:
             p.kill()
             p.wait(timeout=10)
+
+
+def test_script_from_stdin_is_refused_at_once_instead_of_hanging() -> None:
+    """spawn re-imports the main file in each worker; `python -` has none, so refuse up front."""
+    script = textwrap.dedent("""
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+        from trainer import Trainer
+        from ddp_workers import MLPModule
+
+        ds = TensorDataset(torch.randn(16, 8), torch.randint(0, 3, (16,)))
+        Trainer(max_epochs=1, strategy="ddp", devices=2, accelerator="cpu", logger=False,
+                enable_progress_bar=False, enable_checkpointing=False).fit(
+            MLPModule(), DataLoader(ds, batch_size=4))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                          timeout=90, env=env)
+    assert proc.returncode != 0
+    assert "must re-import your main script, but it is '<stdin>'" in proc.stderr
