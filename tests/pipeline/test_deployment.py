@@ -97,8 +97,16 @@ def test_deploy_and_run_through_a_process_worker(tmp_path: Path) -> None:
         small = ["trainer.max_epochs=1", "export.onnx=false", "export.torchscript=false",
                  "registry.enabled=false"]
         params = {"config": None, "overrides": small}
-        run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
-                         json={"parameters": params}, timeout=10).json()
+        # The server's SQLite can answer 5xx ("database is locked") while the worker registers
+        # on a loaded machine; retry as Prefect's own client does.
+        for _ in range(5):
+            resp = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
+                              json={"parameters": params}, timeout=30)
+            if resp.status_code < 500:
+                break
+            time.sleep(2)
+        assert resp.status_code == 201, resp.text[-2000:]
+        run = resp.json()
         deadline = time.monotonic() + 300
         state = None
         while time.monotonic() < deadline:
