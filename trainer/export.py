@@ -427,51 +427,66 @@ def _summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {first[:400]}"
 
 
-def _export_dynamo(
-    module, args, kwargs, f, input_names, out_names, opset, dynamic_batch, external_data, extra
-) -> None:
+@dataclass
+class _OnnxJob:
+    """One ONNX export in progress: what every step of :func:`to_onnx` reads."""
+
+    module: nn.Module
+    args: tuple[Tensor, ...]
+    kwargs: dict[str, Tensor]
+    input_names: list[str]
+    output_names: list[str]
+    sample_tensors: list[Tensor]  # the caller's sample, before any batch doubling
+    opset: int | None
+    dynamic_batch: bool
+    external_data: bool
+    exporter: str  # "auto" | "dynamo" | "legacy"
+    extra: dict[str, Any]  # further torch.onnx.export keyword arguments
+    metadata: dict[str, str]  # the caller's extra metadata entries
+    what: str  # "to_onnx(ClassName)", the prefix of every message
+
+
+def _export_dynamo(job: _OnnxJob, f: Path) -> None:
     dynamic_shapes = None
-    if dynamic_batch:
+    if job.dynamic_batch:
         batch = torch.export.Dim(BATCH_AXIS)
-        dynamic_shapes = _dynamic_shapes(module, args, kwargs, batch)
+        dynamic_shapes = _dynamic_shapes(job.module, job.args, job.kwargs, batch)
     torch.onnx.export(
-        module,
-        args,
+        job.module,
+        job.args,
         str(f),
-        kwargs=kwargs or None,
+        kwargs=job.kwargs or None,
         dynamo=True,
         verbose=False,
-        input_names=input_names,
-        output_names=out_names,
-        opset_version=opset,
-        external_data=external_data,
+        input_names=job.input_names,
+        output_names=job.output_names,
+        opset_version=job.opset,
+        external_data=job.external_data,
         dynamic_shapes=dynamic_shapes,
-        **extra,
+        **job.extra,
     )
 
 
-def _export_legacy(
-    module, args, kwargs, f, input_names, out_names, opset, dynamic_batch, extra
-) -> None:
+def _export_legacy(job: _OnnxJob, f: Path) -> None:
     dynamic_axes = None
-    if dynamic_batch:
-        tensors = [*args, *kwargs.values()]
-        dynamic_axes = {n: {0: BATCH_AXIS} for n, t in zip(input_names, tensors) if t.dim() > 0}
-    legacy_args: tuple[Any, ...] = (*args, kwargs) if kwargs else tuple(args)
+    if job.dynamic_batch:
+        tensors = [*job.args, *job.kwargs.values()]
+        dynamic_axes = {n: {0: BATCH_AXIS} for n, t in zip(job.input_names, tensors) if t.dim() > 0}
+    legacy_args: tuple[Any, ...] = (*job.args, job.kwargs) if job.kwargs else tuple(job.args)
     extra = {
         k: v
-        for k, v in extra.items()
+        for k, v in job.extra.items()
         if k not in ("optimize", "report", "verify", "custom_translation_table")
     }
     torch.onnx.export(
-        module,
+        job.module,
         legacy_args,
         str(f),
         dynamo=False,
         verbose=False,
-        input_names=input_names,
-        output_names=out_names,
-        opset_version=opset,
+        input_names=job.input_names,
+        output_names=job.output_names,
+        opset_version=job.opset,
         dynamic_axes=dynamic_axes,
         **extra,
     )
@@ -521,81 +536,48 @@ def to_onnx(
     with _eval_mode(module):
         with torch.no_grad():
             out_names = output_names(module(*args, **kw))
+        job = _OnnxJob(
+            module=module,
+            args=tuple(args),
+            kwargs=dict(kw),
+            input_names=in_names,
+            output_names=out_names,
+            sample_tensors=sample_tensors,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            external_data=bool(external_data),
+            exporter=exporter,
+            extra=kwargs,
+            metadata=extra_meta,
+            what=what,
+        )
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             tmp = tmpdir / path.name
-            used, fallback_reason = _run_exporters(
-                module,
-                args,
-                kw,
-                tmp,
-                in_names,
-                out_names,
-                opset,
-                dynamic_batch,
-                external_data,
-                exporter,
-                kwargs,
-                what,
-            )
-            info = _finish_onnx(
-                module,
-                path,
-                tmpdir,
-                tmp,
-                used,
-                in_names,
-                out_names,
-                sample_tensors,
-                dynamic_batch,
-                extra_meta,
-                what,
-            )
+            used, fallback_reason = _run_exporters(job, tmp)
+            info = _finish_onnx(job, path, tmp, used)
             info.fallback_reason = fallback_reason
             return info
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _run_exporters(
-    module,
-    args,
-    kw,
-    tmp,
-    in_names,
-    out_names,
-    opset,
-    dynamic_batch,
-    external_data,
-    exporter,
-    extra,
-    what,
-) -> tuple[str, str | None]:
+def _run_exporters(job: _OnnxJob, tmp: Path) -> tuple[str, str | None]:
+    """Write ``tmp`` with dynamo, else legacy; return (exporter used, why dynamo failed)."""
     dynamo_err: BaseException | None = None
     with _quiet_torch_onnx():
-        if exporter in ("auto", "dynamo"):
+        if job.exporter in ("auto", "dynamo"):
             try:
-                _export_dynamo(
-                    module,
-                    args,
-                    kw,
-                    tmp,
-                    in_names,
-                    out_names,
-                    opset,
-                    dynamic_batch,
-                    external_data,
-                    extra,
-                )
+                _export_dynamo(job, tmp)
                 return "dynamo", None
             except Exception as e:  # torch raises many types here; all mean "did not export"
                 dynamo_err = e
-                if exporter == "dynamo":
-                    raise _export_failure(what, opset, e, None) from e
+                if job.exporter == "dynamo":
+                    raise _export_failure(job.what, job.opset, e, None) from e
         reason = _summary(dynamo_err) if dynamo_err else None
         if dynamo_err is not None:
             warnings.warn(
-                f"{what}: the dynamo exporter failed ({reason}); falling back to the legacy "
+                f"{job.what}: the dynamo exporter failed ({reason}); falling back to the legacy "
                 "TorchScript-based exporter (torch.onnx.export(dynamo=False))",
                 ExportFallbackWarning,
                 stacklevel=4,
@@ -603,12 +585,10 @@ def _run_exporters(
         for f in tmp.parent.iterdir():  # whatever the failed attempt left
             f.unlink()
         try:
-            with _jit_scripting(module):
-                _export_legacy(
-                    module, args, kw, tmp, in_names, out_names, opset, dynamic_batch, extra
-                )
+            with _jit_scripting(job.module):
+                _export_legacy(job, tmp)
         except Exception as e:
-            raise _export_failure(what, opset, dynamo_err, e) from e
+            raise _export_failure(job.what, job.opset, dynamo_err, e) from e
         return "legacy", reason
 
 
@@ -635,48 +615,37 @@ def _export_failure(
     return ExportError(f"{what}: ONNX export failed; {hint}. Details: " + " | ".join(tried))
 
 
-def _finish_onnx(
-    module,
-    path,
-    tmpdir,
-    tmp,
-    used,
-    in_names,
-    out_names,
-    sample_tensors,
-    dynamic_batch,
-    extra_meta,
-    what,
-) -> OnnxExport:
+def _finish_onnx(job: _OnnxJob, path: Path, tmp: Path, used: str) -> OnnxExport:
+    """Stamp the metadata into ``tmp`` and move it (and any side file) into place at ``path``."""
     import onnx
 
     model = onnx.load(str(tmp), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     graph_outputs = [o.name for o in model.graph.output]
-    if graph_outputs != out_names:
+    if graph_outputs != job.output_names:
         warnings.warn(
-            f"{what}: ONNX outputs {graph_outputs} do not match the flattened eager outputs "
-            f"{out_names}; keeping the exporter's names",
+            f"{job.what}: ONNX outputs {graph_outputs} do not match the flattened eager outputs "
+            f"{job.output_names}; keeping the exporter's names",
             ExportFallbackWarning,
             stacklevel=3,
         )
-        out_names = graph_outputs
+    out_names = graph_outputs  # the eager names, or the exporter's where they differ
     graph_inputs = {i.name for i in model.graph.input}
     metadata: dict[str, Any] = {
         "format": "onnx",
-        "model_class": _model_class(module),
+        "model_class": _model_class(job.module),
         "trainflow_version": _trainflow_version(),
         "torch_version": torch.__version__,
         "exporter": used,
         "opset": opset,
-        "dynamic_batch": bool(dynamic_batch),
+        "dynamic_batch": job.dynamic_batch,
         "inputs": [
             d
-            for d in _describe_inputs(in_names, sample_tensors, dynamic_batch)
+            for d in _describe_inputs(job.input_names, job.sample_tensors, job.dynamic_batch)
             if d["name"] in graph_inputs
         ],
         "outputs": out_names,
-        **extra_meta,
+        **job.metadata,
     }
     del model.metadata_props[:]
     for key, value in metadata.items():
@@ -686,7 +655,7 @@ def _finish_onnx(
     onnx.save(model, str(tmp))
     # Move side files (external data) first, then the model: the model never points at nothing.
     external = None
-    for f in sorted(tmpdir.iterdir()):
+    for f in sorted(tmp.parent.iterdir()):
         if f != tmp:
             _fsync(f)
             os.replace(f, path.parent / f.name)
