@@ -8,12 +8,18 @@ from typing import Any
 import torch
 
 
-def sum_val_batches(trainer: Any) -> float:
-    """Total validation batches per validation run (0 when there is no validation data)."""
-    n = getattr(trainer, "num_val_batches", 0)
+def total_batches(trainer: Any, attr: str) -> float:
+    """Batches over all dataloaders of ``trainer.<attr>`` (a count or a list of counts per
+    dataloader, as ``num_val_batches``); 0 when the trainer has none."""
+    n = getattr(trainer, attr, 0)
     if isinstance(n, list | tuple):
         return float(sum(n))
     return float(n or 0)
+
+
+def sum_val_batches(trainer: Any) -> float:
+    """Total validation batches per validation run (0 when there is no validation data)."""
+    return total_batches(trainer, "num_val_batches")
 
 
 class EpochActionTimer:

@@ -22,7 +22,7 @@ from rich.console import Console, RenderableType
 from rich.progress import Progress, Task, TaskID
 from rich.text import Text
 
-from trainer.callbacks._utils import sum_val_batches
+from trainer.callbacks._utils import sum_val_batches, total_batches
 from trainer.callbacks.base import Callback
 
 __all__ = ["ProgressBar"]
@@ -425,8 +425,10 @@ class ProgressBar(Callback):
             self._draw(trainer, bar, self._eval_done, self._clock(), final=True)
 
     def on_sanity_check_start(self, trainer: Any, module: Any) -> None:
-        n = getattr(trainer, "num_sanity_val_batches", None)
-        total = sum(n) if isinstance(n, list | tuple) else sum_val_batches(trainer)
+        if getattr(trainer, "num_sanity_val_batches", None) is None:
+            total = sum_val_batches(trainer)
+        else:
+            total = total_batches(trainer, "num_sanity_val_batches")
         self._eval_start(trainer, "Sanity Checking", total)
 
     def on_sanity_check_end(self, trainer: Any, module: Any) -> None:
@@ -459,8 +461,7 @@ class ProgressBar(Callback):
 
     def on_test_start(self, trainer: Any, module: Any) -> None:
         self._standalone_eval = True
-        n = getattr(trainer, "num_test_batches", 0)
-        self._eval_start(trainer, "Testing", sum(n) if isinstance(n, list | tuple) else n)
+        self._eval_start(trainer, "Testing", total_batches(trainer, "num_test_batches"))
 
     def on_test_batch_end(
         self,
@@ -480,8 +481,7 @@ class ProgressBar(Callback):
 
     def on_predict_start(self, trainer: Any, module: Any) -> None:
         self._standalone_eval = True
-        n = getattr(trainer, "num_predict_batches", 0)
-        self._eval_start(trainer, "Predicting", sum(n) if isinstance(n, list | tuple) else n)
+        self._eval_start(trainer, "Predicting", total_batches(trainer, "num_predict_batches"))
 
     def on_predict_batch_end(
         self,
