@@ -4,8 +4,9 @@
     python bench/metrics.py --device cuda        # the same on a GPU
     python bench/metrics.py --iters 50 --repeats 2 --sync-iters 5   # a quick smoke run
 
-Prints µs per call (median of --repeats runs of --iters calls) for update() and forward() of
-multiclass accuracy, macro F1, MSE and binary AUROC (exact and binned), each beside a
+Prints µs per call (median of --repeats runs of --iters calls; the runs of a metric's four
+timings interleaved, so a machine whose speed drifts shifts them alike) for update() and
+forward() of multiclass accuracy, macro F1, MSE and binary AUROC (exact and binned), each beside a
 hand-written torch expression of the same statistic measured in the same run, and the ratios
 (targets: update ≤ 2× hand-written, forward ≤ 1.2× update). Then the latency of compute() of a
 5-metric collection (accuracy, precision, recall, macro F1, AUROC) synced across 2 gloo
@@ -42,19 +43,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timeit(fn: Callable[[], object], iters: int, repeats: int, device: torch.device) -> float:
-    """Median µs per call."""
-    for _ in range(min(iters, 20)):
-        fn()
-    _sync(device)
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
+def timeit_many(fns: list[Callable[[], object]], iters: int, repeats: int,
+                device: torch.device) -> list[float]:
+    """Median µs per call of each function, the runs interleaved (run r of every function, then
+    run r + 1): a machine that slows down or speeds up during the measurement shifts all of them
+    alike, so their ratios hold."""
+    for fn in fns:
+        for _ in range(min(iters, 20)):
             fn()
-        _sync(device)
-        runs.append((time.perf_counter() - t0) / iters * 1e6)
-    return statistics.median(runs)
+    _sync(device)
+    runs: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, runs):
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            _sync(device)
+            out.append((time.perf_counter() - t0) / iters * 1e6)
+    return [statistics.median(r) for r in runs]
 
 
 def cases(batch: int, device: torch.device) -> list[tuple[str, object, Callable, Callable, tuple]]:
@@ -205,10 +211,9 @@ def bench_local(args: argparse.Namespace) -> None:
             if metric.update_count > 1000:
                 metric.reset()
 
-        h_u = timeit(lambda f=hand_upd, i=inputs: f(*i), args.iters, args.repeats, device)
-        m_u = timeit(upd, args.iters, args.repeats, device)
-        h_f = timeit(lambda f=hand_fwd, i=inputs: f(*i), args.iters, args.repeats, device)
-        m_f = timeit(fwd, args.iters, args.repeats, device)
+        h_u, m_u, h_f, m_f = timeit_many(
+            [lambda f=hand_upd, i=inputs: f(*i), upd, lambda f=hand_fwd, i=inputs: f(*i), fwd],
+            args.iters, args.repeats, device)
         print(f"{label:<26} {h_u:9.1f} {m_u:9.1f} {m_u / h_u:8.2f}x {h_f:9.1f} {m_f:9.1f} "
               f"{m_f / m_u:7.2f}x {h_f / h_u:8.2f}x")
         if tm is not None:
@@ -224,8 +229,7 @@ def bench_local(args: argparse.Namespace) -> None:
                 if other.update_count > 1000:
                     other.reset()
 
-            t_u = timeit(t_upd, args.iters, args.repeats, device)
-            t_f = timeit(t_fwd, args.iters, args.repeats, device)
+            t_u, t_f = timeit_many([t_upd, t_fwd], args.iters, args.repeats, device)
             tm_rows.append((label, h_u, t_u, t_f))
     print("(µs per call; upd/hand target ≤ 2x, fwd/upd target ≤ 1.2x; hand f/u = the hand-written "
           "forward over the hand-written update: the floor of fwd/upd)")
@@ -328,8 +332,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--iters", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument("--sync-iters", type=int, default=50)
     parser.add_argument("--no-sync", action="store_true", help="skip the 2-process sync bench")

@@ -135,6 +135,9 @@ class Metric(nn.Module):
         self._persistent: dict[str, bool] = {}
         self._list_states: tuple[str, ...] = ()
         self._tensor_states: tuple[str, ...] = ()
+        # every state in declaration order and its reduction (forward's swap and merge loop)
+        self._state_names: tuple[str, ...] = ()
+        self._state_fx: tuple[str | Callable | None, ...] = ()
         self._update_count = 0
         self._in_forward = False
         self._computed: Any = None
@@ -180,12 +183,18 @@ class Metric(nn.Module):
         self._defaults[name] = [] if isinstance(default, list) else default.detach().clone()
         self._reductions[name] = dist_reduce_fx
         self._persistent[name] = persistent
+        if name not in self._state_names:
+            self._state_names = (*self._state_names, name)
+        self._state_fx = tuple(self._reductions[n] for n in self._state_names)
         if isinstance(default, list):
             self._list_states = (*self._list_states, name)
             object.__setattr__(self, name, [])
         else:
             self._tensor_states = (*self._tensor_states, name)
-            object.__setattr__(self, name, default.detach().clone())
+            # pure updates never write in place: the state may be the default object itself
+            # (then the first update / forward merge takes the batch state without an add)
+            d = self._defaults[name]
+            object.__setattr__(self, name, d if self._pure_update else d.clone())
 
     def _state_refs(self) -> dict[str, Any]:
         d = self.__dict__
@@ -206,18 +215,22 @@ class Metric(nn.Module):
                 d[name] = default if pure else default.clone()
         return d
 
-    def _accumulate(self, name: str, value: Tensor) -> None:
+    def _accumulate(self, name: str, value: Tensor | int | float) -> None:
         """state := state + value (the value itself while the state is the fresh default).
 
         Inside forward the batch value keeps its own dtype (no cast: compute reads it, and the
-        merge into the running state promotes it).
+        merge into the running state promotes it), and a host number (a count known from the
+        shapes) stays a number: the batch state costs no tensor op, the merge adds it.
         """
         d = self.__dict__
         cur = d[name]
         if cur is d["_defaults"][name]:
-            d[name] = value if (value.dtype == cur.dtype or d["_in_forward"]) else (
-                value.to(cur.dtype)
-            )
+            if d["_in_forward"]:
+                d[name] = value
+            elif value.__class__ in (int, float):
+                d[name] = cur + value
+            else:
+                d[name] = value if value.dtype == cur.dtype else value.to(cur.dtype)
         else:
             d[name] = cur + value
 
@@ -242,13 +255,14 @@ class Metric(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Accumulate the batch (one update) and return the metric on this batch alone."""
         d = self.__dict__
+        names = d["_state_names"]
         # the running states step aside for fresh defaults (the defaults themselves where
         # update never writes in place): update fills them with the batch's statistics
-        running = {}
-        pure = self._pure_update
-        for name, default in d["_defaults"].items():
-            running[name] = d[name]
-            d[name] = [] if default.__class__ is list else (default if pure else default.clone())
+        running = [d[n] for n in names]
+        if self._pure_update and not d["_list_states"]:
+            d.update(d["_defaults"])
+        else:
+            d.update(self._fresh_states())
         count = d["_update_count"]
         d["_update_count"] = 0
         d["_in_forward"] = True
@@ -263,34 +277,37 @@ class Metric(nn.Module):
                 self._check_deferred_errors(keep=True)
             value = cls.compute._raw(self)
         except BaseException:
-            d.update(running)
+            for n, v in zip(names, running):
+                d[n] = v
             d["_update_count"] = count
             d["_in_forward"] = False
             raise
-        self._merge_states(running, count, 1)
+        self._merge_batch(running, count)
         d["_update_count"] = count + 1
         d["_computed"] = None
         d["_forward_cache"] = value
         return value
 
-    def _merge_states(self, running: dict[str, Any], n_running: int, n_new: int = 1) -> None:
-        """self's states := reduce(running, self's current (new) states).
+    def _merge_batch(self, running: list[Any], n_running: int, n_new: int = 1) -> None:
+        """self's states := reduce(running, self's current (batch) states).
 
-        'mean' states are weighted by the update counts ``n_running`` and ``n_new``.
+        ``running`` holds the running states in ``_state_names`` order. A running state that
+        is still the default object (nothing accumulated) is replaced by the batch state (cast
+        to the state's dtype; a host number becomes a tensor by one add). 'mean' states are
+        weighted by the update counts ``n_running`` and ``n_new``.
         """
         d = self.__dict__
-        for name, fx in d["_reductions"].items():
+        defaults = d["_defaults"]
+        for name, fx, old in zip(d["_state_names"], d["_state_fx"], running):
             new = d[name]
-            old = running[name]
             if old.__class__ is list:
                 if old:
                     d[name] = old + new
-            elif not n_running:
-                # nothing accumulated yet: the new state is the result (in the state's dtype:
-                # a batch state may keep its statistic's dtype, see _accumulate)
+            elif new.__class__ in (int, float):
+                d[name] = old + new
+            elif old is defaults[name]:
                 if new.dtype != old.dtype:
                     d[name] = new.to(old.dtype)
-                continue
             elif fx == "sum":
                 d[name] = old + new
             elif fx == "max":
@@ -299,9 +316,15 @@ class Metric(nn.Module):
                 d[name] = torch.minimum(old, new)
             elif fx == "mean":
                 d[name] = (old * n_running + new * n_new) / (n_running + n_new)
+            elif not n_running:
+                d[name] = new if new.dtype == old.dtype else new.to(old.dtype)
             elif callable(fx):
                 d[name] = fx(torch.stack([old, new]))
             # None: the latest state stays
+
+    def _merge_states(self, running: dict[str, Any], n_running: int, n_new: int = 1) -> None:
+        """_merge_batch with the running states as a dict by name."""
+        self._merge_batch([running[n] for n in self._state_names], n_running, n_new)
 
     def reset(self) -> None:
         """Back to the default states; clears the cached value."""

@@ -41,14 +41,14 @@ class MeanSquaredError(Metric):
         if diff.dim() != 1:
             diff = diff.reshape(-1)
         self._accumulate("sum_squared_error", torch.dot(diff, diff))
-        d = self.__dict__
-        d["total"] = d["total"] + diff.numel()
+        self._accumulate("total", diff.numel())  # a host number inside forward: no tensor op
 
     def compute(self) -> Tensor:
         """MSE (or RMSE) of everything accumulated."""
-        sse, total = self.sum_squared_error, self.total
+        d = self.__dict__
+        sse, total = d["sum_squared_error"], d["total"]
         if sse.is_cpu:  # on the host: two reads and one small tensor (no promoting divisions)
-            n = total.item()
+            n = int(total)
             mse = sse.item() / n if n else math.nan
             return torch.scalar_tensor(mse if self.squared else math.sqrt(mse))
         mse = sse.double() / total
