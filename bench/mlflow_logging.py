@@ -1,9 +1,11 @@
 """Benchmark: what MLflow logging costs the training loop, and log_batch throughput.
 
 1. Step time of a Trainer fit of the MLP 32→64→10 with ``MLflowLogger`` logging every step
-   (``log_every_n_steps=1``) vs no logger, in the same process, alternating, median of repeats.
-   Step time = fit wall time / optimizer steps (epoch-end flushes and run creation included;
-   the one-off import of mlflow is warmed up before timing).
+   (``log_every_n_steps=1``; writer thread and inline writer) vs no logger, in the same process,
+   alternating; ratios are medians of per-repeat ratios (each logged fit against the no-logger
+   fit just before it, so a load change between repeats cancels out). Steady step = median time
+   between batch ends; fit wall = fit time / optimizer steps (run creation, epoch-end flushes
+   and close included; the one-off import of mlflow is warmed up before timing).
 2. ``MlflowClient.log_batch`` throughput (1000 metrics per call) and the logger's end-to-end
    throughput (``log_metrics`` + ``save()``), in metrics per second, on a SQLite store.
 
@@ -97,17 +99,31 @@ def _fit_step_time(
     return total, statistics.median(timer.deltas) if timer.deltas else float("nan")
 
 
-def bench_step_time(uri: str, root: Path, steps: int, epochs: int, batch: int, repeats: int):
-    """Per repeat, alternating: (no logger, MLflowLogger every step) fit and steady step times."""
+WRITERS = ("thread", "inline")  # MLflowLogger(writer=...) compared with no logger
+
+
+def bench_step_time(
+    uri: str, root: Path, steps: int, epochs: int, batch: int, repeats: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Per repeat, alternating: a fit with no logger, then one per MLflowLogger writer (every
+    step logged); returns {mode: [(fit wall / steps, steady step), ...]}."""
     _fit_step_time(None, 4, 1, batch, root)  # warm up torch and the Trainer
-    warm = MLflowLogger("bench-warmup", tracking_uri=uri, log_plots=False)
-    _fit_step_time(warm, 4, 1, batch, root)  # warm up mlflow imports and the store
-    base, logged = [], []
+    for writer in WRITERS:  # warm up mlflow imports, the store and the writer thread
+        warm = MLflowLogger("bench-warmup", tracking_uri=uri, log_plots=False, writer=writer)
+        _fit_step_time(warm, 4, 1, batch, root)
+    out: dict[str, list[tuple[float, float]]] = {"none": [], **{w: [] for w in WRITERS}}
     for r in range(repeats):
-        base.append(_fit_step_time(None, steps, epochs, batch, root))
-        lg = MLflowLogger("bench-logging", run_name=f"rep{r}", tracking_uri=uri, log_plots=False)
-        logged.append(_fit_step_time(lg, steps, epochs, batch, root))
-    return base, logged
+        out["none"].append(_fit_step_time(None, steps, epochs, batch, root))
+        for writer in WRITERS:
+            lg = MLflowLogger(
+                "bench-logging",
+                run_name=f"{writer}{r}",
+                tracking_uri=uri,
+                log_plots=False,
+                writer=writer,
+            )
+            out[writer].append(_fit_step_time(lg, steps, epochs, batch, root))
+    return out
 
 
 def bench_log_batch(uri: str, calls: int) -> float:
@@ -167,30 +183,35 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="trainflow-bench-logging-") as tmp:
         root = Path(tmp)
         uri = f"sqlite:///{root}/mlflow.db"
-        base, logged = bench_step_time(uri, root, a.steps, a.epochs, a.batch, a.repeats)
+        times = bench_step_time(uri, root, a.steps, a.epochs, a.batch, a.repeats)
         batch_tp = bench_log_batch(uri, a.batch_calls)
         call_us, logger_tp = bench_logger_throughput(uri, a.logger_rows)
     med = statistics.median
-    fit_b, fit_l = med(b[0] for b in base), med(x[0] for x in logged)
-    st_b, st_l = med(b[1] for b in base), med(x[1] for x in logged)
+    base = times["none"]
     print(
         f"# bench/mlflow_logging.py  ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {a.threads})"
     )
     print(
-        f"MLP 32→64→10, batch {a.batch}, {a.steps} steps x {a.epochs} epochs, "
-        f"median of {a.repeats} (alternating no logger / MLflowLogger every step)\n"
-    )
-    print("| measure | no logger | MLflowLogger every step | ratio (target ≤ 1.02) |")
-    print("|---|---|---|---|")
-    print(
-        f"| steady step (median between batch ends) | {st_b * 1e6:.1f} µs | {st_l * 1e6:.1f} µs "
-        f"| {st_l / st_b:.3f} |"
+        f"MLP 32→64→10, batch {a.batch}, {a.steps} steps x {a.epochs} epochs, {a.repeats} "
+        "repeats alternating no logger / MLflowLogger every step (writer thread, inline); "
+        "ratio: median over repeats of (logger / the no-logger fit just before)\n"
     )
     print(
-        f"| fit wall time / steps (run start, flushes, close) | {fit_b * 1e6:.1f} µs "
-        f"| {fit_l * 1e6:.1f} µs | {fit_l / fit_b:.3f} |"
+        "| logger | steady step (median between batch ends) | ratio (target ≤ 1.02) "
+        "| fit wall / steps (run start, flushes, close) | ratio |"
     )
+    print("|---|---|---|---|---|")
+    for mode, rows in times.items():
+        steady = med(x[1] for x in rows)
+        wall = med(x[0] for x in rows)
+        r_steady = med(x[1] / b[1] for x, b in zip(rows, base))
+        r_wall = med(x[0] / b[0] for x, b in zip(rows, base))
+        label = "no logger" if mode == "none" else f"MLflowLogger(writer={mode!r})"
+        print(
+            f"| {label} | {steady * 1e6:.1f} µs | {r_steady:.3f} | {wall * 1e6:.1f} µs "
+            f"| {r_wall:.3f} |"
+        )
     print()
     print("| measure | value |")
     print("|---|---|")

@@ -263,7 +263,7 @@ class Trainer:
         self._train_results = Results("train", self.strategy)
         self._epoch_metrics: dict[str, Tensor] = {}
         self._prog_bar_keys: set[str] = set()
-        self._logged: dict[str, float] = {}
+        self._logged: dict[str, Any] = {}  # floats, or step tensors (floats when read)
         self._live_results: Results | None = None
         self._reset_transient()
 
@@ -286,6 +286,7 @@ class Trainer:
             state[k] = {} if k != "_val_dls" else []
         state["_transfer_fn"] = None
         state["_live_results"] = None
+        state["_logged"] = self.logged_metrics  # floats, not step tensors
         return state
 
     @staticmethod
@@ -407,8 +408,10 @@ class Trainer:
 
     @property
     def logged_metrics(self) -> dict[str, float]:
-        """What was last sent to the loggers (and epoch values, also without loggers)."""
-        return dict(self._logged)
+        """What was last sent to the loggers (and epoch values, also without loggers).
+
+        Step values are kept as tensors and converted to floats here, when read."""
+        return {k: float(v) for k, v in self._logged.items()}
 
     # ------------------------------------------------------------------ public entry points
     def fit(self, model: TrainModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -787,14 +790,23 @@ class Trainer:
     def _log_train_step(self) -> None:
         """Send on_step values to the loggers (every log_every_n_steps steps, rank zero)."""
         self._check_watched_nonfinite()
-        vals = self._train_results.step_values("logger")
+        vals: dict[str, Any] = self._train_results.step_values("logger")
         if not vals:
             return
-        metrics = {k: float(v) for k, v in vals.items()}
-        metrics["epoch"] = float(self.current_epoch)
-        self._logged.update(metrics)
+        # Values stay tensors: no per-step .item() (a device sync on an accelerator). Loggers
+        # with ``accepts_tensors`` get them as they are (and convert many at once when they
+        # write); the others get floats. logged_metrics converts when it is read.
+        vals["epoch"] = float(self.current_epoch)
+        self._logged.update(vals)
+        step = self.global_step - 1
+        floats = None
         for lg in self.loggers:
-            lg.log_metrics(metrics, step=self.global_step - 1)
+            if getattr(lg, "accepts_tensors", False):
+                lg.log_metrics(vals, step=step)
+            else:
+                if floats is None:
+                    floats = {k: float(v) for k, v in vals.items()}
+                lg.log_metrics(floats, step=step)
 
     # ------------------------------------------------------------------ optimization helpers
     def _loss_of(self, out: Any) -> Tensor | None:

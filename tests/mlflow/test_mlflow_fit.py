@@ -57,8 +57,8 @@ def _loaders():
     return DataLoader(ds, batch_size=BATCH), DataLoader(ds, batch_size=16)
 
 
-def _fit(uri: str, tmp_path: Path, experiment: str, **hp):
-    logger = MLflowLogger(experiment, tracking_uri=uri, tags={"suite": "fit"})
+def _fit(uri: str, tmp_path: Path, experiment: str, writer: str = "thread", **hp):
+    logger = MLflowLogger(experiment, tracking_uri=uri, tags={"suite": "fit"}, writer=writer)
     trainer = Trainer(
         max_epochs=EPOCHS,
         logger=logger,
@@ -79,10 +79,13 @@ def _artifacts(client, run_id, path=None):
     return out
 
 
-def test_fit_logs_params_metrics_checkpoints_and_plots(store_uri: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+def test_fit_logs_params_metrics_checkpoints_and_plots(
+    store_uri: str, tmp_path: Path, writer: str
+) -> None:
     from mlflow import MlflowClient
 
-    logger, trainer, fit = _fit(store_uri, tmp_path, "fit-ok", hidden=8, lr=0.1)
+    logger, trainer, fit = _fit(store_uri, tmp_path, "fit-ok", writer, hidden=8, lr=0.1)
     fit()
     client = MlflowClient(store_uri, store_uri)
     run = client.get_run(logger.run_id)
@@ -95,6 +98,13 @@ def test_fit_logs_params_metrics_checkpoints_and_plots(store_uri: str, tmp_path:
     per_epoch = steps // EPOCHS
     assert sorted(m.step for m in epoch_hist) == [per_epoch * (e + 1) - 1 for e in range(EPOCHS)]
     assert len(client.get_metric_history(logger.run_id, "val_acc")) == EPOCHS
+    # epoch: where each epoch starts and ends, not repeated on every step
+    epoch_pts = sorted((m.step, m.value) for m in client.get_metric_history(logger.run_id, "epoch"))
+    assert epoch_pts == [
+        p for e in range(EPOCHS) for p in ((per_epoch * e, e), (per_epoch * (e + 1) - 1, e))
+    ]
+    logged = trainer.logged_metrics
+    assert all(type(v) is float for v in logged.values()) and logged["epoch"] == EPOCHS - 1
     arts = _artifacts(client, logger.run_id)
     best = Path(trainer.checkpoint_callback.best_model_path).name
     assert f"checkpoints/best/{best}" in arts and "checkpoints/last/last.ckpt" in arts

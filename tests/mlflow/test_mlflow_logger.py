@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import pickle
+import threading
 import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer.loggers.mlflow import MLflowLogger, flatten_params
 
@@ -77,9 +79,7 @@ def test_resume_run_id_and_unknown_run(store_uri: str) -> None:
     first.log_hyperparams({"lr": 0.1})
     first.log_metrics({"loss": 1.0}, step=0)
     first.finalize("interrupted")
-    second = MLflowLogger(
-        tracking_uri=store_uri, run_id=first.run_id, log_plots=False
-    )
+    second = MLflowLogger(tracking_uri=store_uri, run_id=first.run_id, log_plots=False)
     second.log_hyperparams({"lr": 0.1, "epochs": 3})  # same value again: skipped, no error
     second.log_metrics({"loss": 0.5}, step=1)
     second.finalize("success")
@@ -89,9 +89,7 @@ def test_resume_run_id_and_unknown_run(store_uri: str) -> None:
     assert run.data.params == {"lr": "0.1", "epochs": "3"}
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "loss")) == [0, 1]
     with pytest.raises(ValueError, match="no run 'nope'"):
-        MLflowLogger(tracking_uri=store_uri, run_id="nope").log_metrics(
-            {"a": 1.0}, step=0
-        )
+        MLflowLogger(tracking_uri=store_uri, run_id="nope").log_metrics({"a": 1.0}, step=0)
 
 
 def test_pickle_writes_the_buffer_drops_the_client_keeps_run(store_uri: str) -> None:
@@ -110,9 +108,7 @@ def test_pickle_writes_the_buffer_drops_the_client_keeps_run(store_uri: str) -> 
 
 
 def test_pickle_before_first_log_creates_the_shared_run(store_uri: str) -> None:
-    logger = MLflowLogger(
-        "logger-pickle2", tracking_uri=store_uri, log_plots=False
-    )
+    logger = MLflowLogger("logger-pickle2", tracking_uri=store_uri, log_plots=False)
     clone = pickle.loads(pickle.dumps(logger))
     assert clone._run_id is not None and clone._run_id == logger._run_id
 
@@ -170,6 +166,8 @@ def test_bad_arguments() -> None:
         MLflowLogger(max_buffered_rows=0)
     with pytest.raises(ValueError, match="status must be one of"):
         MLflowLogger().finalize("done")
+    with pytest.raises(ValueError, match="writer: must be 'thread' or 'inline'"):
+        MLflowLogger(writer="process")
 
 
 def test_nothing_written_during_the_epoch_until_save(store_uri: str) -> None:
@@ -199,3 +197,85 @@ def test_write_failure_is_a_warning_and_training_goes_on(
     logger.finalize("success")
     assert [m.step for m in client.get_metric_history(logger.run_id, "loss")] == [1]
     assert client.get_run(logger.run_id).info.status == "FINISHED"
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "MLflowLogger-writer"]
+
+
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+def test_tensor_values_converted_at_write_and_epoch_written_where_it_changes(
+    store_uri: str, writer: str
+) -> None:
+    logger = MLflowLogger("logger-tensors", tracking_uri=store_uri, writer=writer)
+    assert logger.accepts_tensors
+    values = {
+        "f32": torch.tensor(0.25),
+        "f64": torch.tensor(1 / 3, dtype=torch.float64),
+        "i64": torch.tensor(7),
+        "flag": torch.tensor(True),
+        "one": torch.tensor([2.5]),  # shape (1,), e.g. a Metric's forward value
+        "plain": 0.5,
+    }
+    for step in range(6):  # epoch 0 on steps 0-2, epoch 1 on steps 3-5
+        row = {k: (v + step if k in ("f32", "f64") else v) for k, v in values.items()}
+        logger.log_metrics({**row, "epoch": float(step // 3)}, step=step)
+        if step == 3:
+            logger.save()  # a flush inside a run of equal epochs
+    logger.save()
+    client = _client(store_uri)
+    got = {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(logger.run_id, k))
+        for k in [*values, "epoch"]
+    }
+    assert got["f32"] == [(s, 0.25 + s) for s in range(6)]
+    assert got["f64"] == [(s, 1 / 3 + s) for s in range(6)]  # float64 kept exactly
+    assert got["i64"] == [(s, 7.0) for s in range(6)] and got["flag"] == [
+        (s, 1.0) for s in range(6)
+    ]
+    assert got["one"] == [(s, 2.5) for s in range(6)] and got["plain"] == [
+        (s, 0.5) for s in range(6)
+    ]
+    # the first and last step of each epoch, not all six
+    assert got["epoch"] == [(0, 0.0), (2, 0.0), (3, 1.0), (5, 1.0)]
+    logger.finalize("success")
+    assert [p[0] for p in logger._history["epoch"]] == list(range(6))  # the plots see all steps
+
+
+def test_writer_thread_error_surfaces_on_the_training_thread_at_the_next_flush(
+    store_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = MLflowLogger("logger-thread-err", tracking_uri=store_uri, max_buffered_rows=2)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    client = _client(store_uri)
+    client.delete_run(logger.run_id)  # MLflow refuses writes to a deleted run
+    with caplog.at_level("WARNING", logger="trainer.loggers.mlflow"):
+        logger.log_metrics({"loss": 0.9}, step=1)  # buffer full: handed to the writer thread
+        assert _writer_threads()
+        logger.save()  # waits for the writer, then reports its failure here
+    records = [r for r in caplog.records if "writing 2 metric row(s)" in r.getMessage()]
+    assert len(records) == 1 and records[0].threadName == threading.current_thread().name
+    client.restore_run(logger.run_id)
+    logger.log_metrics({"loss": 0.5}, step=2)
+    logger.finalize("failed", RuntimeError("boom"))
+    assert not _writer_threads()  # finalize stops the writer
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(logger.run_id, "loss")] == [2]
+
+
+def test_pickle_stops_the_writer_thread_after_writing(store_uri: str) -> None:
+    logger = MLflowLogger("logger-thread-pickle", tracking_uri=store_uri, log_plots=False)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    assert logger._thread is not None and logger._thread.is_alive()
+    logger.log_metrics({"loss": 0.5}, step=1)
+    blob = pickle.dumps(logger)
+    assert logger._thread is None and logger._queue is None and not _writer_threads()
+    clone = pickle.loads(blob)
+    assert clone._thread is None and clone._queue is None
+    steps = sorted(m.step for m in _client(store_uri).get_metric_history(logger.run_id, "loss"))
+    assert steps == [0, 1]
+    clone.log_metrics({"loss": 0.25}, step=2)
+    clone.finalize("success")
+    assert not _writer_threads()

@@ -53,6 +53,10 @@ class Logger:
     name: str = "default"
     version: str | int | None = None
     save_dir: str | None = None
+    #: True: the Trainer may pass per-step values to ``log_metrics`` as 0-d tensors (possibly
+    #: on an accelerator) instead of floats, so no host sync happens per step; the logger
+    #: converts them when it writes, and must not change them.
+    accepts_tensors: bool = False
 
     @property
     def log_dir(self) -> str | None:
@@ -63,7 +67,7 @@ class Logger:
         """Record the run's hyperparameters."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Record metric values (floats) at ``step``.
+        """Record metric values (floats; 0-d tensors too where ``accepts_tensors``) at ``step``.
 
         Called by the Trainer on rank zero at most every ``log_every_n_steps`` train steps and at
         epoch ends.

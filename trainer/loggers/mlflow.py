@@ -1,19 +1,26 @@
 """MLflowLogger: hyperparameters, metrics, checkpoints and plots into an MLflow run.
 
-Metrics: the training thread only appends ``(time, step, metrics)`` to a bounded in-memory
-buffer; nothing else runs during the epoch. ``save()`` (every epoch end), ``finalize()`` and a
-full buffer write the rows with ``MlflowClient.log_batch`` (1000 metrics per call, MLflow's
-maximum), so what was logged before an epoch end is in the store after it. The client is
-created lazily and dropped when pickled (the Trainer is pickled to DDP workers); the run is
-created before pickling so the workers and the caller share one run.
+Metrics: the training thread only appends ``(time, step, metrics)`` to an in-memory buffer; the
+per-step values stay 0-d tensors (``accepts_tensors``: no ``.item()`` per step, no device sync)
+and are converted many at once (``torch.cat(...).tolist()``) when written. Writing is
+``MlflowClient.log_batch`` (1000 metrics per call, MLflow's maximum); ``epoch`` is written only
+where its value starts and ends (the Trainer repeats it on every step). Where the writes run is
+``writer``: ``"thread"`` hands the rows through a bounded queue to a writer thread, ``"inline"``
+writes them on the calling thread. Either way ``save()`` (every epoch end) and ``finalize()``
+flush: what was logged before an epoch end is in the store after it, and a write error is
+reported there, on the training thread. The client, the thread and the queue are created lazily
+and dropped when pickled (the Trainer is pickled to DDP workers); the run is created before
+pickling so the workers and the caller share one run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,6 +40,7 @@ _MAX_PARAM_LEN = 6000
 _MAX_TAG_LEN = 8000
 _MAX_KEY_LEN = 250
 _HISTORY_CAP = 20_000  # points kept per metric for the plots (decimated beyond)
+_QUEUE_SIZE = 4  # row batches waiting for the writer thread (then log_metrics/save block)
 
 
 def _sanitize_key(key: str) -> str:
@@ -86,8 +94,12 @@ class MLflowLogger(Logger):
             ``"all"``: every saved checkpoint, when saved; ``False``: none.
         log_plots: draw metric curves (and keep the points for them) at the end of the run.
         max_buffered_rows: ``log_metrics`` calls kept in memory between epoch ends; when full,
-            they are written at once (no metric is dropped).
+            they are handed to the writer at once (no metric is dropped).
+        writer: ``"thread"``: a writer thread does the ``log_batch`` calls, fed through a
+            bounded queue; ``"inline"``: they run on the thread that calls ``save()``.
     """
+
+    accepts_tensors = True
 
     def __init__(
         self,
@@ -99,6 +111,7 @@ class MLflowLogger(Logger):
         log_checkpoints: bool | str = True,
         log_plots: bool = True,
         max_buffered_rows: int = 100_000,
+        writer: str = "thread",
     ) -> None:
         if log_checkpoints not in (True, False, "all"):
             raise ValueError(
@@ -109,6 +122,9 @@ class MLflowLogger(Logger):
             raise ValueError(
                 f"MLflowLogger.max_buffered_rows: must be >= 1 (got {max_buffered_rows})"
             )
+        if writer not in ("thread", "inline"):
+            raise ValueError(f"MLflowLogger.writer: must be 'thread' or 'inline' (got {writer!r})")
+        self.writer = writer
         self._experiment_name = experiment_name
         self._run_name = run_name
         self._tracking_uri_arg = tracking_uri
@@ -131,16 +147,33 @@ class MLflowLogger(Logger):
     def _init_runtime(self) -> None:
         self._client: Any = None
         self._rank: int | None = None  # read from the environment on the first log_metrics
-        self._rows: list[tuple[float, int, dict[str, float]]] = []
+        self._rows: list[tuple[float, int, dict[str, Any]]] = []
         self._keymap: dict[str, str] = {}
         self._history: dict[str, list[tuple[int, float, float | None]]] = {}
+        self._last_epoch: list[float | None] = [None]  # the last epoch value written
+        self._queue: queue.Queue[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._errors: list[tuple[int, BaseException]] = []  # failed writes, not yet reported
+
+    _RUNTIME = (
+        "_client",
+        "_rank",
+        "_rows",
+        "_keymap",
+        "_history",
+        "_last_epoch",
+        "_queue",
+        "_thread",
+        "_errors",
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         if global_rank() == 0 and not self._finalized:
             self._ensure_run()  # one run shared by the caller and the DDP workers
-            self._write()
+            self._flush()
+            self._stop_writer()
         state = self.__dict__.copy()
-        for key in ("_client", "_rank", "_rows", "_keymap", "_history"):
+        for key in self._RUNTIME:
             state.pop(key, None)
         return state
 
@@ -281,10 +314,10 @@ class MLflowLogger(Logger):
         if rank != 0:
             return
         rows = self._rows
-        # float() per value: a tensor must not change under us before the write (floats: cheap)
-        rows.append((time.time(), step, {k: float(v) for k, v in metrics.items()}))
+        # a copy of the dict (the caller may reuse it); tensors are converted when written
+        rows.append((time.time(), step, dict(metrics)))
         if len(rows) >= self.max_buffered_rows:
-            self._write()
+            self._flush(wait=False)
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         """Remember ModelCheckpoint's best and last files (logged at the end, or now for 'all')."""
@@ -308,9 +341,10 @@ class MLflowLogger(Logger):
                     self.log_artifact(path, "checkpoints")
 
     def save(self) -> None:
-        """Write the buffered metric rows now (``log_batch``, 1000 metrics per call)."""
-        if self._rows and global_rank() == 0:
-            self._write()
+        """Flush: the buffered metric rows are in the store when this returns (``log_batch``,
+        1000 metrics per call); a failed write since the last flush is reported here."""
+        if global_rank() == 0 and (self._rows or self._queue is not None or self._errors):
+            self._flush()
 
     def finalize(self, status: str = "success", error: BaseException | None = None) -> None:
         """Flush, log checkpoints and plots, and end the run FINISHED / FAILED / KILLED.
@@ -325,7 +359,8 @@ class MLflowLogger(Logger):
                 f"MLflowLogger.finalize: status must be one of {sorted(_STATUS)} (got {status!r})"
             )
         self._ensure_run()
-        self._write()
+        self._flush()
+        self._stop_writer()
         client = self._client
         try:
             if error is not None:
@@ -379,12 +414,51 @@ class MLflowLogger(Logger):
 
     # ------------------------------------------------------------------ internals
 
-    def _write(self) -> None:
-        """Send the buffered rows; a failed write is a warning (training goes on)."""
+    def _flush(self, wait: bool = True) -> None:
+        """Hand the buffered rows to the writer; ``wait``: until written, then report errors."""
         rows, self._rows = self._rows, []
-        if not rows:
-            return
-        self._ensure_run()
+        if rows:
+            self._ensure_run()
+            if self.writer == "inline":
+                self._write(rows)
+            else:
+                if self._thread is None:
+                    self._start_writer()
+                assert self._queue is not None
+                self._queue.put(rows)  # blocks while the queue is full (bounded memory)
+        if wait:
+            if self._queue is not None:
+                self._queue.join()
+            self._report_errors()
+
+    def _start_writer(self) -> None:
+        self._queue = queue.Queue(maxsize=_QUEUE_SIZE)
+        self._thread = threading.Thread(
+            target=self._writer_loop, args=(self._queue,), name="MLflowLogger-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _stop_writer(self) -> None:
+        """Stop the writer thread after what is queued (none is held while pickled)."""
+        q, thread = self._queue, self._thread
+        self._queue = self._thread = None
+        if thread is not None and q is not None:
+            q.put(None)
+            thread.join()
+        self._report_errors()
+
+    def _writer_loop(self, q: queue.Queue[Any]) -> None:
+        while True:
+            rows = q.get()
+            try:
+                if rows is None:
+                    return
+                self._write(rows)
+            finally:
+                q.task_done()
+
+    def _write(self, rows: list[tuple[float, int, dict[str, Any]]]) -> None:
+        """Send rows (on the writer thread or inline); a failure is kept for the next flush."""
         try:
             write_rows(
                 self._client,
@@ -392,11 +466,18 @@ class MLflowLogger(Logger):
                 rows,
                 self._keymap,
                 self._history if self.log_plots else None,
+                self._last_epoch,
             )
         except Exception as exc:  # noqa: BLE001 - keep training; the rows are lost
+            self._errors.append((len(rows), exc))
+
+    def _report_errors(self) -> None:
+        """Warn, on the calling (training) thread, about writes that failed since last time."""
+        errors, self._errors = self._errors, []
+        for n, exc in errors:
             log.warning(
                 "MLflowLogger: writing %d metric row(s) to run %s failed: %s: %s",
-                len(rows),
+                n,
                 self._run_id,
                 type(exc).__name__,
                 str(exc).splitlines()[0][:300] if str(exc) else "",
@@ -445,29 +526,71 @@ class MLflowLogger(Logger):
 # ---------------------------------------------------------------------------- writing
 
 
+def _as_floats(rows: list[tuple[float, int, Mapping[str, Any]]]) -> list[list[float]]:
+    """The values of each row as floats: tensors converted together (one cat, one tolist per
+    device) instead of one ``.item()`` (a device sync) each."""
+    import torch
+
+    out = [list(m.values()) for _, _, m in rows]
+    where: dict[Any, list[tuple[int, int]]] = {}
+    tensors: dict[Any, list[Any]] = {}
+    for i, vals in enumerate(out):
+        for j, v in enumerate(vals):
+            if isinstance(v, torch.Tensor):
+                where.setdefault(v.device, []).append((i, j))
+                tensors.setdefault(v.device, []).append(v.detach().reshape(-1)[:1])
+    for device, ts in tensors.items():
+        try:
+            flat = torch.cat(ts).double().tolist()
+        except (RuntimeError, TypeError):  # odd dtypes: one at a time
+            flat = [float(t) for t in ts]
+        for (i, j), v in zip(where[device], flat):
+            out[i][j] = v
+    return out
+
+
 def write_rows(
     client: Any,
     run_id: str,
-    rows: list[tuple[float, int, Mapping[str, float]]],
+    rows: list[tuple[float, int, Mapping[str, Any]]],
     keymap: dict[str, str],
     history: dict[str, list[tuple[int, float, float | None]]] | None,
+    last_epoch: list[float | None] | None = None,
 ) -> None:
-    """Send metric rows ``(time_s, step, {name: value})`` with ``log_batch`` (≤ 1000 per call);
-    record ``(step, value, epoch)`` points in ``history`` for the plots."""
+    """Send metric rows ``(time_s, step, {name: float or 0-d tensor})`` with ``log_batch``
+    (≤ 1000 per call); record ``(step, value, epoch)`` points in ``history`` for the plots.
+
+    ``epoch`` (which the Trainer repeats on every step) is written only at the first and last
+    row of each run of equal values; ``last_epoch`` holds the last value written across calls.
+    """
     from mlflow.entities import Metric
 
+    values = _as_floats(rows)
+    epochs: list[float | None] = []
+    for (_, _, metrics), vals in zip(rows, values):
+        e = None
+        for key, v in zip(metrics, vals):
+            if key == "epoch":
+                e = float(v)
+                break
+        epochs.append(e)
+    prev = last_epoch[0] if last_epoch is not None else None
+    n = len(rows)
     batch: list[Any] = []
-    for t, step, metrics in rows:
+    for i, ((t, step, metrics), vals) in enumerate(zip(rows, values)):
         ts, step = int(t * 1000), int(step)
-        epoch = metrics.get("epoch")
-        if epoch is not None:
-            epoch = float(epoch)
-        for key, value in metrics.items():
+        epoch = epochs[i]
+        for key, value in zip(metrics, vals):
             name = keymap.get(key)
             if name is None:
                 name = keymap[key] = _sanitize_key(key)
             value = float(value)
-            batch.append(Metric(name, value, ts, step))
+            if key == "epoch" and value == prev and i + 1 < n and epochs[i + 1] == value:
+                pass  # inside a run of equal epoch values: not written
+            else:
+                batch.append(Metric(name, value, ts, step))
+            if key == "epoch":
+                prev = value
             if history is not None:
                 pts = history.get(name)
                 if pts is None:
@@ -480,3 +603,5 @@ def write_rows(
             del batch[:_MAX_METRICS]
     for i in range(0, len(batch), _MAX_METRICS):
         client.log_batch(run_id, metrics=batch[i : i + _MAX_METRICS])
+    if last_epoch is not None:
+        last_epoch[0] = prev
