@@ -12,6 +12,7 @@ This module imports nothing heavy at import time (mlflow is imported inside the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -29,14 +30,17 @@ __all__ = [
     "TrackingUnreachable",
     "MLflowServer",
     "artifact_root_for",
+    "cache_dir",
     "check_reachable",
     "default_tracking_uri",
     "get_or_create_experiment",
     "project_dir",
     "resolve_tracking_uri",
     "run_ui",
+    "seed_sqlite_store",
     "sqlite_path",
     "start_server",
+    "store_template",
 ]
 
 # Offline hygiene (MLflow/onnxruntime telemetry off) is set by flows/__init__, imported first.
@@ -160,7 +164,8 @@ def _http_health(uri: str, timeout: float) -> None:
 def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
     """Fail fast, before training, when the tracking store cannot be used.
 
-    SQLite: the folder is created and must be writable, the schema is created/migrated.
+    SQLite: the folder is created and must be writable; a new store is a copy of the migrated
+    empty template (:func:`store_template`), an existing one is opened (MLflow migrates it).
     HTTP(S): ``GET /health`` within ``timeout`` seconds (MLflow's own client would retry for
     minutes). Returns the resolved URI; raises :class:`TrackingUnreachable` with a one-line message.
     """
@@ -178,6 +183,8 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
             raise TrackingUnreachable(
                 f"tracking URI {resolved}: {db} is not writable: choose a writable location"
             )
+        if not db.exists():
+            seed_sqlite_store(db)
         try:
             from mlflow import MlflowClient
 
@@ -201,6 +208,93 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingUnreachable(f"tracking URI {resolved} is unusable: {first}") from None
     return resolved
+
+
+# --------------------------------------------------------------------------- new SQLite stores
+
+
+def cache_dir() -> Path:
+    """trainflow's per-user cache: ``$TRAINFLOW_CACHE_DIR``, else ``$XDG_CACHE_HOME/trainflow``,
+    else ``~/.cache/trainflow``."""
+    env = os.environ.get("TRAINFLOW_CACHE_DIR")
+    if env:
+        return Path(env).resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base).resolve() / "trainflow"
+
+
+def _schema_key() -> str | None:
+    """The installed MLflow's version and a hash of its migration file names (no import of
+    mlflow): a store template is only reused by the MLflow that made it."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("mlflow")
+        if spec is None or spec.origin is None:
+            return None
+        versions = Path(spec.origin).parent / "store" / "db_migrations" / "versions"
+        names = sorted(n for n in os.listdir(versions) if n.endswith(".py"))
+        version = importlib.metadata.version("mlflow")
+    except (OSError, ImportError, ValueError):
+        return None
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+    return f"{_safe_dirname(version)}-{digest}"
+
+
+def store_template() -> Path | None:
+    """An empty SQLite store with MLflow's current schema, made once per MLflow version.
+
+    MLflow creates a new SQLite store by running all its schema migrations (≈ 70 alembic
+    scripts, ≈ 3 s on a 2-core machine); every later new store is a copy of this file. The
+    template is made by MLflow's own table initialisation (its first experiment is created, as
+    always, when the store is first opened). Returns None when it cannot be made (unwritable
+    cache, MLflow internals changed): the caller then lets MLflow create the store itself.
+    Set ``TRAINFLOW_STORE_TEMPLATE=0`` to never use it.
+    """
+    if os.environ.get("TRAINFLOW_STORE_TEMPLATE", "1").strip().lower() in ("0", "false", "no"):
+        return None
+    key = _schema_key()
+    if key is None:
+        return None
+    template = cache_dir() / f"mlflow-store-{key}.db"
+    if template.is_file():
+        return template
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
+
+        engine = create_sqlalchemy_engine("sqlite:///" + str(tmp))
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        os.replace(tmp, template)  # whole or not at all; a racing maker writes the same bytes
+    except Exception:  # noqa: BLE001 - an optimisation only: MLflow creates the store itself
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return None
+    return template
+
+
+def seed_sqlite_store(db: Path) -> bool:
+    """Create the SQLite store ``db`` as a copy of :func:`store_template` (instead of MLflow's
+    migrations); returns whether it did. Never replaces a file: when another process created
+    ``db`` meanwhile, that store stays."""
+    template = store_template()
+    if template is None or db.exists():
+        return False
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.seed")
+    try:
+        shutil.copyfile(template, tmp)
+        os.link(tmp, db)  # atomic, and fails if db exists
+        return True
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 # --------------------------------------------------------------------------- server / UI

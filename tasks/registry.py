@@ -536,7 +536,7 @@ def register_model(
         outputs = _run_onnx(onnx_file, example)
         signature = infer_signature(example, outputs)
         model = onnx.load(str(onnx_file))
-        with _fluent(uri) as mlflow:
+        with _fluent(uri) as mlflow, _installed_packages_known():
             rid, restore = _open_run(client, mlflow, run_id, experiment_name, name, uri)
             try:
                 with mlflow.start_run(run_id=rid, nested=mlflow.active_run() is not None):
@@ -545,7 +545,7 @@ def register_model(
                         name="model",
                         signature=signature,
                         input_example=example,
-                        pip_requirements=["onnxruntime", "onnx", "numpy"],
+                        pip_requirements=_pip_requirements(),
                         onnx_execution_providers=["CPUExecutionProvider"],
                         extra_files=extra or None,
                         metadata={"content_hash": digest},
@@ -568,6 +568,46 @@ def register_model(
     return RegisteredVersion(
         name, str(mv.version), rid, f"models:/{name}/{mv.version}", digest, True, version_tags
     )
+
+
+def _pip_requirements() -> list[str]:
+    """The logged model's requirements, pinned to what is installed here (onnx, onnxruntime, numpy).
+
+    Explicit requirements also spare MLflow's inference of them (seconds: it imports the model
+    in a subprocess).
+    """
+    import mlflow.onnx
+    from mlflow.utils.requirements_utils import _get_pinned_requirement
+
+    return [*mlflow.onnx.get_default_pip_requirements(), _get_pinned_requirement("numpy")]
+
+
+@contextlib.contextmanager
+def _installed_packages_known() -> Iterator[None]:
+    """Spare ``log_model`` MLflow's scan of every installed distribution's file list.
+
+    With explicit, pinned requirements, MLflow still checks each one against the environment,
+    and the first check builds a module -> distribution map from the RECORD files of all
+    installed packages (≈ 1 s here, torch's alone lists 10k+ files). Versions are looked up by
+    distribution name (``importlib.metadata.version``) all the same; the map only serves as a
+    fallback for distributions without metadata, which our pinned requirements are not. The map
+    is left empty for the call and reset after it, so MLflow builds the real one if anything
+    else in the process needs it (requirement inference). Called under ``_FLUENT_LOCK``.
+    """
+    try:
+        from mlflow.utils import requirements_utils as ru
+    except ImportError:  # pragma: no cover - MLflow moved it: the check just runs
+        yield
+        return
+    if getattr(ru, "_MODULES_TO_PACKAGES", "missing") is not None:
+        yield  # already built (or MLflow changed): nothing to spare
+        return
+    ru._MODULES_TO_PACKAGES = {}
+    try:
+        yield
+    finally:
+        ru._MODULES_TO_PACKAGES = None
+        ru._PACKAGES_TO_MODULES = None
 
 
 def _run_onnx(onnx_file: Path, example: Any) -> Any:

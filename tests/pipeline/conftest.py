@@ -20,6 +20,8 @@ atexit.register(shutil.rmtree, _SESSION_TMP, True)
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect-home"))
 os.environ["TRAINFLOW_PROJECT_DIR"] = str(_SESSION_TMP / "project")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# The MLflow store template (flows/tracking.py) is made once per session here, not in ~/.cache.
+os.environ.setdefault("TRAINFLOW_CACHE_DIR", str(_SESSION_TMP / "cache"))
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "data" / "digits.parquet"
