@@ -12,9 +12,11 @@ hand-written torch expression of the same statistic measured in the same run, an
 5-metric collection (accuracy, precision, recall, macro F1, AUROC) synced across 2 gloo
 processes, with the number of collective calls per compute.
 
-Hand-written references: accuracy = argmax/eq/sum into two counters; macro F1 = bincount
-confusion matrix; MSE = squared-error sum and count; AUROC: update = append scores and targets
-to two lists (the exact state), forward = that plus a sort/cumsum/trapezoid AUROC of the batch;
+Hand-written references (no input checks; the metrics check theirs): accuracy = argmax/eq/sum
+into two counters; macro F1 = bincount confusion matrix; MSE = dot of the difference into a
+float64 sum and an int64 count (the metric's state dtypes); AUROC: update = append scores and
+targets to two lists (the exact state), forward = that plus the batch AUROC with ties counted
+1/2 (one sort, two searchsorted: the same statistic as sklearn's, as the metric computes it);
 binned AUROC (200 thresholds): update = searchsorted + bincount into a (201, 2) histogram,
 forward = that plus a cumsum/trapezoid AUROC of the batch histogram. The last column, hand f/u,
 is the hand-written forward over the hand-written update: the floor of fwd/upd.
@@ -43,6 +45,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter  # --clock thread: time.thread_time (CPU time, for a busy machine)
+
+
 def timeit_many(fns: list[Callable[[], object]], iters: int, repeats: int,
                 device: torch.device) -> list[float]:
     """Median µs per call of each function, the runs interleaved (run r of every function, then
@@ -55,11 +60,11 @@ def timeit_many(fns: list[Callable[[], object]], iters: int, repeats: int,
     runs: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, out in zip(fns, runs):
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             for _ in range(iters):
                 fn()
             _sync(device)
-            out.append((time.perf_counter() - t0) / iters * 1e6)
+            out.append((CLOCK() - t0) / iters * 1e6)
     return [statistics.median(r) for r in runs]
 
 
@@ -104,16 +109,18 @@ def cases(batch: int, device: torch.device) -> list[tuple[str, object, Callable,
         tp = cm.diagonal()
         return (2 * tp / (cm.sum(0) + cm.sum(1)).clamp(min=1)).mean()
 
-    mse_state = {"sse": torch.zeros((), device=device), "n": torch.zeros((), device=device)}
+    # the metric's state dtypes: a float64 sum of squares, an int64 count
+    mse_state = {"sse": torch.zeros((), dtype=torch.float64, device=device),
+                 "n": torch.zeros((), dtype=torch.long, device=device)}
 
     def mse_update(p, t):
         d = p - t
-        mse_state["sse"] = mse_state["sse"] + (d * d).sum()
+        mse_state["sse"] = mse_state["sse"] + torch.dot(d, d)
         mse_state["n"] = mse_state["n"] + d.numel()
 
     def mse_forward(p, t):
         d = p - t
-        s = (d * d).sum()
+        s = torch.dot(d, d)
         mse_state["sse"] = mse_state["sse"] + s
         mse_state["n"] = mse_state["n"] + d.numel()
         return s / d.numel()
@@ -128,12 +135,14 @@ def cases(batch: int, device: torch.device) -> list[tuple[str, object, Callable,
             au_state["t"].clear()
 
     def au_forward(p, t):
+        # the batch AUROC with ties counted 1/2 (sklearn's): the Mann-Whitney statistic from
+        # the sorted scores and the insertion points of the positives
         au_update(p, t)
-        order = torch.argsort(p, descending=True)
-        ts = t[order].double()
-        tps = ts.cumsum(0)
-        fps = torch.arange(1, ts.numel() + 1, device=ts.device) - tps
-        return torch.trapezoid(tps / tps[-1], fps / fps[-1])
+        s = p.sort().values
+        pos = p[t == 1]
+        n_pos = pos.numel()
+        ranks = torch.searchsorted(s, pos) + torch.searchsorted(s, pos, right=True)
+        return (ranks.sum() - n_pos * n_pos) / (2 * n_pos * (p.numel() - n_pos))
 
     th = torch.linspace(0, 1, 200, device=device)
     hist_state = {"h": torch.zeros(201 * 2, dtype=torch.long, device=device)}
@@ -191,7 +200,8 @@ def bench_local(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-          f"batch {args.batch} | {args.iters} calls x {args.repeats} runs (median)")
+          f"batch {args.batch} | {args.iters} calls x {args.repeats} runs (median) | "
+          f"{args.clock} clock")
     header = (f"{'metric':<26} {'hand upd':>9} {'update':>9} {'upd/hand':>9} "
               f"{'hand fwd':>9} {'forward':>9} {'fwd/upd':>8} {'hand f/u':>9}")
     print(header)
@@ -200,6 +210,12 @@ def bench_local(args: argparse.Namespace) -> None:
     tm_rows = []
     for label, metric, hand_upd, hand_fwd, inputs in cases(args.batch, device):
         metric = metric.to(device)  # type: ignore[attr-defined]
+        # the hand-written forward computes the same statistic: its batch value equals the
+        # metric's (checked once, on fresh states)
+        ref, got = float(hand_fwd(*inputs)), float(metric(*inputs))  # type: ignore[operator]
+        if abs(ref - got) > 1e-5:
+            raise SystemExit(f"{label}: the hand-written forward gives {ref}, the metric {got}")
+        metric.reset()  # type: ignore[attr-defined]
 
         def upd(metric=metric, inputs=inputs):
             metric.update(*inputs)
@@ -335,12 +351,18 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="thread: CPU time of this thread (steadier on a shared CPU machine; "
+                        "not for CUDA, whose waits it does not count)")
     parser.add_argument("--sync-iters", type=int, default=50)
     parser.add_argument("--no-sync", action="store_true", help="skip the 2-process sync bench")
     parser.add_argument("--torchmetrics", action="store_true",
                         help="also time torchmetrics' counterparts, where it is installed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global CLOCK
+    if args.clock == "thread":
+        CLOCK = time.thread_time
     bench_local(args)
     if not args.no_sync:
         bench_sync(args)

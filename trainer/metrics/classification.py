@@ -238,6 +238,8 @@ class _CurveMetric(Metric):
         self.average = average
         self.ignore_index = ignore_index
         self._exact_binary = thresholds is None and task == "binary"
+        # update is two appends (see _curve_update); compute_on_cpu moves the batches first
+        self._append_only = self._exact_binary and not self.compute_on_cpu
         if thresholds is None:
             self.thresholds: Tensor | None = None
             self.add_state("preds", [], "cat")
@@ -259,8 +261,8 @@ class _CurveMetric(Metric):
         if self._exact_binary:
             # exact binary: an append of the (detached) tensors after a shape check; the
             # dtype and value checks run once over all data in compute() (forward checks its
-            # batch at once through compute). _exact_update below is the same without the
-            # wrapper's bookkeeping call.
+            # batch at once through compute). _curve_update below is the same with the
+            # wrapper's bookkeeping inline.
             if self.validate_args and preds.shape != target.shape:
                 self._bad_binary_input(preds, target)
             if preds.dim() != 1:
@@ -369,10 +371,10 @@ _curve_update_wrapped = _CurveMetric.update
 def _curve_update(self: _CurveMetric, preds: Tensor, target: Tensor) -> None:
     """Accumulate a batch of scores and targets."""
     d = self.__dict__
-    if d["_exact_binary"] and not d["compute_on_cpu"]:
+    if d["_append_only"]:
         # the exact binary append with the update bookkeeping inline (the hot path of a
         # validation loop): a shape check, two appends
-        if d["validate_args"] and preds.shape != target.shape:
+        if preds.shape != target.shape and d["validate_args"]:
             self._bad_binary_input(preds, target)
         if preds.dim() != 1:
             preds, target = preds.reshape(-1), target.reshape(-1)
@@ -390,13 +392,24 @@ _CurveMetric.update = _curve_update  # type: ignore[method-assign]
 
 class AUROC(_CurveMetric):
     """Area under the ROC curve, sklearn ``roc_auc_score`` (multiclass: one-vs-rest).
-    One class only in the target: nan plus an UndefinedMetricWarning (sklearn 1.9)."""
+    One class only in the target: nan plus an UndefinedMetricWarning (sklearn 1.9).
+
+    Where bad input is reported. Exact mode (``thresholds=None``): ``update`` checks shapes
+    (multiclass / multilabel: also the target dtype) and appends; the value checks (float
+    scores, integer targets in range: {0, 1} for binary) run once over all the accumulated
+    data in ``compute()``, with the same message (the metric, what is wrong, the offending
+    values). Binary exact ``update`` is two appends after a shape check, its dtypes are checked
+    in ``compute()`` too. ``forward`` computes its batch value, so it raises at once. Binned
+    mode (``thresholds=``) checks everything in ``update`` (preds must be probabilities in
+    [0, 1]).
+    """
 
     _kind = "auroc"
 
 
 class AveragePrecision(_CurveMetric):
     """Average precision, sklearn ``average_precision_score`` (multiclass: one-vs-rest).
-    No positive sample: 0.0 plus an UndefinedMetricWarning (sklearn)."""
+    No positive sample: 0.0 plus an UndefinedMetricWarning (sklearn). Bad input is reported
+    as for :class:`AUROC` (exact mode: values checked in ``compute()``)."""
 
     _kind = "ap"

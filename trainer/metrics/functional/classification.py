@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from operator import add, truediv
 from typing import Literal
 
 import torch
@@ -461,13 +462,14 @@ def _host_divide(
     num: list, den: list, zero_division: object, what: str, warn: bool = True
 ) -> list[float]:
     """num / den per entry; where den == 0 the zero_division value (+ warning for 'warn')."""
+    if all(den):
+        return list(map(truediv, num, den))
     out = [n / d if d else math.nan for n, d in zip(num, den)]
     n_zero = sum(1 for d in den if not d)
-    if n_zero:
-        value = check_zero_division(what, zero_division)
-        out = [v if d else value for v, d in zip(out, den)]
-        if zero_division == "warn" and warn:
-            _warn_zero(what, n_zero, len(den))
+    value = check_zero_division(what, zero_division)
+    out = [v if d else value for v, d in zip(out, den)]
+    if zero_division == "warn" and warn:
+        _warn_zero(what, n_zero, len(den))
     return out
 
 
@@ -495,8 +497,9 @@ def _host_sums(rows: list, task: Task) -> tuple[list, list, list, int]:
     if task == "binary":
         (tn, fp), (fn, tp) = rows
         return [tp], [tp + fp], [tp + fn], tn + fp + fn + tp
-    true = [sum(r) for r in rows]
-    return [r[i] for i, r in enumerate(rows)], [sum(c) for c in zip(*rows)], true, sum(true)
+    true = list(map(sum, rows))
+    tp = list(map(list.__getitem__, rows, range(len(rows))))
+    return tp, list(map(sum, zip(*rows))), true, sum(true)
 
 
 def _host_prf(
@@ -517,10 +520,12 @@ def _host_prf(
     elif kind == "specificity":
         num = [total - p - t + x for x, p, t in zip(tp, pred, true)]
         den, what = [total - t for t in true], "Specificity"
+    elif b2 == 1.0:
+        num, den, what = [x + x for x in tp], list(map(add, pred, true)), "F-score"
     else:
         num = [x * (1 + b2) for x in tp]
         den = [p + t * b2 for p, t in zip(pred, true)]
-        what, f64 = "F-score", b2 != 1.0
+        what, f64 = "F-score", True
     if micro:
         num, den = [sum(num)], [sum(den)]
         value = _host_divide(num, den, zero_division, what)[0]
@@ -769,7 +774,9 @@ def _ap_from_counts(fps: Tensor, tps: Tensor, warn: bool) -> Tensor:
     return ((recall - prev) * precision).sum()
 
 
-def _rank_auroc(preds: Tensor, target: Tensor, warn: bool) -> Tensor:
+def _rank_auroc(
+    preds: Tensor, target: Tensor, warn: bool, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """Binary AUROC as the Mann-Whitney statistic (ties count 1/2, as the trapezoid of sklearn's
     ROC curve), in exact integers: with s the sorted scores and lo/hi the left/right insertion
     points of each positive score in s, Σ(lo + hi) = 2·Σ(average 1-based rank) - P, so
@@ -782,12 +789,16 @@ def _rank_auroc(preds: Tensor, target: Tensor, warn: bool) -> Tensor:
     if p == 0 or n == 0:
         return _auc_from_counts(torch.zeros(0, dtype=torch.float64), torch.zeros(0), warn)
     ranks = torch.searchsorted(s, pos).add_(torch.searchsorted(s, pos, right=True))
-    return torch.scalar_tensor((ranks.sum().item() - p * p) / (2 * p * n), dtype=torch.float64)
+    return torch.scalar_tensor((ranks.sum().item() - p * p) / (2 * p * n), dtype=dtype)
 
 
-def _binary_curve_score(preds: Tensor, target: Tensor, kind: str, warn: bool = True) -> Tensor:
+def _binary_curve_score(
+    preds: Tensor, target: Tensor, kind: str, warn: bool = True,
+    rank_dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """The binary score, float64 (the rank path: rank_dtype, made once on the host)."""
     if kind == "auroc" and preds.is_cpu and not preds.dtype.is_complex:
-        return _rank_auroc(preds, target, warn)
+        return _rank_auroc(preds, target, warn, rank_dtype)
     if preds.numel() == 0:
         fps = tps = torch.zeros(0, dtype=torch.float64)
     else:
@@ -822,7 +833,7 @@ def curve_score_exact(
         if ignore_index is not None:
             keep = target != ignore_index
             preds, target = preds[keep], target[keep]
-        return _binary_curve_score(preds, target, kind).float()
+        return _binary_curve_score(preds, target, kind, rank_dtype=torch.float32).float()
     if task == "multiclass":
         c = int(num_classes)  # type: ignore[arg-type]
         if ignore_index is not None:
@@ -896,13 +907,14 @@ def _binned_binary_auroc(hist: Tensor) -> Tensor:
     """Binary AUROC from a (T+1, 2) histogram on the CPU in few ops, in exact integers.
 
     Thresholds descending, bin 0 (below the first threshold) never positive, as in
-    curve_score_binned. The trapezoid from (0, 0) over (fps, tps), times 2, equals
-    2·N·P - 2·Σ_b neg_b·(positives in bins <= b) + Σ_b neg_b·pos_b over bins 1..T; divided by
-    2·P·N it is the area under the normalised curve of _auc_from_counts.
+    curve_score_binned. With neg/pos the counts of bins 1..T (ascending) and cneg/cpos their
+    running sums, twice the trapezoid from (0, 0) over (fps, tps) is
+    2·N·P - 2·Σ neg·cpos + Σ neg·pos, and Σ neg·pos = Σ neg·cpos + Σ pos·cneg - N·P, so it is
+    N·P - Σ neg·cpos + Σ pos·cneg: one cumsum, one (2, T) @ (T, 2) product, two host reads.
+    Divided by 2·P·N it is the area under the normalised curve of _auc_from_counts.
     """
     h = hist.narrow(0, 1, hist.shape[0] - 1)  # bins 1..T, ascending
     c = h.cumsum(0)
-    neg, pos = h.unbind(1)
     ((n, p),) = c.narrow(0, c.shape[0] - 1, 1).tolist()
     if p == 0 or n == 0:
         warnings.warn(
@@ -912,8 +924,8 @@ def _binned_binary_auroc(hist: Tensor) -> Tensor:
             stacklevel=4,
         )
         return torch.scalar_tensor(math.nan)
-    area2 = 2 * n * p - 2 * torch.dot(neg, c.select(1, 1)).item() + torch.dot(neg, pos).item()
-    return torch.scalar_tensor(area2 / (2 * p * n))
+    (_, neg_cpos), (pos_cneg, _) = h.t().mm(c).tolist()
+    return torch.scalar_tensor((n * p - neg_cpos + pos_cneg) / (2 * p * n))
 
 
 def curve_score_binned(
