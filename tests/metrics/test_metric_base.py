@@ -195,3 +195,37 @@ def test_collection_ungrouped_and_kwargs_filter():
     assert mc2.compute_groups == [["a", "ap"]]
     with pytest.raises(ValueError, match="two metrics named"):
         MetricCollection([Accuracy("binary"), Accuracy("binary")])
+
+
+def test_forward_after_load_state_dict_keeps_the_loaded_state():
+    """A loaded state (update_count 0, not the default object) is merged with, not replaced."""
+    m = Stats()
+    m.update(torch.tensor([1.0, 2.0]))
+    m2 = Stats()
+    m2.load_state_dict(m.state_dict())
+    v = m2(torch.tensor([4.0]))
+    assert float(v["total"]) == 4.0
+    assert float(m2.compute()["total"]) == 7.0
+
+
+def test_forward_host_count_and_defaults_untouched():
+    """MSE's batch count stays a host number inside forward; the states after forward are
+    tensors of the declared dtypes, and no update writes into the shared default states."""
+    g = torch.Generator().manual_seed(3)
+    xs = [(torch.randn(n, generator=g), torch.randn(n, generator=g)) for n in (5, 8, 3)]
+    m = MeanSquaredError()
+    for i, (p, t) in enumerate(xs):
+        v = m(p, t)
+        fresh = MeanSquaredError()
+        fresh.update(p, t)
+        assert torch.equal(v, fresh.compute())
+        assert m.total.dtype == torch.int64 and m.sum_squared_error.dtype == torch.float64
+        assert int(m.total) == sum(len(q) for q, _ in xs[: i + 1])
+    allp, allt = torch.cat([p for p, _ in xs]), torch.cat([t for _, t in xs])
+    assert float(m.compute()) == pytest.approx(float(((allp - allt) ** 2).mean()), rel=1e-6)
+    assert int(m._defaults["total"]) == 0 and float(m._defaults["sum_squared_error"]) == 0.0
+    acc = Accuracy("multiclass", num_classes=3)
+    assert acc.confmat is acc._defaults["confmat"]  # pure update: starts on the default
+    acc.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1]))
+    acc(torch.tensor([2, 2]), torch.tensor([2, 0]))
+    assert int(acc._defaults["confmat"].sum()) == 0 and int(acc.confmat.sum()) == 5

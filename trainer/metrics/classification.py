@@ -358,6 +358,11 @@ class _CurveMetric(Metric):
         return F.curve_score_exact(preds, target, self.task, self._kind, self.average,  # type: ignore[arg-type]
                                    self.num_classes, self.ignore_index)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_append_only" not in state:  # pickled by an older version
+            state["_append_only"] = state["_exact_binary"] and not state["compute_on_cpu"]
+        super().__setstate__(state)
+
     def _apply(self, fn: Any, recurse: bool = True) -> Metric:  # type: ignore[override]
         super()._apply(fn, recurse)
         if self.thresholds is not None:

@@ -497,6 +497,9 @@ class Metric(nn.Module):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_in_forward", False)  # pickled by an older version
+        if "_state_names" not in state:
+            state["_state_names"] = tuple(state["_defaults"])
+            state["_state_fx"] = tuple(state["_reductions"][n] for n in state["_state_names"])
         super().__setstate__(state)
 
     def __getstate__(self) -> dict[str, Any]:
