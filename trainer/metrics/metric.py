@@ -110,6 +110,8 @@ class Metric(nn.Module):
             cls.update = _wrap_update(cls.__dict__["update"])  # type: ignore[method-assign]
         if "compute" in cls.__dict__ and not hasattr(cls.__dict__["compute"], "_raw"):
             cls.compute = _wrap_compute(cls.__dict__["compute"])  # type: ignore[method-assign]
+        if "forward" in cls.__dict__:  # calling the metric is its forward (see Metric.__call__)
+            cls.__call__ = cls.__dict__["forward"]  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -138,6 +140,7 @@ class Metric(nn.Module):
         # every state in declaration order and its reduction (forward's swap and merge loop)
         self._state_names: tuple[str, ...] = ()
         self._state_fx: tuple[str | Callable | None, ...] = ()
+        self._sum_only = False  # every state a tensor reduced by 'sum' (forward's fast merge)
         self._update_count = 0
         self._in_forward = False
         self._computed: Any = None
@@ -186,6 +189,7 @@ class Metric(nn.Module):
         if name not in self._state_names:
             self._state_names = (*self._state_names, name)
         self._state_fx = tuple(self._reductions[n] for n in self._state_names)
+        self._sum_only = all(fx == "sum" for fx in self._state_fx)  # list states: 'cat'/None
         if isinstance(default, list):
             self._list_states = (*self._list_states, name)
             object.__setattr__(self, name, [])
@@ -248,10 +252,6 @@ class Metric(nn.Module):
         """The metric value from the states (subclasses implement)."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute()")
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """forward(...) without nn.Module's hook machinery (metrics take no hooks)."""
-        return self.forward(*args, **kwargs)
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Accumulate the batch (one update) and return the metric on this batch alone."""
         d = self.__dict__
@@ -282,11 +282,26 @@ class Metric(nn.Module):
             d["_update_count"] = count
             d["_in_forward"] = False
             raise
-        self._merge_batch(running, count)
+        if d["_sum_only"]:
+            # every state a tensor summed (the common case): one add per state; a running
+            # state still the default takes the batch state (see _merge_batch)
+            defaults = d["_defaults"]
+            for name, old in zip(names, running):
+                new = d[name]
+                if old is not defaults[name] or new.__class__ in (int, float):
+                    d[name] = old + new
+                elif new.dtype != old.dtype:
+                    d[name] = new.to(old.dtype)
+        else:
+            self._merge_batch(running, count)
         d["_update_count"] = count + 1
         d["_computed"] = None
         d["_forward_cache"] = value
         return value
+
+    # metric(...) is forward(...) itself: no nn.Module hook machinery (metrics take no hooks)
+    # and no extra call layer; subclasses that override forward get the same (__init_subclass__)
+    __call__ = forward
 
     def _merge_batch(self, running: list[Any], n_running: int, n_new: int = 1) -> None:
         """self's states := reduce(running, self's current (batch) states).
@@ -301,8 +316,9 @@ class Metric(nn.Module):
         for name, fx, old in zip(d["_state_names"], d["_state_fx"], running):
             new = d[name]
             if old.__class__ is list:
-                if old:
-                    d[name] = old + new
+                if old:  # extended in place, as update appends in place
+                    old.extend(new)
+                    d[name] = old
             elif new.__class__ in (int, float):
                 d[name] = old + new
             elif old is defaults[name]:
@@ -500,6 +516,7 @@ class Metric(nn.Module):
         if "_state_names" not in state:
             state["_state_names"] = tuple(state["_defaults"])
             state["_state_fx"] = tuple(state["_reductions"][n] for n in state["_state_names"])
+            state["_sum_only"] = False
         super().__setstate__(state)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -127,33 +127,39 @@ def _check_range(
     if ignore_index is not None:
         t = t.masked_fill(t == ignore_index, 0)
     lo, hi = torch.aminmax(t)
-    msg = (
-        f"{name}: {what} must be in [0, {high - 1}]"
-        + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
-        + " (got values in [{lo}, {hi}])"
-    )
     if t.is_cpu:
         lo_i, hi_i = int(lo), int(hi)
         if lo_i < 0 or hi_i >= high:
-            raise ValueError(msg.format(lo=lo_i, hi=hi_i))
+            raise ValueError(_range_check_message(name, what, high, ignore_index, lo_i, hi_i))
     else:
-        check((lo < 0) | (hi >= high), msg.format(lo="?", hi="?"))
+        check((lo < 0) | (hi >= high),
+              _range_check_message(name, what, high, ignore_index, "?", "?"))
+
+
+def _range_check_message(
+    name: str, what: str, high: int, ignore_index: int | None, lo: object, hi: object
+) -> str:
+    ign = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+    return f"{name}: {what} must be in [0, {high - 1}]{ign} (got values in [{lo}, {hi}])"
 
 
 def _check_probs(name: str, preds: Tensor, check: Check) -> None:
     if preds.numel() == 0:
         return
     lo, hi = torch.aminmax(preds.detach() if preds.requires_grad else preds)
-    msg = (
-        f"{name}: float preds must be probabilities in [0, 1] (got values in "
-        "[{lo}, {hi}]); apply torch.sigmoid (binary, multilabel) or softmax first"
-    )
     if preds.is_cpu:
         lo_f, hi_f = float(lo), float(hi)
         if not (lo_f >= 0.0 and hi_f <= 1.0):  # also catches nan
-            raise ValueError(msg.format(lo=lo_f, hi=hi_f))
+            raise ValueError(_probs_message(name, lo_f, hi_f))
     else:
-        check(~((lo >= 0) & (hi <= 1)), msg.format(lo="?", hi="?"))
+        check(~((lo >= 0) & (hi <= 1)), _probs_message(name, "?", "?"))
+
+
+def _probs_message(name: str, lo: object, hi: object) -> str:
+    return (
+        f"{name}: float preds must be probabilities in [0, 1] (got values in [{lo}, {hi}]); "
+        "apply torch.sigmoid (binary, multilabel) or softmax first"
+    )
 
 
 def _check_same_shape(name: str, preds: Tensor, target: Tensor) -> None:
