@@ -8,6 +8,7 @@ environment is set: ``trainflow --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -67,17 +68,40 @@ def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
     configure_environment()
     if sys.stderr.isatty():
         os.environ.setdefault("TRAINFLOW_PROGRESS", "1")  # a progress bar while training
+    from flows import ephemeral
+
+    api = ephemeral.start()  # Prefect's local API starts on the other core during the imports
     from flows.config import ConfigError
     from flows.pipeline import training_pipeline
     from tasks.types import DataError, StageError
 
+    _preload(cfg)
     try:
-        result = training_pipeline(cfg)
+        with api.use() if api is not None else contextlib.nullcontext():
+            result = training_pipeline(cfg)
     except (ConfigError, DataError, StageError) as err:
         _fail(str(err), 1)
     except Exception as err:  # noqa: BLE001 - one line for the user; Prefect logged the trace
         _fail(f"{type(err).__name__}: {err}", 1)
+    # The API stops at exit, after Prefect has sent the run's last logs and events to it.
     _print_summary(result)
+
+
+def _preload(cfg) -> None:  # noqa: ANN001
+    """Import what every run needs (the model's module for the train stage's key, mlflow for
+    tracking and the promotion gate) while Prefect's local API is still starting."""
+    import importlib
+
+    with contextlib.suppress(Exception):  # a bad class path is reported by the stage itself
+        importlib.import_module(cfg.model.class_path.partition(":")[0])
+    with contextlib.suppress(Exception):  # an unusable store is reported by the stage itself
+        from mlflow import MlflowClient
+
+        from flows.tracking import check_reachable
+
+        uri = check_reachable(cfg.tracking.uri)  # opens (or creates) the store once
+        if cfg.registry.enabled:
+            MlflowClient(uri, uri).search_registered_models(max_results=1)  # the registry's too
 
 
 def _print_summary(result) -> None:  # noqa: ANN001

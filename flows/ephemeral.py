@@ -1,0 +1,215 @@
+"""Prefect's temporary local API for one CLI process, started early and without waste.
+
+With no ``PREFECT_API_URL``, Prefect starts a temporary API on the first client call: it imports
+the whole server (FastAPI app, database layer: ≈ 5 s on 2 cores) into the calling process only to
+launch ``uvicorn prefect.server.api.server:create_app`` as a subprocess, waits for it (≈ 7-10 s:
+the subprocess imports the same server, then re-runs the database migration check, ≈ 3 s, on
+every start), and only then runs the flow.
+
+:func:`start` launches that same subprocess, with the same command and flags as Prefect's
+``SubprocessASGIServer`` (UI off, ephemeral services only, bound to 127.0.0.1), before the CLI
+imports prefect, torch and mlflow, so the server starts on the other core while they load.
+The migration check is skipped when the database is at the revision that a previous start by the
+same Prefect version left there (recorded in ``$PREFECT_HOME/trainflow-api.json``); a new or
+changed database is migrated as usual. The CLI then runs the flow with ``PREFECT_API_URL``
+pointing at it (Prefect's ``temporary_settings``), and stops the server at exit, as Prefect does.
+
+Not used (Prefect's own start applies) when ``PREFECT_API_URL`` is set, when ephemeral mode is
+turned off, when a ``prefect.toml`` / ``[tool.prefect]`` / profile may configure Prefect, when
+prefect is already imported, or with ``TRAINFLOW_FAST_API=0``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["EphemeralAPI", "start"]
+
+MARKER = "trainflow-api.json"
+_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1"}
+_PREFECT_DB_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+
+def _off(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def _prefect_configured_elsewhere(home: Path) -> bool:
+    """Whether Prefect settings may come from files we do not read (then Prefect decides)."""
+    cwd = Path.cwd()
+    if (cwd / "prefect.toml").exists() or (home / "profiles.toml").exists():
+        return True
+    if os.environ.get("PREFECT_PROFILE") or os.environ.get("PREFECT_PROFILES_PATH"):
+        return True
+    pyproject = cwd / "pyproject.toml"
+    with contextlib.suppress(OSError):
+        if pyproject.exists() and "[tool.prefect" in pyproject.read_text(errors="replace"):
+            return True
+    return False
+
+
+def _prefect_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("prefect")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _db_revision(db: Path) -> str | None:
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            row = con.execute("select version_num from alembic_version").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EphemeralAPI:
+    """A started ``uvicorn prefect.server.api.server:create_app`` subprocess."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    home: Path
+    migrated: bool  # False: the migration check was skipped (database already current)
+    started_at: float = field(default_factory=time.monotonic)
+    healthy_after: float | None = None
+
+    @property
+    def api_url(self) -> str:
+        """The REST API's URL (what ``PREFECT_API_URL`` takes)."""
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until ``/api/health`` answers 200; raise ``RuntimeError`` naming the fix."""
+        if self.healthy_after is not None:
+            return
+        if timeout is None:
+            timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+                            or 90)
+        deadline = self.started_at + timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"Prefect's local API exited with code {code} while starting (port "
+                    f"{self.port}, PREFECT_HOME {self.home}); run `prefect server start` to see "
+                    "why, or set TRAINFLOW_FAST_API=0 to let Prefect start it"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        self.healthy_after = time.monotonic() - self.started_at
+                        if self.migrated:
+                            self._record_revision()
+                        return
+            except (urllib.error.URLError, OSError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(
+            f"Prefect's local API did not answer within {timeout:.0f} s: raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS on a loaded machine"
+        )
+
+    def _record_revision(self) -> None:
+        """After a start that ran the migrations: the database is current for this Prefect."""
+        revision = _db_revision(self.home / "prefect.db")
+        version = _prefect_version()
+        if revision and version:
+            tmp = self.home / f".{MARKER}.{os.getpid()}"
+            with contextlib.suppress(OSError):
+                tmp.write_text(json.dumps({"prefect": version, "revision": revision}))
+                os.replace(tmp, self.home / MARKER)
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[str]:
+        """Wait until healthy, then point Prefect at this API (``temporary_settings``)."""
+        self.wait()
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+        # No UI is served (as in Prefect's ephemeral mode): no "View at <url>" link to it.
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url, PREFECT_UI_URL: ""}):
+            yield self.api_url
+
+    def stop(self) -> None:
+        """Terminate the server (then kill it after 5 s), as Prefect's own stop does."""
+        proc = self.process
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _migrations_current(home: Path) -> bool:
+    try:
+        marker = json.loads((home / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    version = _prefect_version()
+    return bool(
+        version
+        and marker.get("prefect") == version
+        and marker.get("revision")
+        and _db_revision(home / "prefect.db") == marker["revision"]
+    )
+
+
+def start() -> EphemeralAPI | None:
+    """Launch Prefect's temporary API now (call before importing prefect); None when Prefect
+    should decide itself (see the module docstring). Stopped at interpreter exit."""
+    if "prefect" in sys.modules or _off("TRAINFLOW_FAST_API") or os.environ.get("PREFECT_API_URL"):
+        return None
+    if _off("PREFECT_SERVER_EPHEMERAL_ENABLED") or _off("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"):
+        return None
+    if any(os.environ.get(v) for v in _PREFECT_DB_VARS) or not os.environ.get("PREFECT_HOME"):
+        return None
+    home = Path(os.environ["PREFECT_HOME"])
+    if _prefect_configured_elsewhere(home) or _prefect_version() is None:
+        return None
+    home.mkdir(parents=True, exist_ok=True)
+    current = _migrations_current(home)
+    env = {**os.environ, **_SERVER_ENV}
+    if current:
+        env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
+    import importlib.util
+
+    spec = importlib.util.find_spec("prefect")  # finds the package without importing it
+    assert spec is not None and spec.origin is not None
+    port = _free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent),
+           "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    api = EphemeralAPI(subprocess.Popen(cmd, env=env), port, home, migrated=not current)
+    atexit.register(api.stop)
+    return api
