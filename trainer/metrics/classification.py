@@ -10,6 +10,7 @@ See :mod:`trainer.metrics.functional.classification` for the exact conventions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import add, truediv
 from typing import Any
 
 import torch
@@ -79,8 +80,14 @@ class _ConfmatMetric(Metric):
         else:
             n = int(num_labels)  # type: ignore[arg-type]
             self.add_state("confmat", torch.zeros(n, 2, 2, dtype=torch.int64), "sum")
-        # multiclass scores (N, C) + labels (N,) on the CPU: a lean path (see _update_scores)
+        # multiclass scores (N, C) + labels (N,) on the CPU: a lean path (see update)
         self._lean = task == "multiclass" and top_k == 1 and ignore_index is None
+        # accuracy = trace / sum of a small (C, C) state (Accuracy.compute reads it on the host)
+        self._trace_accuracy = top_k == 1 and (
+            task == "binary"
+            or (task == "multiclass" and average in ("micro", "weighted")
+                and int(num_classes) ** 2 <= F._HOST_MAX)  # type: ignore[arg-type]
+        )
 
     def _compute_group_key(self) -> tuple:
         """Metrics with equal keys share their state in a MetricCollection."""
@@ -137,6 +144,15 @@ class Accuracy(_ConfmatMetric):
 
     def compute(self) -> Tensor:
         """The accuracy of everything accumulated."""
+        d = self.__dict__
+        if d.get("_trace_accuracy"):
+            cm = d["confmat"]
+            if cm.is_cpu:  # one host copy, the trace and the total in Python (forward's path)
+                rows = cm.tolist()
+                total = sum(map(sum, rows))
+                if total:
+                    return torch.scalar_tensor(
+                        sum(map(list.__getitem__, rows, range(len(rows)))) / total)
         if self.top_k > 1:
             return F.reduce_accuracy(self.topk_stats, self.task, self.average, self.top_k,
                                      self.zero_division)
@@ -179,9 +195,20 @@ class FBetaScore(_ConfmatMetric):
             raise ValueError(f"{type(self).__name__}.beta: must be a number >= 0 (got {beta!r})")
         super().__init__(task, **kwargs)
         self.beta = float(beta)
+        self._macro_f1 = (self.beta == 1.0 and task == "multiclass" and self.average == "macro"
+                          and self.top_k == 1 and int(self.num_classes) ** 2 <= F._HOST_MAX)  # type: ignore[arg-type]
 
     def compute(self) -> Tensor:
         """The F-beta score of everything accumulated."""
+        d = self.__dict__
+        if d.get("_macro_f1") and d["confmat"].is_cpu:
+            # macro F1 of a small state on the host, short path (forward's): the general one
+            # below where a class has no prediction and no target (zero division)
+            rows = d["confmat"].tolist()
+            den = list(map(add, map(sum, rows), map(sum, zip(*rows))))
+            if all(den):
+                tp = map(list.__getitem__, rows, range(len(rows)))
+                return torch.scalar_tensor(2 * sum(map(truediv, tp, den)) / len(den))
         return F.reduce_prf(self.confmat, self.task, "fbeta", self.average, self.beta,
                             self.zero_division)
 
