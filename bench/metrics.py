@@ -361,6 +361,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global CLOCK
+    if args.clock == "thread" and args.device != "cpu":
+        parser.error("--clock thread measures CPU time only: use the wall clock on a GPU")
     if args.clock == "thread":
         CLOCK = time.thread_time
     bench_local(args)

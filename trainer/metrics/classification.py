@@ -375,6 +375,18 @@ class _CurveMetric(Metric):
             return torch.tensor(float("nan"))
         preds = torch.cat(d["preds"]) if len(d["preds"]) > 1 else d["preds"][0]
         target = torch.cat(d["target"]) if len(d["target"]) > 1 else d["target"][0]
+        if d["_exact_binary"] and d["ignore_index"] is None:
+            # update flattened the batches and checked their shapes: the dtype and value
+            # checks, then the score (forward's path: no reshapes, no general formatting)
+            if d["validate_args"]:
+                name = type(self).__name__
+                F._check_int_target(name, target)
+                F._check_range(name, "target", target, 2, None, F._eager_check)
+                if not preds.is_floating_point():
+                    raise ValueError(f"{name}: preds must be float scores (got dtype "
+                                     f"{preds.dtype})")
+            return F._binary_curve_score(preds, target, self._kind,
+                                         rank_dtype=torch.float32).float()
         if self.validate_args:
             if self._exact_binary:  # update only checked the shapes
                 F.format_curve_inputs(preds, target, "binary", None, None, True,
