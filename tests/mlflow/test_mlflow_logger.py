@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import pickle
 import threading
@@ -199,10 +200,6 @@ def test_write_failure_is_a_warning_and_training_goes_on(
     assert client.get_run(logger.run_id).info.status == "FINISHED"
 
 
-def _writer_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "MLflowLogger-writer"]
-
-
 @pytest.mark.parametrize("writer", ["thread", "inline"])
 def test_tensor_values_converted_at_write_and_epoch_written_where_it_changes(
     store_uri: str, writer: str
@@ -251,14 +248,15 @@ def test_writer_thread_error_surfaces_on_the_training_thread_at_the_next_flush(
     client.delete_run(logger.run_id)  # MLflow refuses writes to a deleted run
     with caplog.at_level("WARNING", logger="trainer.loggers.mlflow"):
         logger.log_metrics({"loss": 0.9}, step=1)  # buffer full: handed to the writer thread
-        assert _writer_threads()
+        writer = logger._thread
+        assert writer is not None and writer.is_alive()
         logger.save()  # waits for the writer, then reports its failure here
     records = [r for r in caplog.records if "writing 2 metric row(s)" in r.getMessage()]
     assert len(records) == 1 and records[0].threadName == threading.current_thread().name
     client.restore_run(logger.run_id)
     logger.log_metrics({"loss": 0.5}, step=2)
     logger.finalize("failed", RuntimeError("boom"))
-    assert not _writer_threads()  # finalize stops the writer
+    assert not writer.is_alive() and logger._thread is None  # finalize stops the writer
     run = client.get_run(logger.run_id)
     assert run.info.status == "FAILED"
     assert [m.step for m in client.get_metric_history(logger.run_id, "loss")] == [2]
@@ -268,14 +266,26 @@ def test_pickle_stops_the_writer_thread_after_writing(store_uri: str) -> None:
     logger = MLflowLogger("logger-thread-pickle", tracking_uri=store_uri, log_plots=False)
     logger.log_metrics({"loss": 1.0}, step=0)
     logger.save()
-    assert logger._thread is not None and logger._thread.is_alive()
+    writer = logger._thread
+    assert writer is not None and writer.is_alive()
     logger.log_metrics({"loss": 0.5}, step=1)
     blob = pickle.dumps(logger)
-    assert logger._thread is None and logger._queue is None and not _writer_threads()
+    assert logger._thread is None and logger._queue is None and not writer.is_alive()
     clone = pickle.loads(blob)
     assert clone._thread is None and clone._queue is None
     steps = sorted(m.step for m in _client(store_uri).get_metric_history(logger.run_id, "loss"))
     assert steps == [0, 1]
     clone.log_metrics({"loss": 0.25}, step=2)
     clone.finalize("success")
-    assert not _writer_threads()
+
+
+def test_a_logger_dropped_without_finalize_stops_its_writer_thread(store_uri: str) -> None:
+    logger = MLflowLogger("logger-thread-gc", tracking_uri=store_uri, log_plots=False)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    writer = logger._thread
+    assert writer is not None and writer.is_alive()
+    del logger  # the thread holds no reference to the logger
+    gc.collect()
+    writer.join(30)
+    assert not writer.is_alive()

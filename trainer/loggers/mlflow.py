@@ -22,6 +22,7 @@ import re
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -432,11 +433,16 @@ class MLflowLogger(Logger):
             self._report_errors()
 
     def _start_writer(self) -> None:
-        self._queue = queue.Queue(maxsize=_QUEUE_SIZE)
+        # The thread gets what it writes with, not the logger: a logger dropped without
+        # finalize() is garbage-collected, and its finalizer stops the thread.
+        q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_SIZE)
+        args = (q, self._write_args(), self._errors)
+        self._queue = q
         self._thread = threading.Thread(
-            target=self._writer_loop, args=(self._queue,), name="MLflowLogger-writer", daemon=True
+            target=_writer_loop, args=args, name="MLflowLogger-writer", daemon=True
         )
         self._thread.start()
+        weakref.finalize(self, q.put, None)
 
     def _stop_writer(self) -> None:
         """Stop the writer thread after what is queued (none is held while pickled)."""
@@ -447,33 +453,18 @@ class MLflowLogger(Logger):
             thread.join()
         self._report_errors()
 
-    def _writer_loop(self, q: queue.Queue[Any]) -> None:
-        while True:
-            rows = q.get()
-            try:
-                if rows is None:
-                    return
-                self._write(rows)
-            finally:
-                q.task_done()
+    def _write_args(self) -> tuple[Any, ...]:
+        history = self._history if self.log_plots else None
+        return (self._client, self._run_id, self._keymap, history, self._last_epoch)
 
     def _write(self, rows: list[tuple[float, int, dict[str, Any]]]) -> None:
-        """Send rows (on the writer thread or inline); a failure is kept for the next flush."""
-        try:
-            write_rows(
-                self._client,
-                self._run_id,
-                rows,
-                self._keymap,
-                self._history if self.log_plots else None,
-                self._last_epoch,
-            )
-        except Exception as exc:  # noqa: BLE001 - keep training; the rows are lost
-            self._errors.append((len(rows), exc))
+        """Send rows on this thread; a failure is kept for the next flush."""
+        _write_or_keep_error(rows, self._write_args(), self._errors)
 
     def _report_errors(self) -> None:
         """Warn, on the calling (training) thread, about writes that failed since last time."""
-        errors, self._errors = self._errors, []
+        errors = self._errors[:]  # the same list object stays shared with the writer thread
+        del self._errors[: len(errors)]
         for n, exc in errors:
             log.warning(
                 "MLflowLogger: writing %d metric row(s) to run %s failed: %s: %s",
@@ -524,6 +515,31 @@ class MLflowLogger(Logger):
 
 
 # ---------------------------------------------------------------------------- writing
+
+
+def _writer_loop(
+    q: queue.Queue[Any], args: tuple[Any, ...], errors: list[tuple[int, BaseException]]
+) -> None:
+    """The writer thread: row batches from ``q`` until None."""
+    while True:
+        rows = q.get()
+        try:
+            if rows is None:
+                return
+            _write_or_keep_error(rows, args, errors)
+        finally:
+            q.task_done()
+
+
+def _write_or_keep_error(
+    rows: list[tuple[float, int, dict[str, Any]]],
+    args: tuple[Any, ...],
+    errors: list[tuple[int, BaseException]],
+) -> None:
+    try:
+        write_rows(args[0], args[1], rows, *args[2:])
+    except Exception as exc:  # noqa: BLE001 - keep training; reported at the next flush
+        errors.append((len(rows), exc))
 
 
 def _as_floats(rows: list[tuple[float, int, Mapping[str, Any]]]) -> list[list[float]]:
