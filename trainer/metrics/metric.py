@@ -141,6 +141,7 @@ class Metric(nn.Module):
         self._state_names: tuple[str, ...] = ()
         self._state_fx: tuple[str | Callable | None, ...] = ()
         self._sum_only = False  # every state a tensor reduced by 'sum' (forward's fast merge)
+        self._one_sum_state: str | None = None  # the name, where that is the only state
         self._update_count = 0
         self._in_forward = False
         self._computed: Any = None
@@ -190,6 +191,9 @@ class Metric(nn.Module):
             self._state_names = (*self._state_names, name)
         self._state_fx = tuple(self._reductions[n] for n in self._state_names)
         self._sum_only = all(fx == "sum" for fx in self._state_fx)  # list states: 'cat'/None
+        self._one_sum_state = (
+            name if self._sum_only and self._pure_update and len(self._state_names) == 1 else None
+        )
         if isinstance(default, list):
             self._list_states = (*self._list_states, name)
             object.__setattr__(self, name, [])
@@ -255,6 +259,39 @@ class Metric(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Accumulate the batch (one update) and return the metric on this batch alone."""
         d = self.__dict__
+        cls = type(self)
+        one = d["_one_sum_state"]
+        if one is not None:
+            # one summed tensor state and a pure update (confusion matrices, histograms): the
+            # steps of the general path below with the fewest Python lines between the tensor
+            # ops (on a slow host each line shows in the per-batch cost)
+            old = d[one]
+            defaults = d["_defaults"]
+            d[one] = defaults[one]
+            count = d["_update_count"]
+            d["_update_count"] = 0
+            d["_in_forward"] = True
+            try:
+                cls.update._raw(self, *args, **kwargs)
+                d["_in_forward"] = False
+                d["_update_count"] = 1
+                if d["_deferred"]:
+                    self._check_deferred_errors(keep=True)
+                value = cls.compute._raw(self)
+            except BaseException:
+                d[one] = old
+                d["_update_count"] = count
+                d["_in_forward"] = False
+                raise
+            new = d[one]
+            if old is not defaults[one] or new.__class__ in (int, float):
+                d[one] = old + new
+            elif new.dtype != old.dtype:
+                d[one] = new.to(old.dtype)
+            d["_update_count"] = count + 1
+            d["_computed"] = None
+            d["_forward_cache"] = value
+            return value
         names = d["_state_names"]
         # the running states step aside for fresh defaults (the defaults themselves where
         # update never writes in place): update fills them with the batch's statistics
@@ -266,7 +303,6 @@ class Metric(nn.Module):
         count = d["_update_count"]
         d["_update_count"] = 0
         d["_in_forward"] = True
-        cls = type(self)
         try:
             cls.update._raw(self, *args, **kwargs)
             d["_in_forward"] = False
@@ -517,6 +553,7 @@ class Metric(nn.Module):
             state["_state_names"] = tuple(state["_defaults"])
             state["_state_fx"] = tuple(state["_reductions"][n] for n in state["_state_names"])
             state["_sum_only"] = False
+            state["_one_sum_state"] = None
         super().__setstate__(state)
 
     def __getstate__(self) -> dict[str, Any]:
