@@ -88,12 +88,18 @@ def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
 
 
 def _preload(cfg) -> None:  # noqa: ANN001
-    """Import what every run needs (the model's module for the train stage's key, mlflow for
-    tracking and the promotion gate) while Prefect's local API is still starting."""
+    """Import what runs need (the model's module for the train stage's key, mlflow for tracking
+    and the promotion gate, matplotlib for the logged curves) and open the MLflow store, while
+    Prefect's local API is still starting."""
     import importlib
 
     with contextlib.suppress(Exception):  # a bad class path is reported by the stage itself
         importlib.import_module(cfg.model.class_path.partition(":")[0])
+    with contextlib.suppress(Exception):
+        import matplotlib
+
+        matplotlib.use("Agg")  # what the logger's plots use (no display)
+        import matplotlib.pyplot  # noqa: F401
     with contextlib.suppress(Exception):  # an unusable store is reported by the stage itself
         from mlflow import MlflowClient
 

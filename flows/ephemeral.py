@@ -40,7 +40,13 @@ __all__ = ["EphemeralAPI", "start"]
 
 MARKER = "trainflow-api.json"
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1"}
+               "PREFECT__SERVER_FINAL": "1",
+               # Task-run states and events reach the database from the server's event queues,
+               # flushed every 5 s by default; a server that stops with the CLI process must
+               # have written them first (see EphemeralAPI.stop).
+               "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "0.5",
+               "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5"}
+_DRAIN_S = 1.1  # two flushes after the last flow run ended, before the server stops
 _PREFECT_DB_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
@@ -101,6 +107,7 @@ class EphemeralAPI:
     migrated: bool  # False: the migration check was skipped (database already current)
     started_at: float = field(default_factory=time.monotonic)
     healthy_after: float | None = None
+    last_used: float | None = None
 
     @property
     def api_url(self) -> str:
@@ -151,18 +158,30 @@ class EphemeralAPI:
 
     @contextlib.contextmanager
     def use(self) -> Iterator[str]:
-        """Wait until healthy, then point Prefect at this API (``temporary_settings``)."""
-        self.wait()
-        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+        """Wait until healthy, then point Prefect at this API (``temporary_settings``).
 
-        # No UI is served (as in Prefect's ephemeral mode): no "View at <url>" link to it.
-        with temporary_settings(updates={PREFECT_API_URL: self.api_url, PREFECT_UI_URL: ""}):
-            yield self.api_url
+        As in Prefect's own ephemeral mode, no UI is served, so no "View at <url>" link is
+        logged. Flow-run heartbeats are off: they let a long-lived server mark a run whose
+        process died as crashed, but this API dies with this process; and Prefect joins the
+        heartbeat thread, which sleeps in 1 s steps, at the end of every flow run (≈ 0.5 s).
+        """
+        self.wait()
+        from prefect.settings import temporary_settings
+
+        try:
+            with temporary_settings(updates={"api.url": self.api_url, "ui_url": "",
+                                             "flows.heartbeat_frequency": None}):
+                yield self.api_url
+        finally:
+            self.last_used = time.monotonic()
 
     def stop(self) -> None:
-        """Terminate the server (then kill it after 5 s), as Prefect's own stop does."""
+        """Terminate the server (then kill it after 5 s), as Prefect's own stop does, once the
+        server's event queues have been flushed since the last use (task-run states)."""
         proc = self.process
         if proc.poll() is None:
+            if self.last_used is not None:
+                time.sleep(max(0.0, self.last_used + _DRAIN_S - time.monotonic()))
             proc.terminate()
             try:
                 proc.wait(timeout=5)
@@ -199,7 +218,8 @@ def start() -> EphemeralAPI | None:
         return None
     home.mkdir(parents=True, exist_ok=True)
     current = _migrations_current(home)
-    env = {**os.environ, **_SERVER_ENV}
+    env = {**_SERVER_ENV, **os.environ, **{k: v for k, v in _SERVER_ENV.items()
+                                           if k.startswith("PREFECT__")}}
     if current:
         env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
     import importlib.util
