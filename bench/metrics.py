@@ -18,8 +18,11 @@ float64 sum and an int64 count (the metric's state dtypes); AUROC: update = appe
 targets to two lists (the exact state), forward = that plus the batch AUROC with ties counted
 1/2 (one sort, two searchsorted: the same statistic as sklearn's, as the metric computes it);
 binned AUROC (200 thresholds): update = searchsorted + bincount into a (201, 2) histogram,
-forward = that plus a cumsum/trapezoid AUROC of the batch histogram. The last column, hand f/u,
-is the hand-written forward over the hand-written update: the floor of fwd/upd.
+forward = that plus a cumsum/trapezoid AUROC of the batch histogram. Before timing, each
+hand-written forward's batch value is checked against the metric's. The last column, hand f/u,
+is the hand-written forward over the hand-written update: what the batch value costs written
+plainly (a metric may come in under it where it reduces small states on the host).
+--clock thread times CPU time of the thread instead of wall time: steadier on a shared CPU.
 With --torchmetrics the same metrics from torchmetrics are timed in the same run, and the sync
 benchmark is repeated with a torchmetrics MetricCollection.
 """
@@ -248,7 +251,7 @@ def bench_local(args: argparse.Namespace) -> None:
             t_u, t_f = timeit_many([t_upd, t_fwd], args.iters, args.repeats, device)
             tm_rows.append((label, h_u, t_u, t_f))
     print("(µs per call; upd/hand target ≤ 2x, fwd/upd target ≤ 1.2x; hand f/u = the hand-written "
-          "forward over the hand-written update: the floor of fwd/upd)")
+          "forward over the hand-written update)")
     if tm is None and args.torchmetrics:
         print("torchmetrics is not installed: no comparison")
     if tm_rows:
