@@ -295,7 +295,7 @@ class Metric(nn.Module):
         names = d["_state_names"]
         # the running states step aside for fresh defaults (the defaults themselves where
         # update never writes in place): update fills them with the batch's statistics
-        running = [d[n] for n in names]
+        running = list(map(d.__getitem__, names))
         if self._pure_update and not d["_list_states"]:
             d.update(d["_defaults"])
         else:
