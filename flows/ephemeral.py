@@ -42,11 +42,13 @@ MARKER = "trainflow-api.json"
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1",
                # Task-run states and events reach the database from the server's event queues,
-               # flushed every 5 s by default; a server that stops with the CLI process must
-               # have written them first (see EphemeralAPI.stop).
-               "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "0.5",
-               "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5"}
-_DRAIN_S = 1.1  # two flushes after the last flow run ended, before the server stops
+               # flushed every 5 s by default, and the flush at shutdown can be cancelled: a
+               # server that stops with the CLI process must have written them first (see
+               # EphemeralAPI.stop). Whole seconds: Prefect truncates the interval to an int
+               # (0.5 becomes a busy loop burning a core).
+               "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+               "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1"}
+_DRAIN_S = 1.2  # one flush after Prefect sent the last events (its exit handlers run first)
 _PREFECT_DB_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
@@ -181,7 +183,7 @@ class EphemeralAPI:
         proc = self.process
         if proc.poll() is None:
             if self.last_used is not None:
-                time.sleep(max(0.0, self.last_used + _DRAIN_S - time.monotonic()))
+                time.sleep(_DRAIN_S)
             proc.terminate()
             try:
                 proc.wait(timeout=5)
