@@ -124,6 +124,7 @@ class EphemeralAPI:
             timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
                             or 90)
         deadline = self.started_at + timeout
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
@@ -133,7 +134,7 @@ class EphemeralAPI:
                     "why, or set TRAINFLOW_FAST_API=0 to let Prefect start it"
                 )
             try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:  # noqa: S310
+                with opener.open(f"{self.api_url}/health", timeout=2) as resp:
                     if resp.status == 200:
                         self.healthy_after = time.monotonic() - self.started_at
                         if self.migrated:
