@@ -1,6 +1,8 @@
 """Plots logged as artifacts: metric curves per epoch and a confusion-matrix image.
 
-matplotlib with the Agg backend (no display needed), imported only when a plot is drawn.
+Drawn on bare ``matplotlib.figure.Figure`` objects (Agg canvas, no display, no pyplot state),
+with matplotlib imported only when a plot is drawn. Layout margins are fixed rather than fitted
+(``tight_layout`` alone cost ≈ 0.3 s per fit of the example pipeline).
 """
 
 from __future__ import annotations
@@ -18,13 +20,10 @@ _PREFIX = re.compile(r"^(train|val|valid|validation|test)[_/.]")
 _SUFFIX = re.compile(r"[_/.](step|epoch)$")
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height))
 
 
 def group_metric_keys(keys: Sequence[str]) -> dict[str, list[str]]:
@@ -51,12 +50,12 @@ def plot_metric_curves(
     series = {k: pts for k, pts in series.items() if pts}
     if not series:
         return None
-    plt = _pyplot()
     groups = group_metric_keys(list(series))
     n = len(groups)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    fig = _figure(4.5 * cols, 3.4 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (base, keys) in zip(axes.flat, groups.items()):
         for key in keys:
             xs, ys = zip(*series[key])
@@ -69,12 +68,10 @@ def plot_metric_curves(
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    top = 1 - (0.75 if title else 0.4) / (3.4 * rows)  # room for the (super)titles, in inches
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.5 / (3.4 * rows) + 0.05, top=top,
+                        wspace=0.3, hspace=0.45)
+    return _save(fig, path)
 
 
 def plot_confusion_matrix(
@@ -103,9 +100,9 @@ def plot_confusion_matrix(
     if normalize:
         sums = cm.sum(axis=1, keepdims=True)
         cm = np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
-    plt = _pyplot()
     size = max(4.0, min(0.45 * k + 2.0, 14.0))
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = _figure(size, size)
+    ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(k), labels=names, rotation=45 if k > 6 else 0, ha="right")
@@ -120,9 +117,12 @@ def plot_confusion_matrix(
                 text = f"{cm[i, j]:.2f}" if normalize else f"{cm[i, j]:.0f}"
                 color = "white" if top and cm[i, j] > top / 2 else "black"
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.15, right=0.95, bottom=0.15, top=0.92)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return out
