@@ -200,7 +200,15 @@ class FitLoop:
         before_backward = hooks["on_before_backward"]
         after_backward = hooks["on_after_backward"]
         before_opt_step = hooks["on_before_optimizer_step"]
-        autocast = t.precision_plugin.autocast if t.precision_plugin.dtype is not None else None
+        if t.precision_plugin.dtype is None:
+            run_step = training_step  # no wrapper in the hot loop at full precision
+        else:
+            autocast = t.precision_plugin.autocast
+
+            def run_step(batch: Any, batch_idx: int) -> Any:
+                with autocast():
+                    return training_step(batch, batch_idx)
+
         scaler = t.precision_plugin.scaler
         opt = t.optimizers[0] if automatic and t.optimizers else None
         accum = t.accumulate_grad_batches
@@ -243,11 +251,7 @@ class FitLoop:
                 # DDP skips the gradient all-reduce only when forward AND backward of a
                 # micro-step run inside no_sync, so it wraps both.
                 with no_sync(m) if no_sync is not None and not last else _NO_SYNC:
-                    if autocast is None:
-                        out = training_step(batch, batch_idx)
-                    else:
-                        with autocast():
-                            out = training_step(batch, batch_idx)
+                    out = run_step(batch, batch_idx)
                     if step_end is not None:
                         out = step_end(out)
                     loss = out if type(out) is Tensor else t._loss_of(out)
@@ -285,11 +289,7 @@ class FitLoop:
                         t._log_train_step()
             else:
                 before = t.global_step
-                if autocast is None:
-                    out = training_step(batch, batch_idx)
-                else:
-                    with autocast():
-                        out = training_step(batch, batch_idx)
+                out = run_step(batch, batch_idx)
                 if step_end is not None:
                     out = step_end(out)
                 if log_every and t.global_step != before and t.global_step % log_every == 0:
