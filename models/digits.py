@@ -60,15 +60,17 @@ class DigitsMLP(TrainModule):
         x, y = batch
         logits = self(x)
         self.log("val_loss", self.loss_fn(logits, y), on_epoch=True, sync_dist=True)
-        self.val_acc(logits, y)
+        # update(), not forward: only the epoch value is logged, so no per-batch value is
+        # computed (a batch missing a class would make a per-batch macro F1 warn, too)
+        self.val_acc.update(logits, y)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
         self.log("test_loss", self.loss_fn(logits, y), on_epoch=True, sync_dist=True)
-        self.test_acc(logits, y)
-        self.test_f1(logits, y)
+        self.test_acc.update(logits, y)
+        self.test_f1.update(logits, y)
         self.log("test_acc", self.test_acc, on_epoch=True)
         self.log("test_f1", self.test_f1, on_epoch=True)
 
