@@ -389,6 +389,10 @@ def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: lis
     autocast = t.precision_plugin.context
     multi = len(dataloaders) > 1
     takes_idx = _takes_dataloader_idx(step_fn)
+    # on_step values go to the loggers after each batch, as Lightning does (not in the sanity
+    # check, never for predict), at the stage's own batch count
+    log_steps = (results is not None and not (sanity or t.sanity_checking) and stage != "predict"
+                 and t.is_global_zero and bool(t.loggers))
     all_outputs: list[list[Any]] = []
     was_training = m.training
     m.eval()
@@ -424,6 +428,8 @@ def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: lis
                     outputs.append(out if stage == "predict" else detach_output(out))
                 for f in batch_end:
                     f(out, batch, batch_idx, dl_idx)
+                if log_steps:
+                    t._log_eval_step(stage, results)
                 if batch_idx + 1 >= limit:
                     break
             all_outputs.append(outputs)

@@ -264,6 +264,7 @@ class Trainer:
         self._epoch_metrics: dict[str, Tensor] = {}
         self._prog_bar_keys: set[str] = set()
         self._logged: dict[str, Any] = {}  # floats, or step tensors (floats when read)
+        self._eval_log_steps: dict[str, int] = {}  # evaluation batches logged, per stage
         self._live_results: Results | None = None
         self._reset_transient()
 
@@ -786,6 +787,21 @@ class Trainer:
                     for lg in self.loggers:
                         lg.log_metrics(to_log, step=max(self.global_step - 1, 0))
         return epoch_vals
+
+    def _log_eval_step(self, stage: str, res: Results) -> None:
+        """Send an evaluation batch's on_step values (``val_loss_step``...) to the loggers.
+
+        As in Lightning, their step is the count of batches this stage has run in this
+        Trainer (validation keeps counting across epochs), not ``global_step``."""
+        step = self._eval_log_steps.get(stage, 0)
+        self._eval_log_steps[stage] = step + 1
+        vals = res.step_values("logger")
+        if not vals:
+            return
+        floats = {k: float(v) for k, v in vals.items()}
+        self._logged.update(floats)
+        for lg in self.loggers:
+            lg.log_metrics(floats, step=step)
 
     def _log_train_step(self) -> None:
         """Send on_step values to the loggers (every log_every_n_steps steps, rank zero)."""

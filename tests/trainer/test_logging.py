@@ -294,3 +294,32 @@ def test_results_weighted_mean_across_folds_and_state_round_trip():
     c.fx = "train_batch"
     feed(c, FOLD_EVERY + 5, n)
     assert torch.equal(c.epoch_values()["v_epoch"], got)  # bit for bit, as uninterrupted
+
+
+def test_validation_and_test_on_step_values_reach_the_loggers():
+    """Lightning's convention: ``val_x_step`` after each validation batch (not in the sanity
+    check), its step counting validation batches across epochs; likewise for test."""
+
+    class StepEval(TinyModule):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_x", float(batch_idx), on_step=True, on_epoch=True)
+
+        def test_step(self, batch, batch_idx):
+            self.log("test_x", float(batch_idx) + 10, on_step=True, on_epoch=True)
+
+    ds = make_data(n=24)
+    lg = ListLogger()
+    t = Trainer(max_epochs=2, logger=lg, enable_checkpointing=False, enable_progress_bar=False,
+                num_sanity_val_steps=2, log_every_n_steps=100)
+    m = StepEval()
+    t.fit(m, make_loader(ds, batch_size=8), make_loader(ds, batch_size=8, shuffle=False))
+    val_steps = [(step, row["val_x_step"]) for step, row in lg.rows if "val_x_step" in row]
+    # 3 batches per validation, 2 epochs, no sanity-check rows: steps 0..5, values 0,1,2,0,1,2
+    assert val_steps == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 0.0), (4, 1.0), (5, 2.0)]
+    epoch_rows = [row for _, row in lg.rows if "val_x_epoch" in row]
+    assert [r["val_x_epoch"] for r in epoch_rows] == [pytest.approx(1.0)] * 2
+    lg.rows.clear()
+    t.test(m, make_loader(ds, batch_size=8, shuffle=False))
+    test_steps = [(step, row["test_x_step"]) for step, row in lg.rows if "test_x_step" in row]
+    assert test_steps == [(0, 10.0), (1, 11.0), (2, 12.0)]
+    assert t.logged_metrics["test_x_step"] == 12.0
