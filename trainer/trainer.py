@@ -927,7 +927,8 @@ class Trainer:
             ckpt["precision"] = self.precision_plugin.state_dict()
             ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks
                                  if hasattr(cb, "state_key")}
-            ckpt["loops"] = {"fit": self.fit_loop.state_dict()}
+            ckpt["loops"] = {"fit": self.fit_loop.state_dict(),
+                             "eval_logged_steps": dict(self._eval_log_steps)}
             ckpt["rng"] = collect_rng_states()
             if self.datamodule is not None and hasattr(self.datamodule, "state_dict"):
                 ckpt["datamodule"] = self.datamodule.state_dict()
@@ -986,6 +987,8 @@ class Trainer:
         self.current_epoch = ckpt["epoch"]
         self.global_step = ckpt["global_step"]
         loop = ckpt["loops"]["fit"]
+        # evaluation step logs go on counting where they were (older checkpoints: from 0)
+        self._eval_log_steps = dict(ckpt["loops"].get("eval_logged_steps", {}))
         if loop["batches_consumed"] > 0 or loop["epoch_end_reached"]:
             self.fit_loop.load_state_dict(loop)
             self._restart_rng = ckpt["rng"]

@@ -323,3 +323,27 @@ def test_validation_and_test_on_step_values_reach_the_loggers():
     test_steps = [(step, row["test_x_step"]) for step, row in lg.rows if "test_x_step" in row]
     assert test_steps == [(0, 10.0), (1, 11.0), (2, 12.0)]
     assert t.logged_metrics["test_x_step"] == 12.0
+
+
+def test_validation_step_log_count_resumes_from_a_checkpoint(tmp_path):
+    """After a resume, val_x_step goes on from the checkpoint's count (no repeated steps)."""
+
+    class StepEval(TinyModule):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_x", float(batch_idx), on_step=True)
+
+    ds = make_data(n=16)
+
+    def fit(max_epochs, ckpt=None):
+        lg = ListLogger()
+        t = Trainer(max_epochs=max_epochs, logger=lg, enable_checkpointing=False,
+                    enable_progress_bar=False, num_sanity_val_steps=0, log_every_n_steps=100)
+        t.fit(StepEval(), make_loader(ds, batch_size=8),
+              make_loader(ds, batch_size=8, shuffle=False), ckpt_path=ckpt)
+        return t, [step for step, row in lg.rows if "val_x_step" in row]
+
+    t, steps = fit(1)
+    assert steps == [0, 1]
+    t.save_checkpoint(tmp_path / "e1.ckpt")
+    _, steps = fit(2, tmp_path / "e1.ckpt")
+    assert steps == [2, 3]
