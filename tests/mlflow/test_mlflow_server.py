@@ -4,38 +4,27 @@ runs): logger, register, promote and load_champion over HTTP; the server is alwa
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ui_process import free_port, printed_url
 
 from flows.tracking import TrackingUnreachable, check_reachable
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _read_lines(stream, out: queue.Queue) -> None:
-    for line in stream:
-        out.put(line)
 
 
 @pytest.fixture
 def ui_server(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     uri = f"sqlite:///{tmp_path}/srv/mlflow.db"
     code = (
         f"from flows.tracking import run_ui; raise SystemExit(run_ui(port={port}, "
@@ -49,19 +38,9 @@ def ui_server(tmp_path: Path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    url, seen, deadline = None, [], time.monotonic() + 150
     try:
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            seen.append(line)
-            if line.startswith("MLflow UI: "):
-                url = line.split()[2]
-        assert url == f"http://localhost:{port}", "".join(seen)[-3000:]
+        url, out = printed_url(proc, time.monotonic() + 150)
+        assert url == f"http://localhost:{port}", out
         yield url
     finally:
         proc.send_signal(signal.SIGINT)

@@ -4,28 +4,21 @@ folder's .trainflow/), bound to 127.0.0.1, prints the URL, serves it, and stops 
 from __future__ import annotations
 
 import os
-import queue
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from ui_process import free_port, printed_url
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_S = 150  # mlflow server answers in ~7 s on a quiet machine; far more under load
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _command() -> list[str]:
@@ -63,13 +56,8 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return resp.status, resp.read().decode("utf-8", "replace")
 
 
-def _read_lines(stream, out: queue.Queue) -> None:
-    for line in stream:
-        out.put(line)
-
-
 def test_trainflow_ui_serves_the_embedded_store_on_loopback(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -86,22 +74,10 @@ def test_trainflow_ui_serves_the_embedded_store_on_loopback(tmp_path: Path) -> N
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    seen: list[str] = []
-    url = None
     try:
         deadline = time.monotonic() + STARTUP_S
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            seen.append(line)
-            match = re.search(r"MLflow UI: (http://\S+)", line)
-            if match:
-                url = match.group(1).rstrip("/")
-        out = "".join(seen)[-3000:]
+        url, out = printed_url(proc, deadline)
+        url = url.rstrip("/") if url else url
         assert url is not None, f"no URL printed (exit code {proc.poll()}):\n{out}"
         assert url == f"http://localhost:{port}", out
 
@@ -130,7 +106,7 @@ def test_trainflow_ui_serves_the_embedded_store_on_loopback(tmp_path: Path) -> N
 
         # Ctrl-C stops the command and the server with it
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 0, "".join(seen)[-3000:]
+        assert proc.wait(60) == 0, out
         gone = time.monotonic() + 15  # server workers may take a moment after the command
         while _listening_addresses(port) and time.monotonic() < gone:
             time.sleep(0.2)
