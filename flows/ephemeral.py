@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from flows.tracking import free_port
 
 __all__ = ["EphemeralAPI", "start"]
 
@@ -91,12 +92,6 @@ def _db_revision(db: Path) -> str | None:
     except sqlite3.Error:
         return None
     return str(row[0]) if row else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -229,7 +224,7 @@ def start() -> EphemeralAPI | None:
 
     spec = importlib.util.find_spec("prefect")  # finds the package without importing it
     assert spec is not None and spec.origin is not None
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent),
            "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "error", "--lifespan", "on"]

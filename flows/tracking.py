@@ -300,7 +300,8 @@ def seed_sqlite_store(db: Path) -> bool:
 # --------------------------------------------------------------------------- server / UI
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it; free until someone binds it)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -377,7 +378,7 @@ def start_server(
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port(host)
+    port = port or free_port(host)
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         _server_cmd(uri, host, port, workers),

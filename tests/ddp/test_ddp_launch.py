@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from pathlib import Path
 import ddp_workers
 import pytest
 
+from flows.tracking import free_port
 from trainer.launcher import WorkerError
 from trainer.strategy import DDPStrategy
 
@@ -130,16 +130,10 @@ if __name__ == "__main__":
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_agents_rendezvous_as_two_nodes_on_loopback(tmp_path: Path) -> None:
     script = tmp_path / "node.py"
     script.write_text(NODE_SCRIPT)
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), endpoint],

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ui_process import free_port, printed_url
+from ui_process import printed_url
 
-from flows.tracking import TrackingUnreachable, check_reachable
+from flows.tracking import TrackingUnreachable, check_reachable, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from ui_process import free_port, printed_url
+from ui_process import printed_url
+
+from flows.tracking import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_S = 150  # mlflow server answers in ~7 s on a quiet machine; far more under load

@@ -1,19 +1,12 @@
-"""For tests that start an MLflow UI subprocess: a free port, and the URL the process prints."""
+"""For tests that start an MLflow UI subprocess: the URL the process prints."""
 
 from __future__ import annotations
 
 import queue
 import re
-import socket
 import subprocess
 import threading
 import time
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _read_lines(stream, out: queue.Queue) -> None:
