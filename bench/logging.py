@@ -1,39 +1,56 @@
 """Benchmark: what MLflow logging costs the training loop, and log_batch throughput.
 
-1. Step time of a Trainer fit of the MLP 32→64→10 with ``MLflowLogger`` logging every step
-   (``log_every_n_steps=1``; writer thread and inline writer) vs no logger, in the same process,
-   alternating; ratios are medians of per-repeat ratios (each logged fit against the no-logger
-   fit just before it, so a load change between repeats cancels out). Steady step = median time
-   between batch ends; fit wall = fit time / optimizer steps (run creation, epoch-end flushes
-   and close included; the one-off import of mlflow is warmed up before timing).
-2. ``MlflowClient.log_batch`` throughput (1000 metrics per call) and the logger's end-to-end
+1. Steady step time of a Trainer fit of the MLP 32→64→10 with ``MLflowLogger`` logging every
+   step (``log_every_n_steps=1``; writer thread and inline writer) vs no logger, in the same
+   process. Identical fits differ by up to ±10 % on a shared 2-core machine, far more than the
+   2 % to resolve, so the comparison is many short fits in rotating order (no logger, thread,
+   inline; then the next rotation): each logged fit's ratio is taken against the no-logger fit
+   of its own rotation, and the mean of those ratios is given with its 95 % confidence interval.
+   Each fit's step is the time between train batch ends: its median and its mean (which counts
+   work done every n steps) on the wall clock, and its median on the training thread's CPU clock
+   (steal and preemption left out).
+   The CPU time other threads (the writer) used during those steps is shown beside them, so the
+   thread clock cannot hide work moved to the writer.
+2. The Trainer's per-step logging call (``Trainer._log_train_step``: collecting the step values,
+   ``MLflowLogger.log_metrics``), timed inside the fits: the most precise figure of the cost the
+   logger adds to a step.
+3. Whole fits (3 epochs of 1000 steps, alternating): fit wall time per step, which includes run
+   creation, the epoch-end writes to the store and closing the run.
+4. ``MlflowClient.log_batch`` throughput (1000 metrics per call) and the logger's end-to-end
    throughput (``log_metrics`` + ``save()``), in metrics per second, on a SQLite store.
 
-Run: ``.venv/bin/python bench/mlflow_logging.py`` (full) or ``--smoke`` (tiny counts).
-Writes nothing outside a temp folder; prints a markdown table for bench/RESULTS.md.
+Run: ``.venv/bin/python bench/logging.py`` (full) or ``--smoke`` (tiny counts).
+Writes nothing outside a temp folder; prints markdown tables for bench/RESULTS.md.
 """
 
-from __future__ import annotations
-
-import argparse
 import os
-import platform
-import statistics
-import tempfile
-import time
-from pathlib import Path
+import sys
+
+if __name__ == "__main__":
+    # Run as a script, this file's folder heads sys.path, where this file's name would hide the
+    # standard library's logging module from every import below; the repo root goes there.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse  # noqa: E402  (after the sys.path fix above)
+import math  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from trainer.callbacks import Callback
-from trainer.loggers.mlflow import MLflowLogger
-from trainer.module import TrainModule
-from trainer.trainer import Trainer
+from trainer.callbacks import Callback  # noqa: E402
+from trainer.loggers.mlflow import MLflowLogger  # noqa: E402
+from trainer.module import TrainModule  # noqa: E402
+from trainer.trainer import Trainer  # noqa: E402
 
 
 class MLP(TrainModule):
@@ -54,20 +71,25 @@ class MLP(TrainModule):
 
 
 class StepTimer(Callback):
-    """Time between consecutive train batch ends inside an epoch (the steady-state step)."""
+    """Clock readings at each train batch end: wall, this thread's CPU, the process's CPU."""
 
     def __init__(self) -> None:
-        self.deltas: list[float] = []
-        self._last: float | None = None
+        self.marks: list[tuple[float, float, float]] = []
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        self._last = None
+        self.marks.append((math.nan, math.nan, math.nan))  # no step spans an epoch boundary
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._last is not None:
-            self.deltas.append(now - self._last)
-        self._last = now
+        self.marks.append((time.perf_counter(), time.thread_time(), time.process_time()))
+
+    def steady(self) -> tuple[float, float, float, float]:
+        """(median wall step, mean wall step, median thread-CPU step, other threads' CPU per
+        step), over the steps inside epochs."""
+        pairs = [(a, b) for a, b in zip(self.marks, self.marks[1:]) if not math.isnan(a[0] + b[0])]
+        wall = [b[0] - a[0] for a, b in pairs]
+        cpu = statistics.median(b[1] - a[1] for a, b in pairs)
+        other = sum((b[2] - a[2]) - (b[1] - a[1]) for a, b in pairs) / len(pairs)
+        return statistics.median(wall), statistics.fmean(wall), cpu, other
 
 
 def _loader(n: int, batch: int) -> DataLoader:
@@ -76,12 +98,19 @@ def _loader(n: int, batch: int) -> DataLoader:
     return DataLoader(ds, batch_size=batch, shuffle=False)
 
 
-def _fit_step_time(
-    logger, steps_per_epoch: int, epochs: int, batch: int, root: Path
-) -> tuple[float, float, float]:
-    """(fit wall time / steps, median steady-state step time, time per step inside the
-    Trainer's per-step logging call (Trainer._log_train_step, which calls log_metrics)) of one
-    fit."""
+@dataclass
+class Fit:
+    """One fit's figures, in seconds per optimizer step."""
+
+    wall: float  # fit wall time / steps (run creation, flushes and close included)
+    step: float  # steady step, wall clock, median
+    step_mean: float  # steady step, wall clock, mean (work done every n steps included)
+    step_cpu: float  # steady step, the training thread's CPU time
+    other_cpu: float  # CPU time of the other threads during the steady steps
+    log_call: float  # inside Trainer._log_train_step
+
+
+def _fit(logger, steps_per_epoch: int, epochs: int, batch: int, root: Path) -> Fit:
     torch.manual_seed(0)
     timer = StepTimer()
     trainer = Trainer(
@@ -94,8 +123,6 @@ def _fit_step_time(
         default_root_dir=root,
         callbacks=[timer],
     )
-    # The logging call timed from inside the fit: the whole-fit comparison below cannot resolve
-    # 1-2 % (identical fits differ by up to ±10 % on this machine), this can.
     log_step, spent = trainer._log_train_step, [0.0]
 
     def timed_log_step() -> None:
@@ -108,36 +135,42 @@ def _fit_step_time(
     t0 = time.perf_counter()
     trainer.fit(MLP(), dl)
     steps = steps_per_epoch * epochs
-    total = (time.perf_counter() - t0) / steps
-    steady = statistics.median(timer.deltas) if timer.deltas else float("nan")
-    return total, steady, spent[0] / steps
+    wall = (time.perf_counter() - t0) / steps
+    return Fit(wall, *timer.steady(), spent[0] / steps)
 
 
-WRITERS = ("thread", "inline")  # MLflowLogger(writer=...) compared with no logger
+MODES = ("none", "thread", "inline")  # no logger, MLflowLogger(writer=...)
 
 
-def bench_step_time(
-    uri: str, root: Path, steps: int, epochs: int, batch: int, repeats: int
-) -> dict[str, list[tuple[float, float]]]:
-    """Per repeat, alternating: a fit with no logger, then one per MLflowLogger writer (every
-    step logged); returns {mode: [(fit wall / steps, steady step), ...]}."""
-    _fit_step_time(None, 4, 1, batch, root)  # warm up torch and the Trainer
-    for writer in WRITERS:  # warm up mlflow imports, the store and the writer thread
-        warm = MLflowLogger("bench-warmup", tracking_uri=uri, log_plots=False, writer=writer)
-        _fit_step_time(warm, 4, 1, batch, root)
-    out: dict[str, list[tuple[float, float]]] = {"none": [], **{w: [] for w in WRITERS}}
-    for r in range(repeats):
-        out["none"].append(_fit_step_time(None, steps, epochs, batch, root))
-        for writer in WRITERS:
-            lg = MLflowLogger(
-                "bench-logging",
-                run_name=f"{writer}{r}",
-                tracking_uri=uri,
-                log_plots=False,
-                writer=writer,
-            )
-            out[writer].append(_fit_step_time(lg, steps, epochs, batch, root))
+def _logger(mode: str, uri: str, run_name: str):
+    if mode == "none":
+        return None
+    return MLflowLogger(
+        "bench-logging", run_name=run_name, tracking_uri=uri, log_plots=False, writer=mode
+    )
+
+
+def bench_fits(
+    uri: str, root: Path, rotations: int, steps: int, epochs: int, batch: int
+) -> dict[str, list[Fit]]:
+    """``rotations`` rounds of one fit per mode, the order rotating each round."""
+    _fit(None, 4, 1, batch, root)  # warm up torch and the Trainer
+    for mode in MODES[1:]:  # warm up mlflow imports, the store and the writer thread
+        _fit(_logger(mode, uri, "warmup"), 4, 1, batch, root)
+    out: dict[str, list[Fit]] = {m: [] for m in MODES}
+    for r in range(rotations):
+        k = r % len(MODES)
+        for mode in MODES[k:] + MODES[:k]:
+            out[mode].append(_fit(_logger(mode, uri, f"{mode}{r}"), steps, epochs, batch, root))
     return out
+
+
+def ratio_ci(xs: list[float], base: list[float]) -> tuple[float, float, float]:
+    """Mean of the per-rotation ratios x/base and its 95 % confidence interval."""
+    r = [x / b for x, b in zip(xs, base)]
+    m = statistics.fmean(r)
+    half = 1.96 * statistics.stdev(r) / math.sqrt(len(r)) if len(r) > 1 else math.nan
+    return m, m - half, m + half
 
 
 def bench_log_batch(uri: str, calls: int) -> float:
@@ -182,53 +215,73 @@ def bench_logger_throughput(uri: str, rows: int, per_row: int = 4) -> tuple[floa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1000, help="steps per epoch")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rotations", type=int, default=150, help="short fits per mode")
+    p.add_argument("--steps", type=int, default=120, help="steps of a short fit")
+    p.add_argument("--long-repeats", type=int, default=3, help="whole fits per mode")
+    p.add_argument("--long-steps", type=int, default=1000, help="steps per epoch, whole fits")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of a whole fit")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-calls", type=int, default=20, help="log_batch calls of 1000")
     p.add_argument("--logger-rows", type=int, default=20000)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--smoke", action="store_true", help="tiny counts (a quick check)")
     a = p.parse_args(argv)
     if a.smoke:
-        a.steps, a.epochs, a.repeats, a.batch_calls, a.logger_rows = 20, 2, 1, 2, 500
+        a.rotations, a.steps, a.long_repeats, a.long_steps, a.epochs = 3, 20, 1, 20, 2
+        a.batch_calls, a.logger_rows = 2, 500
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory(prefix="trainflow-bench-logging-") as tmp:
         root = Path(tmp)
         uri = f"sqlite:///{root}/mlflow.db"
-        times = bench_step_time(uri, root, a.steps, a.epochs, a.batch, a.repeats)
+        short = bench_fits(uri, root, a.rotations, a.steps, 1, a.batch)
+        long = bench_fits(uri, root, a.long_repeats, a.long_steps, a.epochs, a.batch)
         batch_tp = bench_log_batch(uri, a.batch_calls)
         call_us, logger_tp = bench_logger_throughput(uri, a.logger_rows)
     med = statistics.median
-    base = times["none"]
     print(
-        f"# bench/mlflow_logging.py  ({platform.processor() or platform.machine()}, "
+        f"# bench/logging.py  ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {a.threads})"
     )
     print(
-        f"MLP 32→64→10, batch {a.batch}, {a.steps} steps x {a.epochs} epochs, {a.repeats} "
-        "repeats alternating no logger / MLflowLogger every step (writer thread, inline); "
-        "ratio: median over repeats of (logger / the no-logger fit just before)\n"
+        f"\nMLP 32→64→10, batch {a.batch}, logging every step. Steady step: {a.rotations} "
+        f"rotations of {a.steps}-step fits (no logger, writer thread, inline); ratio: mean over "
+        "rotations of (logger / no logger of the same rotation), with its 95 % confidence "
+        "interval. Target ≤ 1.02.\n"
     )
     print(
-        "| logger | steady step (median between batch ends) | ratio (target ≤ 1.02) "
-        "| per-repeat ratios (min–max) | logging call per step (timed in the fit) "
-        "| that / no-logger step | fit wall / steps (run start, flushes, close) | ratio |"
+        "| logger | step (median, wall) | ratio | mean step (wall) | ratio "
+        "| step (median, thread CPU) | ratio | other threads' CPU per step "
+        "| logging call per step (in the fit) | that / step |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    base_steady = med(b[1] for b in base)
-    for mode, rows in times.items():
-        steady = med(x[1] for x in rows)
-        wall = med(x[0] for x in rows)
-        ratios = [x[1] / b[1] for x, b in zip(rows, base)]
-        r_wall = med(x[0] / b[0] for x, b in zip(rows, base))
-        log_us = med(x[2] for x in rows)
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    base = short["none"]
+    base_step = med(f.step for f in base)
+
+    def cell(fits: list[Fit], field: str) -> str:
+        m, lo, hi = ratio_ci([getattr(f, field) for f in fits], [getattr(f, field) for f in base])
+        return f"{med(getattr(f, field) for f in fits) * 1e6:.1f} µs | {m:.3f} ({lo:.3f}–{hi:.3f})"
+
+    for mode, fits in short.items():
         label = "no logger" if mode == "none" else f"MLflowLogger(writer={mode!r})"
+        log_us = med(f.log_call for f in fits)
         print(
-            f"| {label} | {steady * 1e6:.1f} µs | {med(ratios):.3f} "
-            f"| {min(ratios):.3f}–{max(ratios):.3f} | {log_us * 1e6:.1f} µs "
-            f"| +{log_us / base_steady:.2%} | {wall * 1e6:.1f} µs | {r_wall:.3f} |"
+            f"| {label} | {cell(fits, 'step')} | {cell(fits, 'step_mean')} "
+            f"| {cell(fits, 'step_cpu')} | {med(f.other_cpu for f in fits) * 1e6:.1f} µs "
+            f"| {log_us * 1e6:.1f} µs | +{log_us / base_step:.2%} |"
+        )
+    print(
+        f"\nWhole fits: {a.long_repeats} rotations of {a.epochs} epochs x {a.long_steps} steps; "
+        "fit wall / steps includes run creation, the epoch-end writes and closing the run.\n"
+    )
+    print("| logger | steady step, wall | fit wall / steps | ratio (median) |")
+    print("|---|---|---|---|")
+    base = long["none"]
+    for mode, fits in long.items():
+        label = "no logger" if mode == "none" else f"MLflowLogger(writer={mode!r})"
+        r_wall = med(f.wall / b.wall for f, b in zip(fits, base))
+        print(
+            f"| {label} | {med(f.step for f in fits) * 1e6:.1f} µs "
+            f"| {med(f.wall for f in fits) * 1e6:.1f} µs | {r_wall:.3f} |"
         )
     print()
     print("| measure | value |")

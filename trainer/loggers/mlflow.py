@@ -2,15 +2,15 @@
 
 Metrics: the training thread only appends ``(time, step, metrics)`` to an in-memory buffer; the
 per-step values stay 0-d tensors (``accepts_tensors``: no ``.item()`` per step, no device sync)
-and are converted many at once (``torch.cat(...).tolist()``) when written. Writing is
-``MlflowClient.log_batch`` (1000 metrics per call, MLflow's maximum); ``epoch`` is written only
-where its value starts and ends (the Trainer repeats it on every step). Where the writes run is
-``writer``: ``"thread"`` hands the rows through a bounded queue to a writer thread, ``"inline"``
-writes them on the calling thread. Either way ``save()`` (every epoch end) and ``finalize()``
-flush: what was logged before an epoch end is in the store after it, and a write error is
-reported there, on the training thread. The client, the thread and the queue are created lazily
-and dropped when pickled (the Trainer is pickled to DDP workers); the run is created before
-pickling so the workers and the caller share one run.
+and are converted when written, those on an accelerator many at once (one ``torch.cat``, one
+``tolist``). Writing is ``MlflowClient.log_batch`` (1000 metrics per call, MLflow's maximum);
+``epoch`` is written only where its value starts and ends (the Trainer repeats it on every
+step). Where the writes run is ``writer``: ``"thread"`` hands the rows through a bounded queue
+to a writer thread, ``"inline"`` writes them on the calling thread. Either way ``save()``
+(every epoch end) and ``finalize()`` flush: what was logged before an epoch end is in the store
+after it, and a write error is reported there, on the training thread. The client, the thread
+and the queue are created lazily and dropped when pickled (the Trainer is pickled to DDP
+workers); the run is created before pickling so the workers and the caller share one run.
 """
 
 from __future__ import annotations
@@ -543,24 +543,32 @@ def _write_or_keep_error(
 
 
 def _as_floats(rows: list[tuple[float, int, Mapping[str, Any]]]) -> list[list[float]]:
-    """The values of each row as floats: tensors converted together (one cat, one tolist per
-    device) instead of one ``.item()`` (a device sync) each."""
+    """The values of each row as floats. Accelerator tensors are converted together (one cat,
+    one tolist per device) instead of one ``.item()`` (a device sync) each; host tensors are
+    read one by one (no sync there, and cheaper than an op)."""
     import torch
 
     out = [list(m.values()) for _, _, m in rows]
-    where: dict[Any, list[tuple[int, int]]] = {}
-    tensors: dict[Any, list[Any]] = {}
+    on_device: dict[Any, tuple[list[tuple[int, int]], list[Any]]] = {}
     for i, vals in enumerate(out):
         for j, v in enumerate(vals):
-            if isinstance(v, torch.Tensor):
-                where.setdefault(v.device, []).append((i, j))
-                tensors.setdefault(v.device, []).append(v.detach().reshape(-1)[:1])
-    for device, ts in tensors.items():
+            cls = v.__class__
+            if cls is float or cls is int:  # the common case first: isinstance on
+                continue  # torch.Tensor goes through a Python-level __instancecheck__
+            if not isinstance(v, torch.Tensor):
+                continue
+            if v.is_cpu:
+                vals[j] = v.item() if v.numel() == 1 else v.reshape(-1)[0].item()
+            else:
+                slots, ts = on_device.setdefault(v.device, ([], []))
+                slots.append((i, j))
+                ts.append(v.detach().reshape(-1)[:1])
+    for slots, ts in on_device.values():
         try:
             flat = torch.cat(ts).double().tolist()
         except (RuntimeError, TypeError):  # odd dtypes: one at a time
             flat = [float(t) for t in ts]
-        for (i, j), v in zip(where[device], flat):
+        for (i, j), v in zip(slots, flat):
             out[i][j] = v
     return out
 
