@@ -109,6 +109,7 @@ class FitLoop:
         self.trainer = trainer
         self.batch_idx = 0
         self.batches_consumed = 0  # of the current epoch, for exact resume
+        self.batches_total = 0  # training batches of all epochs (check_val_every_n_epoch=None)
         self.epoch_rng: dict[str, Any] | None = None  # loader generators at this epoch's start
         self.epoch_end_reached = False
         self.restart: dict[str, Any] | None = None  # fit-loop state from a checkpoint
@@ -118,6 +119,7 @@ class FitLoop:
     def state_dict(self) -> dict[str, Any]:
         return {
             "batches_consumed": self.batches_consumed,
+            "batches_total": self.batches_total,
             "epoch_rng": self.epoch_rng,
             "epoch_end_reached": self.epoch_end_reached,
             "results": self.trainer._train_results.state_dict(),
@@ -223,6 +225,8 @@ class FitLoop:
         log_every = t.log_every_n_steps if t.loggers and t.is_global_zero else 0
         no_sync = t.strategy.no_sync if t.strategy.world_size > 1 and accum > 1 else None
         val_every = self._val_check_batches(val_dls, n_batches)
+        # check_val_every_n_epoch=None: val_every counts the batches of all epochs
+        val_across = t.check_val_every_n_epoch is None
         pending = False  # a backward has happened since the last optimizer step
 
         if batch_idx >= n_batches:  # resumed after the last batch: nothing left to fetch
@@ -299,10 +303,11 @@ class FitLoop:
                 outputs.append(detach_output(out))
             batch_idx += 1
             self.batches_consumed = batch_idx
+            self.batches_total += 1
             if batch_end:
                 for f in batch_end:
                     f(out, batch, batch_idx - 1)
-            if val_every and batch_idx % val_every == 0:
+            if val_every and (self.batches_total if val_across else batch_idx) % val_every == 0:
                 t._run_validation_in_fit(val_dls)
                 res.fx = "train_batch"
                 m._results = res
@@ -347,9 +352,11 @@ class FitLoop:
         t = self.trainer
         if not val_dls or not t._val_enabled:
             return 0
+        v = t.val_check_interval
+        if t.check_val_every_n_epoch is None:
+            return v  # an int (checked by the Trainer), counted across epochs
         if (t.current_epoch + 1) % t.check_val_every_n_epoch != 0:
             return 0
-        v = t.val_check_interval
         if isinstance(v, float):
             if math.isinf(n_batches):
                 if v != 1.0:
@@ -357,6 +364,11 @@ class FitLoop:
                                      "length; use an int number of batches")
                 return 0
             return max(1, int(n_batches * v))
+        if v > n_batches:
+            raise ValueError(
+                f"Trainer(val_check_interval={v}): more than the {int(n_batches)} training "
+                "batches of an epoch, so validation would never run; use fewer, or "
+                "check_val_every_n_epoch=None to count batches across epochs")
         return v
 
 

@@ -127,7 +127,7 @@ class Trainer:
         limit_predict_batches: int | float = 1.0,
         overfit_batches: int | float = 0.0,
         val_check_interval: int | float = 1.0,
-        check_val_every_n_epoch: int = 1,
+        check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int = 2,
         log_every_n_steps: int = 50,
         enable_checkpointing: bool = True,
@@ -175,7 +175,16 @@ class Trainer:
                                  f"(fraction of an epoch) (got {val_check_interval!r})")
         else:
             _check_int("val_check_interval", val_check_interval, 1)
-        _check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
+        if check_val_every_n_epoch is None:
+            # Lightning's step-based validation: every val_check_interval training batches,
+            # counted across epochs (for loaders without a length, or epochs of any size)
+            if isinstance(val_check_interval, float):
+                raise ValueError(
+                    "Trainer(check_val_every_n_epoch=None): val_check_interval must be an int "
+                    "number of training batches, counted across epochs (got "
+                    f"{val_check_interval!r})")
+        else:
+            _check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
         _check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
         _check_int("log_every_n_steps", log_every_n_steps, 1)
         _check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
@@ -987,6 +996,7 @@ class Trainer:
         self.current_epoch = ckpt["epoch"]
         self.global_step = ckpt["global_step"]
         loop = ckpt["loops"]["fit"]
+        self.fit_loop.batches_total = loop.get("batches_total", 0)  # older checkpoints: 0
         # evaluation step logs go on counting where they were (older checkpoints: from 0)
         self._eval_log_steps = dict(ckpt["loops"].get("eval_logged_steps", {}))
         if loop["batches_consumed"] > 0 or loop["epoch_end_reached"]:

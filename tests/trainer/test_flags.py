@@ -104,6 +104,34 @@ def test_val_check_interval_float_and_int():
     assert len(m.val_batches) == 3  # after batches 3, 6, 9
 
 
+def test_val_check_interval_counted_across_epochs():
+    # check_val_every_n_epoch=None: every 4 training batches of all epochs (Lightning's
+    # step-based validation): after batches 4, 8 | 12, 16, 20 of two 10-batch epochs
+    m = _fit(_t(max_epochs=2, val_check_interval=4, check_val_every_n_epoch=None,
+                num_sanity_val_steps=0, limit_val_batches=1))
+    assert len(m.val_batches) == 5
+
+
+def test_val_check_interval_across_epochs_goes_on_counting_after_resume(tmp_path):
+    ckpt = tmp_path / "one_epoch.ckpt"
+    flags = dict(val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                 limit_val_batches=1)
+    t = _t(max_epochs=1, **flags)
+    assert len(_fit(t).val_batches) == 3  # after batches 3, 6, 9
+    t.save_checkpoint(ckpt)
+    resumed = Counting()
+    _t(max_epochs=3, **flags).fit(resumed, make_loader(DS), make_loader(DS, shuffle=False),
+                                  ckpt_path=ckpt)
+    # batches 11..30: after 12, 15, 18, 21, 24, 27, 30 (counting from 0 again would give 6)
+    assert len(resumed.val_batches) == 7
+
+
+def test_int_val_check_interval_longer_than_an_epoch_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"val_check_interval=11.*10 training batches.*"
+                                         r"check_val_every_n_epoch=None"):
+        _fit(_t(max_epochs=1, val_check_interval=11, num_sanity_val_steps=0))
+
+
 def test_check_val_every_n_epoch():
     m = _fit(_t(max_epochs=4, check_val_every_n_epoch=2, num_sanity_val_steps=0,
                 limit_val_batches=1))
@@ -236,6 +264,8 @@ def test_callbacks_flag_single_and_list():
     ({"val_check_interval": 0.0}, ValueError, r"val_check_interval"),
     ({"val_check_interval": 0}, ValueError, r"val_check_interval"),
     ({"check_val_every_n_epoch": 0}, ValueError, r"check_val_every_n_epoch"),
+    ({"check_val_every_n_epoch": None, "val_check_interval": 0.5}, ValueError,
+     r"check_val_every_n_epoch=None.*must be an int"),
     ({"num_sanity_val_steps": -2}, ValueError, r"num_sanity_val_steps"),
     ({"fast_dev_run": -1}, ValueError, r"fast_dev_run"),
     ({"log_every_n_steps": 0}, ValueError, r"log_every_n_steps"),
