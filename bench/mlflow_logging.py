@@ -19,38 +19,36 @@
 4. ``MlflowClient.log_batch`` throughput (1000 metrics per call) and the logger's end-to-end
    throughput (``log_metrics`` + ``save()``), in metrics per second, on a SQLite store.
 
-Run: ``.venv/bin/python bench/logging.py`` (full) or ``--smoke`` (tiny counts).
+Run: ``.venv/bin/python bench/mlflow_logging.py`` (full) or ``--smoke`` (tiny counts).
 Writes nothing outside a temp folder; prints markdown tables for bench/RESULTS.md.
+This is the benchmark issue 6 calls ``bench/logging.py``: a file of that name in bench/ would
+stand in for the standard library's ``logging`` in every script run from bench/ (the script's
+folder comes first on ``sys.path``) and break them all.
 """
 
+from __future__ import annotations
+
+import argparse
+import math
 import os
-import sys
-
-if __name__ == "__main__":
-    # Run as a script, this file's folder heads sys.path, where this file's name would hide the
-    # standard library's logging module from every import below; the repo root goes there.
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-import argparse  # noqa: E402  (after the sys.path fix above)
-import math  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from trainer.callbacks import Callback  # noqa: E402
-from trainer.loggers.mlflow import MLflowLogger  # noqa: E402
-from trainer.module import TrainModule  # noqa: E402
-from trainer.trainer import Trainer  # noqa: E402
+from trainer.callbacks import Callback
+from trainer.loggers.mlflow import MLflowLogger
+from trainer.module import TrainModule
+from trainer.trainer import Trainer
 
 
 class MLP(TrainModule):
@@ -239,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         call_us, logger_tp = bench_logger_throughput(uri, a.logger_rows)
     med = statistics.median
     print(
-        f"# bench/logging.py  ({platform.processor() or platform.machine()}, "
+        f"# bench/mlflow_logging.py  ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {a.threads})"
     )
     print(
