@@ -110,6 +110,7 @@ class FitLoop:
         self.batch_idx = 0
         self.batches_consumed = 0  # of the current epoch, for exact resume
         self.batches_total = 0  # training batches of all epochs (check_val_every_n_epoch=None)
+        self.grads_pending = False  # inside an accumulation window: a backward not yet stepped
         self.epoch_rng: dict[str, Any] | None = None  # loader generators at this epoch's start
         self.epoch_end_reached = False
         self.restart: dict[str, Any] | None = None  # fit-loop state from a checkpoint
@@ -123,7 +124,19 @@ class FitLoop:
             "epoch_rng": self.epoch_rng,
             "epoch_end_reached": self.epoch_end_reached,
             "results": self.trainer._train_results.state_dict(),
+            "pending_grads": self._pending_grads(),
         }
+
+    def _pending_grads(self) -> list[Tensor | None] | None:
+        """The gradients summed so far in an unfinished accumulation window, so that a resume
+        from a checkpoint taken inside the window takes the same optimizer step. One process
+        only: under DDP each rank holds its own partial sums (not all-reduced until the
+        window's last backward), and the checkpoint is rank zero's."""
+        t = self.trainer
+        if not self.grads_pending or t.strategy.world_size > 1:
+            return None
+        return [None if p.grad is None else p.grad.detach().clone()
+                for p in t.lightning_module.parameters()]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.restart = state
@@ -165,6 +178,11 @@ class FitLoop:
             restore_rng_states(t._restart_rng)
             t._train_results.load_state_dict(restart.get("results", {}))
             self.epoch_end_reached = restart.get("epoch_end_reached", False)
+            grads = restart.get("pending_grads")
+            if grads is not None:
+                for p, g in zip(t.lightning_module.parameters(), grads):
+                    p.grad = None if g is None else g.to(p.device)
+                self.grads_pending = True
         return iterator, start
 
     def run_epoch(self, dl: Any, val_dls: list[Any]) -> None:  # noqa: C901 (the loop, in full)
@@ -174,6 +192,7 @@ class FitLoop:
         res = t._train_results
         epoch = t.current_epoch
         self.epoch_end_reached = False
+        self.grads_pending = False
         restarting = self.restart is not None
 
         m.train()
@@ -227,7 +246,7 @@ class FitLoop:
         val_every = self._val_check_batches(val_dls, n_batches)
         # check_val_every_n_epoch=None: val_every counts the batches of all epochs
         val_across = t.check_val_every_n_epoch is None
-        pending = False  # a backward has happened since the last optimizer step
+        pending = self.grads_pending  # a backward has happened since the last optimizer step
 
         if batch_idx >= n_batches:  # resumed after the last batch: nothing left to fetch
             iterator = ()
@@ -304,6 +323,7 @@ class FitLoop:
             batch_idx += 1
             self.batches_consumed = batch_idx
             self.batches_total += 1
+            self.grads_pending = pending  # for a checkpoint taken by the hooks below
             if batch_end:
                 for f in batch_end:
                     f(out, batch, batch_idx - 1)
@@ -320,6 +340,7 @@ class FitLoop:
             if pending:
                 t._clip_and_step_tail(opt)
         self.batches_consumed = batch_idx
+        self.grads_pending = False  # the next epoch's first batch starts a new window
         t._live_results = None
         t._check_watched_nonfinite()
 

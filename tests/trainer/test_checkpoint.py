@@ -238,3 +238,34 @@ def test_resume_with_worker_processes(tmp_path):
     p = tmp_path / "c.ckpt"
     assert run(cb=SaveAt(p, "batch", None, 7)) is None
     assert torch.equal(full, run(ckpt=p))
+
+
+def test_resume_mid_accumulation_window_equals_uninterrupted(tmp_path):
+    """A checkpoint taken between the backward passes of one accumulation window keeps the
+    gradients summed so far: the resumed step is the one the uninterrupted run takes."""
+
+    class SaveMidWindow(Callback):
+        def __init__(self, path=None):
+            self.path = path
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            # accumulate_grad_batches=2: after batch 3 of epoch 1, one backward is pending
+            if self.path and trainer.current_epoch == 1 and batch_idx == 2:
+                trainer.save_checkpoint(self.path)
+                raise KeyboardInterrupt
+
+    def run(ckpt=None, cb=None):
+        torch.manual_seed(0)
+        ds = make_data(n=40)
+        m = Rich(dropout=0.3)
+        t = _t(max_epochs=3, accumulate_grad_batches=2, callbacks=[cb] if cb else None)
+        try:
+            t.fit(m, make_loader(ds), make_loader(ds, shuffle=False), ckpt_path=ckpt)
+        except KeyboardInterrupt:
+            return None
+        return flat(m)
+
+    full = run()
+    p = tmp_path / "mid_window.ckpt"
+    assert run(cb=SaveMidWindow(p)) is None and p.exists()
+    assert torch.equal(full, run(ckpt=p))
