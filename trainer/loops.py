@@ -127,16 +127,17 @@ class FitLoop:
             "pending_grads": self._pending_grads(),
         }
 
-    def _pending_grads(self) -> list[Tensor | None] | None:
-        """The gradients summed so far in an unfinished accumulation window, so that a resume
-        from a checkpoint taken inside the window takes the same optimizer step. One process
-        only: under DDP each rank holds its own partial sums (not all-reduced until the
-        window's last backward), and the checkpoint is rank zero's."""
+    def _pending_grads(self) -> list[list[Tensor | None]] | None:
+        """Per rank, the gradients summed so far in an unfinished accumulation window, so that
+        a resume from a checkpoint taken inside the window takes the same optimizer step. Under
+        DDP each rank holds its own partial sums (they are all-reduced only by the window's last
+        backward), so they are gathered: every rank builds the checkpoint (save_checkpoint)."""
         t = self.trainer
-        if not self.grads_pending or t.strategy.world_size > 1:
+        if not self.grads_pending:
             return None
-        return [None if p.grad is None else p.grad.detach().clone()
-                for p in t.lightning_module.parameters()]
+        grads = [None if p.grad is None else p.grad.detach().cpu().clone()
+                 for p in t.lightning_module.parameters()]
+        return t.strategy.all_gather_object(grads)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.restart = state
@@ -178,12 +179,23 @@ class FitLoop:
             restore_rng_states(t._restart_rng)
             t._train_results.load_state_dict(restart.get("results", {}))
             self.epoch_end_reached = restart.get("epoch_end_reached", False)
-            grads = restart.get("pending_grads")
-            if grads is not None:
-                for p, g in zip(t.lightning_module.parameters(), grads):
-                    p.grad = None if g is None else g.to(p.device)
-                self.grads_pending = True
+            self._restore_pending_grads(restart.get("pending_grads"))
         return iterator, start
+
+    def _restore_pending_grads(self, per_rank: list[list[Tensor | None]] | None) -> None:
+        t = self.trainer
+        if per_rank is None:
+            return
+        if len(per_rank) != t.strategy.world_size:
+            warnings.warn(
+                f"the checkpoint was taken inside a gradient accumulation window by "
+                f"{len(per_rank)} process(es) and is resumed by {t.strategy.world_size}: the "
+                "gradients summed so far are dropped, so the first optimizer step after the "
+                "resume sums fewer batches than the uninterrupted run's", stacklevel=2)
+            return
+        for p, g in zip(t.lightning_module.parameters(), per_rank[t.strategy.global_rank]):
+            p.grad = None if g is None else g.to(p.device)
+        self.grads_pending = True
 
     def run_epoch(self, dl: Any, val_dls: list[Any]) -> None:  # noqa: C901 (the loop, in full)
         t = self.trainer

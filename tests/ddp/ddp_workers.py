@@ -204,6 +204,23 @@ class SaveThenDie(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SaveMidWindowThenDie(Callback):
+    """Saves a checkpoint after batch ``batch_idx`` of epoch ``epoch`` (inside a gradient
+    accumulation window); rank 1 SIGKILLs itself at the start of the next batch."""
+
+    def __init__(self, path: str, epoch: int, batch_idx: int) -> None:
+        self.path, self.epoch, self.batch_idx = path, epoch, batch_idx
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch_idx:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if (trainer.current_epoch == self.epoch and batch_idx == self.batch_idx + 1
+                and trainer.global_rank == 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def flat(module: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 

@@ -10,6 +10,7 @@ from ddp_workers import (
     CountGradAllReduce,
     DDPOrderSampler,
     MLPModule,
+    SaveMidWindowThenDie,
     SaveThenDie,
     flat,
     make_data,
@@ -92,6 +93,29 @@ def test_ddp_resume_after_a_kill_mid_epoch_gives_the_same_weights(reference,
     resumed, trainer = _ddp_fit(resume=ckpt)
     assert trainer.global_step == ref_trainer.global_step
     assert (flat(resumed) - flat(ref_module)).abs().max().item() <= 1e-6
+
+
+def test_ddp_resume_inside_an_accumulation_window_gives_the_same_weights(tmp_path: Path) -> None:
+    """Each rank's partial gradient sums go into the checkpoint, so the resumed window's
+    optimizer step is the one the uninterrupted run takes."""
+
+    def fit(callbacks: list | None = None, resume: Path | None = None) -> MLPModule:
+        loader = DataLoader(make_data(n=N), batch_size=B, shuffle=True,
+                            generator=torch.Generator().manual_seed(SEED))
+        module = MLPModule()
+        trainer = Trainer(max_epochs=EPOCHS, strategy="ddp", devices=2, accumulate_grad_batches=2,
+                          callbacks=callbacks, enable_checkpointing=False, **QUIET)
+        trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
+        return module
+
+    full = fit()
+    ckpt = tmp_path / "mid-window.ckpt"
+    with pytest.raises(WorkerError):  # saved after batch 0 of epoch 1 (4 per rank, windows of 2)
+        fit([SaveMidWindowThenDie(str(ckpt), epoch=1, batch_idx=0)])
+    per_rank = torch.load(ckpt, weights_only=True)["loops"]["fit"]["pending_grads"]
+    assert len(per_rank) == 2 and not torch.equal(per_rank[0][0], per_rank[1][0])
+    resumed = fit(resume=ckpt)
+    assert (flat(resumed) - flat(full)).abs().max().item() <= 1e-6
 
 
 def test_predict_gathers_in_dataset_order() -> None:

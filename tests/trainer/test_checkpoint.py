@@ -269,3 +269,10 @@ def test_resume_mid_accumulation_window_equals_uninterrupted(tmp_path):
     p = tmp_path / "mid_window.ckpt"
     assert run(cb=SaveMidWindow(p)) is None and p.exists()
     assert torch.equal(full, run(ckpt=p))
+
+    # taken by 2 processes, resumed by 1: the partial sums cannot be split, and it says so
+    ckpt = load_checkpoint(p)
+    ckpt["loops"]["fit"]["pending_grads"] *= 2
+    save_checkpoint(ckpt, tmp_path / "two_ranks.ckpt")
+    with pytest.warns(UserWarning, match=r"accumulation window by 2 process.*resumed by 1"):
+        assert not torch.equal(full, run(ckpt=tmp_path / "two_ranks.ckpt"))
