@@ -72,6 +72,26 @@ def loader_generators(dl: Any) -> list[torch.Generator]:
     return gens
 
 
+def _reuses_workers(dl: Any) -> bool:
+    return isinstance(dl, DataLoader) and dl.persistent_workers and dl.num_workers > 0
+
+
+def _iter_as_reused(dl: DataLoader) -> Any:
+    """iter(dl) drawing the sample order as a persistent-worker loader does from its second
+    epoch on. That loader's first iter() draws a seed for its workers from the loader's
+    generator and later ones reuse the workers and draw nothing; a resumed run starts new
+    workers after the first epoch, and that extra draw would shift the order it resumes in.
+    Their seed comes from a generator of their own instead (where the workers are reused,
+    nothing is drawn from it). Random operations inside the workers are not resumed exactly:
+    their state lives in the old worker processes."""
+    own = dl.generator
+    dl.generator = torch.Generator().manual_seed(0)
+    try:
+        return iter(dl)
+    finally:
+        dl.generator = own
+
+
 def skip_batches(iterator: Any, dl: Any, n: int) -> None:
     """Advance ``iterator`` by ``n`` batches: at index level (no data loaded) where possible."""
     if n <= 0:
@@ -171,7 +191,7 @@ class FitLoop:
         self.epoch_rng = {"gens": [g.get_state() for g in gens],
                           "torch": torch.get_rng_state()}
         t.strategy.set_epoch(dl, t.current_epoch)
-        iterator = iter(dl)
+        iterator = _iter_as_reused(dl) if _reuses_workers(dl) and t.current_epoch > 0 else iter(dl)
         start = 0
         if restart is not None:
             start = restart["batches_consumed"]

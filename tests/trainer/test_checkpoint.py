@@ -240,6 +240,28 @@ def test_resume_with_worker_processes(tmp_path):
     assert torch.equal(full, run(ckpt=p))
 
 
+@pytest.mark.parametrize("hook,epoch,step", [("batch", None, 7), ("epoch", 0, None)])
+def test_resume_with_persistent_workers(tmp_path, hook, epoch, step):
+    """Persistent workers draw a worker seed from the loader's generator at the first iter()
+    only; a run resumed after the first epoch starts new workers and must not shift the order."""
+
+    def run(ckpt=None, cb=None):
+        torch.manual_seed(0)
+        ds = make_data(n=40)
+        m = Rich(dropout=0.3)
+        t = _t(max_epochs=3, callbacks=[cb] if cb else None)
+        try:
+            t.fit(m, make_loader(ds, num_workers=1, persistent_workers=True), ckpt_path=ckpt)
+        except KeyboardInterrupt:
+            return None
+        return flat(m)
+
+    full = run()
+    p = tmp_path / "c.ckpt"
+    assert run(cb=SaveAt(p, hook, epoch, step)) is None
+    assert torch.equal(full, run(ckpt=p))
+
+
 def test_resume_mid_accumulation_window_equals_uninterrupted(tmp_path):
     """A checkpoint taken between the backward passes of one accumulation window keeps the
     gradients summed so far: the resumed step is the one the uninterrupted run takes."""
