@@ -805,12 +805,8 @@ class Trainer:
         step = self._eval_log_steps.get(stage, 0)
         self._eval_log_steps[stage] = step + 1
         vals = res.step_values("logger")
-        if not vals:
-            return
-        floats = {k: float(v) for k, v in vals.items()}
-        self._logged.update(floats)
-        for lg in self.loggers:
-            lg.log_metrics(floats, step=step)
+        if vals:
+            self._send_step_values(vals, step)
 
     def _log_train_step(self) -> None:
         """Send on_step values to the loggers (every log_every_n_steps steps, rank zero)."""
@@ -818,12 +814,16 @@ class Trainer:
         vals: dict[str, Any] = self._train_results.step_values("logger")
         if not vals:
             return
-        # Values stay tensors: no per-step .item() (a device sync on an accelerator). Loggers
-        # with ``accepts_tensors`` get them as they are (and convert many at once when they
-        # write); the others get floats. logged_metrics converts when it is read.
         vals["epoch"] = float(self.current_epoch)
+        self._send_step_values(vals, self.global_step - 1)
+
+    def _send_step_values(self, vals: dict[str, Any], step: int) -> None:
+        """Hand one batch's step values to the loggers and ``logged_metrics``.
+
+        Values stay tensors: no per-batch .item() (a device sync on an accelerator). Loggers
+        with ``accepts_tensors`` get them as they are (and convert many at once when they
+        write); the others get floats. logged_metrics converts when it is read."""
         self._logged.update(vals)
-        step = self.global_step - 1
         floats = None
         for lg in self.loggers:
             if getattr(lg, "accepts_tensors", False):
