@@ -8,6 +8,7 @@ import pickle
 import threading
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -262,12 +263,18 @@ def test_writer_thread_error_surfaces_on_the_training_thread_at_the_next_flush(
     assert [m.step for m in client.get_metric_history(logger.run_id, "loss")] == [2]
 
 
-def test_pickle_stops_the_writer_thread_after_writing(store_uri: str) -> None:
-    logger = MLflowLogger("logger-thread-pickle", tracking_uri=store_uri, log_plots=False)
+def _logger_with_running_writer(store_uri: str, experiment: str) -> tuple[MLflowLogger, Any]:
+    """A logger that has written one row through its writer thread, and that thread."""
+    logger = MLflowLogger(experiment, tracking_uri=store_uri, log_plots=False)
     logger.log_metrics({"loss": 1.0}, step=0)
     logger.save()
     writer = logger._thread
     assert writer is not None and writer.is_alive()
+    return logger, writer
+
+
+def test_pickle_stops_the_writer_thread_after_writing(store_uri: str) -> None:
+    logger, writer = _logger_with_running_writer(store_uri, "logger-thread-pickle")
     logger.log_metrics({"loss": 0.5}, step=1)
     blob = pickle.dumps(logger)
     assert logger._thread is None and logger._queue is None and not writer.is_alive()
@@ -280,11 +287,7 @@ def test_pickle_stops_the_writer_thread_after_writing(store_uri: str) -> None:
 
 
 def test_a_logger_dropped_without_finalize_stops_its_writer_thread(store_uri: str) -> None:
-    logger = MLflowLogger("logger-thread-gc", tracking_uri=store_uri, log_plots=False)
-    logger.log_metrics({"loss": 1.0}, step=0)
-    logger.save()
-    writer = logger._thread
-    assert writer is not None and writer.is_alive()
+    logger, writer = _logger_with_running_writer(store_uri, "logger-thread-gc")
     del logger  # the thread holds no reference to the logger
     gc.collect()
     writer.join(30)
