@@ -15,6 +15,7 @@ from trainer.datamodule import DataModule
 from trainer.loggers import CSVLogger, Logger
 from trainer.loops import NonFiniteLossError
 from trainer.module import TrainModule
+from trainer.seed import seed_everything
 from trainer.trainer import Trainer
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "CSVLogger",
     "CheckpointError",
     "NonFiniteLossError",
+    "seed_everything",
 ]

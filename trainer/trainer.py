@@ -11,6 +11,7 @@ import difflib
 import functools
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ from trainer.loops import (
 from trainer.module import ManualOptimizer, TrainModule
 from trainer.precision import Precision, normalize_precision
 from trainer.results import Results
+from trainer.seed import add_worker_init_fn, reset_seed
 from trainer.strategy import Strategy, select_strategy
 
 __all__ = ["Trainer", "LRSchedulerConfig", "NonFiniteLossError"]
@@ -138,6 +140,7 @@ class Trainer:
         deterministic: bool = False,
         default_root_dir: str | os.PathLike | None = None,
         on_nonfinite_loss: str = "raise",
+        enable_model_summary: bool = True,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -201,7 +204,8 @@ class Trainer:
                              f"'ignore' (got {on_nonfinite_loss!r})")
         for name, v in (("enable_checkpointing", enable_checkpointing),
                         ("enable_progress_bar", enable_progress_bar),
-                        ("deterministic", deterministic)):
+                        ("deterministic", deterministic),
+                        ("enable_model_summary", enable_model_summary)):
             if not isinstance(v, bool):
                 raise ValueError(f"Trainer({name}=...): must be True or False (got {v!r})")
         _check_int("num_nodes", num_nodes, 1)
@@ -233,6 +237,7 @@ class Trainer:
         self.deterministic = deterministic
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir else os.getcwd()
         self.on_nonfinite_loss = on_nonfinite_loss
+        self.enable_model_summary = enable_model_summary
         if fast_dev_run:
             n = 1 if fast_dev_run is True else int(fast_dev_run)
             self.limit_train_batches = self.limit_val_batches = n
@@ -494,6 +499,8 @@ class Trainer:
         prev_det = torch.are_deterministic_algorithms_enabled()
         status = "success"
         self.strategy.setup_environment()
+        if self.strategy.world_size > 1:
+            reset_seed()  # every rank starts from seed_everything's seed, as Lightning's DDP does
         try:
             if self.deterministic:
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -601,7 +608,10 @@ class Trainer:
         several = isinstance(given, list | tuple) and given and all(
             isinstance(d, DataLoader) for d in given)
         dls = list(given) if several else [given]
-        return [self.strategy.setup_dataloader(d, shuffle=(kind == "train")) for d in dls]
+        dls = [self.strategy.setup_dataloader(d, shuffle=(kind == "train")) for d in dls]
+        for d in dls:
+            add_worker_init_fn(d, self.global_rank)
+        return dls
 
     def _limits(self, dls: list[Any], limit: int | float) -> list[float]:
         out = []
@@ -652,6 +662,9 @@ class Trainer:
         if ckpt_path is not None:
             self._restore_fit(model, ckpt_path)
         self._train_results = Results("train", self.strategy)
+        if self.enable_model_summary and self.is_global_zero:
+            # Lightning's ModelSummary callback logs it at fit start; ours goes to stderr too
+            print(model.summarize(), file=sys.stderr)
         if self.is_global_zero:
             for lg in self.loggers:
                 lg.log_hyperparams(dict(model.hparams))
