@@ -88,6 +88,7 @@ class TrainModule(nn.Module):
     # torch.jit must not compile these (Lightning's protocol; trainer.export sets the flag)
     __jit_unused_properties__ = [
         "trainer", "device", "current_epoch", "global_step", "hparams", "example_input_array",
+        "logger", "loggers",
     ]
     _jit_is_scripting = False
 
@@ -131,6 +132,21 @@ class TrainModule(nn.Module):
     @property
     def global_step(self) -> int:
         return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def logger(self) -> Any:
+        """The Trainer's first logger (None when not attached or without loggers)."""
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        """All of the Trainer's loggers ([] when not attached)."""
+        return self._trainer.loggers if self._trainer is not None else []
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank zero only (everywhere when not attached to a Trainer)."""
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(*args, **kwargs)
 
     @property
     def hparams(self) -> AttributeDict:
