@@ -50,8 +50,8 @@ def test_model_summary_at_fit_start_unless_disabled(capsys):
     kw = dict(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     Trainer(**kw).fit(TinyModule(), dl)
     err = capsys.readouterr().err
-    assert "net  Sequential" in err and "[2, 3]" in err  # the layer table, with output shapes
-    assert "419 trainable params" in err
+    assert "Sequential" in err and "[2, 3]" in err  # the layer table, with output shapes
+    assert "195 trainable params" in err
     Trainer(enable_model_summary=False, **kw).fit(TinyModule(), dl)
     assert "trainable params" not in capsys.readouterr().err
 
