@@ -12,7 +12,7 @@ from trainer.callbacks import (
 )
 from trainer.checkpoint import CheckpointError
 from trainer.datamodule import DataModule
-from trainer.loggers import CSVLogger, Logger
+from trainer.loggers import CSVLogger, Logger, TensorBoardLogger
 from trainer.loops import NonFiniteLossError
 from trainer.module import TrainModule
 from trainer.seed import seed_everything
@@ -29,6 +29,7 @@ __all__ = [
     "ProgressBar",
     "Logger",
     "CSVLogger",
+    "TensorBoardLogger",
     "CheckpointError",
     "NonFiniteLossError",
     "seed_everything",
