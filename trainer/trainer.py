@@ -34,6 +34,7 @@ from trainer.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
+from trainer.compiled import compiled_methods, unwrap_compiled
 from trainer.loggers.csv import CSVLogger
 from trainer.loops import (
     FitLoop,
@@ -280,6 +281,7 @@ class Trainer:
         self._logged: dict[str, Any] = {}  # floats, or step tensors (floats when read)
         self._eval_log_steps: dict[str, int] = {}  # evaluation batches logged, per stage
         self._live_results: Results | None = None
+        self._dynamo_ctx: Any = None  # torch.compile's settings, from fit() to its dispatch
         self._reset_transient()
 
     # ------------------------------------------------------------------ construction helpers
@@ -432,6 +434,7 @@ class Trainer:
     def fit(self, model: TrainModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
             datamodule: Any = None, ckpt_path: str | os.PathLike | None = None) -> None:
         """Train ``model``; resume from ``ckpt_path`` (exactly, mid-epoch included) if given."""
+        model, self._dynamo_ctx = unwrap_compiled(model)
         self._check_module(model, "fit")
         if datamodule is not None and (train_dataloaders is not None
                                        or val_dataloaders is not None):
@@ -463,6 +466,7 @@ class Trainer:
         return self._dispatch("predict", model, None, dataloaders, datamodule, ckpt_path)
 
     def _model_or_attached(self, model: Any, stage: str) -> TrainModule:
+        model, self._dynamo_ctx = unwrap_compiled(model)
         if model is None:
             model = self.lightning_module
             if model is None:
@@ -478,11 +482,17 @@ class Trainer:
 
     def _dispatch(self, stage: str, model: TrainModule, train_dl: Any, eval_dl: Any,
                   datamodule: Any, ckpt_path: Any) -> Any:
+        dynamo_ctx, self._dynamo_ctx = self._dynamo_ctx, None
+        if dynamo_ctx is not None and self.strategy.launcher is not None:
+            raise ValueError(f"Trainer.{stage}(torch.compile(model)): a compiled module cannot be "
+                             "sent to the worker processes this strategy starts; pass the plain "
+                             "module and call torch.compile on its parts in setup()")
         if self.strategy.launcher is not None:
             return self.strategy.launcher.launch(
                 self._run_stage_fn, stage, model, train_dl, eval_dl, datamodule, ckpt_path,
                 trainer=self)
-        return self._run_stage_fn(stage, model, train_dl, eval_dl, datamodule, ckpt_path)
+        with compiled_methods(model, dynamo_ctx):
+            return self._run_stage_fn(stage, model, train_dl, eval_dl, datamodule, ckpt_path)
 
     # ------------------------------------------------------------------ one run
     def _run_stage_fn(self, stage: str, model: TrainModule, train_dl: Any, eval_dl: Any,
