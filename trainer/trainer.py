@@ -35,6 +35,7 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.compiled import compiled_methods, unwrap_compiled
+from trainer.eval_table import print_results
 from trainer.loggers.csv import CSVLogger
 from trainer.loops import (
     FitLoop,
@@ -446,18 +447,29 @@ class Trainer:
                               ckpt_path)
 
     def validate(self, model: TrainModule | None = None, dataloaders: Any = None,
-                 ckpt_path: str | os.PathLike | None = None, datamodule: Any = None,
-                 verbose: bool = False) -> list[dict[str, float]]:
-        """One pass of validation_step; returns one dict of epoch metrics per loader."""
+                 ckpt_path: str | os.PathLike | None = None, verbose: bool = True,
+                 datamodule: Any = None) -> list[dict[str, float]]:
+        """One pass of validation_step; returns one dict of epoch metrics per loader
+        (``verbose``: also print them as a table, on rank zero)."""
         model = self._model_or_attached(model, "validate")
-        return self._dispatch("validate", model, None, dataloaders, datamodule, ckpt_path)
+        _check_verbose("validate", verbose)
+        return self._print_if(verbose, "validate", self._dispatch(
+            "validate", model, None, dataloaders, datamodule, ckpt_path))
 
     def test(self, model: TrainModule | None = None, dataloaders: Any = None,
-             ckpt_path: str | os.PathLike | None = None, datamodule: Any = None,
-             verbose: bool = False) -> list[dict[str, float]]:
-        """One pass of test_step; returns one dict of epoch metrics per loader."""
+             ckpt_path: str | os.PathLike | None = None, verbose: bool = True,
+             datamodule: Any = None) -> list[dict[str, float]]:
+        """One pass of test_step; returns one dict of epoch metrics per loader
+        (``verbose``: also print them as a table, on rank zero)."""
         model = self._model_or_attached(model, "test")
-        return self._dispatch("test", model, None, dataloaders, datamodule, ckpt_path)
+        _check_verbose("test", verbose)
+        return self._print_if(verbose, "test", self._dispatch(
+            "test", model, None, dataloaders, datamodule, ckpt_path))
+
+    def _print_if(self, verbose: bool, stage: str, results: Any) -> Any:
+        if verbose and self.is_global_zero and results:
+            print_results(stage, results)
+        return results
 
     def predict(self, model: TrainModule | None = None, dataloaders: Any = None,
                 datamodule: Any = None, ckpt_path: str | os.PathLike | None = None) -> list[Any]:
@@ -1027,6 +1039,11 @@ class Trainer:
             self._restart_rng = ckpt["rng"]
         else:
             restore_rng_states(ckpt["rng"])
+
+
+def _check_verbose(stage: str, verbose: Any) -> None:
+    if not isinstance(verbose, bool):
+        raise ValueError(f"Trainer.{stage}(verbose=...): must be True or False (got {verbose!r})")
 
 
 def _takes_error(lg: Any) -> bool:
