@@ -34,6 +34,7 @@ from trainer.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
+from trainer.ckpt_lookup import find_checkpoint
 from trainer.compiled import compiled_methods, unwrap_compiled
 from trainer.eval_table import print_results
 from trainer.loggers.csv import CSVLogger
@@ -495,6 +496,7 @@ class Trainer:
     def _dispatch(self, stage: str, model: TrainModule, train_dl: Any, eval_dl: Any,
                   datamodule: Any, ckpt_path: Any) -> Any:
         dynamo_ctx, self._dynamo_ctx = self._dynamo_ctx, None
+        ckpt_path = self._resolve_ckpt_path(ckpt_path)  # before ModelCheckpoint.setup moves on
         if dynamo_ctx is not None and self.strategy.launcher is not None:
             raise ValueError(f"Trainer.{stage}(torch.compile(model)): a compiled module cannot be "
                              "sent to the worker processes this strategy starts; pass the plain "
@@ -992,12 +994,7 @@ class Trainer:
     def _resolve_ckpt_path(self, ckpt_path: Any) -> Any:
         """'best' / 'last' name the checkpoint callback's files; anything else is a path."""
         if ckpt_path in ("best", "last"):
-            attr = f"{ckpt_path}_model_path"
-            path = getattr(self.checkpoint_callback, attr, None) or None
-            if not path:
-                raise ValueError(f"ckpt_path={ckpt_path!r}: no {ckpt_path} checkpoint is known "
-                                 "(no ModelCheckpoint, or it saved none yet); pass a path")
-            return path
+            return find_checkpoint(self, ckpt_path)
         return ckpt_path
 
     def _restore_fit(self, model: TrainModule, ckpt_path: Any) -> None:
