@@ -362,6 +362,23 @@ class Trainer:
         return self.loggers[0] if self.loggers else None
 
     @property
+    def estimated_stepping_batches(self) -> int | float:
+        """Optimizer steps this fit will take (for OneCycleLR's ``total_steps`` in
+        configure_optimizers): this rank's training batches per epoch (limit_train_batches and
+        the DDP share applied) over accumulate_grad_batches, times max_epochs, capped by
+        max_steps; inf for endless training."""
+        if self.max_epochs == math.inf:
+            return math.inf if self.max_steps == -1 else self.max_steps
+        if self.state_stage != "fit":
+            raise RuntimeError("Trainer.estimated_stepping_batches: known once fit has its "
+                               "training loader (read it in configure_optimizers or later)")
+        per_epoch = self.num_training_batches
+        if per_epoch == math.inf:  # a loader without a length: only max_steps bounds it
+            return math.inf if self.max_steps == -1 else self.max_steps
+        steps = math.ceil(per_epoch / self.accumulate_grad_batches) * max(self.max_epochs, 1)
+        return steps if self.max_steps == -1 else min(steps, self.max_steps)
+
+    @property
     def training(self) -> bool:
         return self.state_stage == "fit" and not self.sanity_checking and (
             self._live_results is None or self._live_results is self._train_results)
