@@ -165,6 +165,7 @@ class FitLoop:
     # -------------------------------------------------------------- epochs
     def run(self, dl: Any, val_dls: list[Any]) -> None:
         t = self.trainer
+        reload_every, loaded_at = t.reload_dataloaders_every_n_epochs, t.current_epoch
         while True:
             if t.max_steps != -1 and t.global_step >= t.max_steps:
                 break
@@ -173,6 +174,9 @@ class FitLoop:
             if t.should_stop and t.current_epoch >= t.min_epochs:
                 break
             t.should_stop = False if t.current_epoch < t.min_epochs else t.should_stop
+            if reload_every and t.current_epoch - loaded_at >= reload_every:
+                dl, val_dls = t._reload_fit_loaders()
+                loaded_at = t.current_epoch
             self.run_epoch(dl, val_dls)
             t.current_epoch += 1
             if t.max_steps != -1 and t.global_step >= t.max_steps:

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -26,8 +27,10 @@ from trainer.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
     ProgressBar,
+    Timer,
     overridden_hooks,
 )
+from trainer.callbacks.timer import parse_duration
 from trainer.checkpoint import (
     collect_rng_states,
     load_checkpoint,
@@ -144,6 +147,11 @@ class Trainer:
         default_root_dir: str | os.PathLike | None = None,
         on_nonfinite_loss: str = "raise",
         enable_model_summary: bool = True,
+        max_time: str | dict[str, int] | timedelta | None = None,
+        detect_anomaly: bool = False,
+        benchmark: bool | None = None,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -208,10 +216,18 @@ class Trainer:
         for name, v in (("enable_checkpointing", enable_checkpointing),
                         ("enable_progress_bar", enable_progress_bar),
                         ("deterministic", deterministic),
-                        ("enable_model_summary", enable_model_summary)):
+                        ("enable_model_summary", enable_model_summary),
+                        ("detect_anomaly", detect_anomaly),
+                        ("sync_batchnorm", sync_batchnorm)):
             if not isinstance(v, bool):
                 raise ValueError(f"Trainer({name}=...): must be True or False (got {v!r})")
         _check_int("num_nodes", num_nodes, 1)
+        if max_time is not None:
+            max_time = parse_duration(max_time)
+        if benchmark is not None and not isinstance(benchmark, bool):
+            raise ValueError(f"Trainer(benchmark=...): must be True, False or None (got "
+                             f"{benchmark!r})")
+        _check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
 
         # ---- store
         self.accelerator = accelerator
@@ -219,8 +235,8 @@ class Trainer:
         self.num_nodes = num_nodes
         self.fast_dev_run = fast_dev_run
         self.max_steps = max_steps
-        if max_epochs is None:
-            max_epochs = 1000 if max_steps == -1 else -1
+        if max_epochs is None:  # as Lightning: 1000 unless max_steps or max_time bounds the fit
+            max_epochs = 1000 if max_steps == -1 and max_time is None else -1
         self.max_epochs = math.inf if max_epochs == -1 else max_epochs
         self.min_epochs = min_epochs or 0
         self.limit_train_batches = limit_train_batches
@@ -241,6 +257,13 @@ class Trainer:
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir else os.getcwd()
         self.on_nonfinite_loss = on_nonfinite_loss
         self.enable_model_summary = enable_model_summary
+        self.max_time = max_time
+        self.detect_anomaly = detect_anomaly
+        # cudnn.benchmark during a stage: the flag, else off when deterministic, else as it was
+        self.benchmark = benchmark if benchmark is not None else (
+            False if deterministic else None)
+        self.sync_batchnorm = sync_batchnorm
+        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
         if fast_dev_run:
             n = 1 if fast_dev_run is True else int(fast_dev_run)
             self.limit_train_batches = self.limit_val_batches = n
@@ -258,6 +281,16 @@ class Trainer:
                              "'bf16-mixed' on CPU")
         self.callbacks = self._build_callbacks(callbacks, enable_checkpointing,
                                                enable_progress_bar)
+        if max_time is not None:
+            if any(isinstance(c, Timer) for c in self.callbacks):
+                raise ValueError("Trainer(max_time=...): callbacks already hold a Timer; set "
+                                 "its duration there or drop max_time")
+            self.callbacks = sorted([*self.callbacks, Timer(max_time)],
+                                    key=lambda c: isinstance(c, ModelCheckpoint))
+        if sync_batchnorm and self.strategy.world_size > 1 and (
+                self.strategy.root_device.type == "cpu"):
+            raise ValueError("Trainer(sync_batchnorm=True): torch's SyncBatchNorm synchronizes "
+                             "on CUDA devices only; use accelerator='cuda' or drop the flag")
         self.loggers = self._build_loggers(logger)
 
         # ---- state
@@ -538,6 +571,7 @@ class Trainer:
         self._epoch_metrics = {}
         self._prog_bar_keys = set()
         prev_det = torch.are_deterministic_algorithms_enabled()
+        prev_bench = torch.backends.cudnn.benchmark
         status = "success"
         self.strategy.setup_environment()
         if self.strategy.world_size > 1:
@@ -546,6 +580,8 @@ class Trainer:
             if self.deterministic:
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.use_deterministic_algorithms(True)
+            if self.benchmark is not None:
+                torch.backends.cudnn.benchmark = self.benchmark
             if datamodule is not None:
                 if self.strategy.local_rank == 0:
                     datamodule.prepare_data()
@@ -553,10 +589,15 @@ class Trainer:
                 datamodule.setup(stage)
             self._setup_hooks(model)
             self._call_hook("setup", stage)
+            if self.sync_batchnorm and self.strategy.world_size > 1:  # one process: BN as is
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place, as Lightning
             self.strategy.setup_module(model)
             self._setup_hooks(model)  # the strategy may have rerouted training_step
             self._transfer_fn = self._pick_transfer(model)
             if stage == "fit":
+                if self.detect_anomaly:  # (False leaves a mode the user set alone)
+                    with torch.autograd.set_detect_anomaly(True):
+                        return self._fit(model, train_dl, eval_dl, datamodule, ckpt_path)
                 return self._fit(model, train_dl, eval_dl, datamodule, ckpt_path)
             if ckpt_path is not None:
                 ckpt_path = self._resolve_ckpt_path(ckpt_path)
@@ -587,6 +628,7 @@ class Trainer:
             self.strategy.teardown()
             if self.deterministic:
                 torch.use_deterministic_algorithms(prev_det)
+            torch.backends.cudnn.benchmark = prev_bench
             self._reset_transient()
             self.state_stage = None
 
@@ -675,27 +717,13 @@ class Trainer:
     # ------------------------------------------------------------------ fit
     def _fit(self, model: TrainModule, train_dl: Any, val_dl: Any, datamodule: Any,
              ckpt_path: Any) -> None:
-        train_dls = self._loaders("fit", train_dl, datamodule)
-        if not train_dls:
-            raise ValueError("Trainer.fit: no training data: pass train_dataloaders, a "
-                             "datamodule with train_dataloader(), or write "
-                             "module.train_dataloader()")
-        if len(train_dls) > 1:
-            raise ValueError("Trainer.fit: one training loader expected "
-                             f"(got {len(train_dls)}); combine them into one")
-        dl = train_dls[0]
-        if self.overfit_batches:
-            dl = self._sequential_copy(dl)
-        val_dls = self._loaders("fit_val", val_dl, datamodule)
-        has_val_step = "validation_step" in self._module_overrides
-        if val_dls and not has_val_step:
-            raise ValueError("Trainer.fit: val_dataloaders given but "
-                             f"{type(model).__name__}.validation_step is not written")
-        self.num_training_batches = limit_batches(sized_len(dl), self.limit_train_batches)
-        self.num_val_batches = self._limits(val_dls, self.limit_val_batches)
-        self._val_enabled = bool(val_dls) and any(n > 0 for n in self.num_val_batches)
-        self._val_dls = val_dls
-        self.fit_loop.total_batches = self.num_training_batches
+        if self.reload_dataloaders_every_n_epochs and (train_dl is not None
+                                                       or val_dl is not None):
+            raise ValueError(
+                f"Trainer(reload_dataloaders_every_n_epochs={self.reload_dataloaders_every_n_epochs}"
+                "): loaders passed to fit cannot be built again; return them from "
+                "train_dataloader()/val_dataloader() of the module or a datamodule")
+        dl, val_dls = self._setup_fit_loaders(model, train_dl, val_dl, datamodule)
 
         self._configure_optimizers(model)
         self._clip_params = {id(o): [p for g in o.param_groups for p in g["params"]]
@@ -720,6 +748,36 @@ class Trainer:
         self._call_hook("on_train_end")
         model._results = None
         self._call_hook("on_fit_end")
+
+    def _setup_fit_loaders(self, model: TrainModule, train_dl: Any, val_dl: Any,
+                           datamodule: Any) -> tuple[Any, list[Any]]:
+        """The training loader and validation loaders of fit, with their batch counts."""
+        train_dls = self._loaders("fit", train_dl, datamodule)
+        if not train_dls:
+            raise ValueError("Trainer.fit: no training data: pass train_dataloaders, a "
+                             "datamodule with train_dataloader(), or write "
+                             "module.train_dataloader()")
+        if len(train_dls) > 1:
+            raise ValueError("Trainer.fit: one training loader expected "
+                             f"(got {len(train_dls)}); combine them into one")
+        dl = train_dls[0]
+        if self.overfit_batches:
+            dl = self._sequential_copy(dl)
+        val_dls = self._loaders("fit_val", val_dl, datamodule)
+        has_val_step = "validation_step" in self._module_overrides
+        if val_dls and not has_val_step:
+            raise ValueError("Trainer.fit: val_dataloaders given but "
+                             f"{type(model).__name__}.validation_step is not written")
+        self.num_training_batches = limit_batches(sized_len(dl), self.limit_train_batches)
+        self.num_val_batches = self._limits(val_dls, self.limit_val_batches)
+        self._val_enabled = bool(val_dls) and any(n > 0 for n in self.num_val_batches)
+        self._val_dls = val_dls
+        self.fit_loop.total_batches = self.num_training_batches
+        return dl, val_dls
+
+    def _reload_fit_loaders(self) -> tuple[Any, list[Any]]:
+        """reload_dataloaders_every_n_epochs: ask the module / datamodule for new loaders."""
+        return self._setup_fit_loaders(self.lightning_module, None, None, self.datamodule)
 
     def _configure_optimizers(self, model: TrainModule) -> None:
         model._results = Results("none")

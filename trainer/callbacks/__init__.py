@@ -5,6 +5,7 @@ from trainer.callbacks.early_stopping import EarlyStopping
 from trainer.callbacks.lr_monitor import LearningRateMonitor
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.progress import ProgressBar
+from trainer.callbacks.timer import Timer
 
 __all__ = [
     "Callback",
@@ -13,5 +14,6 @@ __all__ = [
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ProgressBar",
+    "Timer",
     "overridden_hooks",
 ]
