@@ -591,6 +591,7 @@ class Trainer:
             self._call_hook("setup", stage)
             if self.sync_batchnorm and self.strategy.world_size > 1:  # one process: BN as is
                 torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place, as Lightning
+            self.precision_plugin.convert_module(model)  # '*-true': weights to the dtype
             self.strategy.setup_module(model)
             self._setup_hooks(model)  # the strategy may have rerouted training_step
             self._transfer_fn = self._pick_transfer(model)
@@ -633,6 +634,15 @@ class Trainer:
             self.state_stage = None
 
     def _pick_transfer(self, model: TrainModule) -> Any:
+        move = self._pick_move(model)
+        convert = self.precision_plugin.convert_input
+        if self.precision_plugin.true_dtype is None:
+            return move
+        if move is None:  # '*-true' precision: the batch's floats to the dtype, on the device
+            return lambda batch, device, idx: convert(batch)
+        return lambda batch, device, idx: convert(move(batch, device, idx))
+
+    def _pick_move(self, model: TrainModule) -> Any:
         if "transfer_batch_to_device" in self._module_overrides:
             return model.transfer_batch_to_device
         if self.strategy.root_device.type == "cpu":
