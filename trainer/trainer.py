@@ -51,6 +51,7 @@ from trainer.loops import (
 )
 from trainer.module import ManualOptimizer, TrainModule
 from trainer.precision import Precision, normalize_precision
+from trainer.profilers import Profiler, make_profiler, profiled
 from trainer.results import Results
 from trainer.seed import add_worker_init_fn, reset_seed
 from trainer.strategy import Strategy, select_strategy
@@ -152,6 +153,7 @@ class Trainer:
         benchmark: bool | None = None,
         sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,
+        profiler: str | Profiler | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -264,6 +266,7 @@ class Trainer:
             False if deterministic else None)
         self.sync_batchnorm = sync_batchnorm
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
+        self.profiler = make_profiler(profiler)
         if fast_dev_run:
             n = 1 if fast_dev_run is True else int(fast_dev_run)
             self.limit_train_batches = self.limit_val_batches = n
@@ -553,10 +556,15 @@ class Trainer:
                              "module and call torch.compile on its parts in setup()")
         if self.strategy.launcher is not None:
             return self.strategy.launcher.launch(
-                self._run_stage_fn, stage, model, train_dl, eval_dl, datamodule, ckpt_path,
+                self._run_stage, stage, model, train_dl, eval_dl, datamodule, ckpt_path,
                 trainer=self)
         with compiled_methods(model, dynamo_ctx):
-            return self._run_stage_fn(stage, model, train_dl, eval_dl, datamodule, ckpt_path)
+            return self._run_stage(stage, model, train_dl, eval_dl, datamodule, ckpt_path)
+
+    def _run_stage(self, stage: str, model: TrainModule, *args: Any) -> Any:
+        """One stage in this process, timed by the profiler when one is set."""
+        with profiled(self, model, stage):
+            return self._run_stage_fn(stage, model, *args)
 
     # ------------------------------------------------------------------ one run
     def _run_stage_fn(self, stage: str, model: TrainModule, train_dl: Any, eval_dl: Any,
