@@ -17,10 +17,12 @@ from trainer.loops import NonFiniteLossError
 from trainer.module import TrainModule
 from trainer.seed import seed_everything
 from trainer.trainer import Trainer
+from trainer.tuner import Tuner
 
 __all__ = [
     "TrainModule",
     "Trainer",
+    "Tuner",
     "DataModule",
     "Callback",
     "EarlyStopping",
