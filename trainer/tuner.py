@@ -137,18 +137,21 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def _batch_size_owner(module: Any, datamodule: Any, name: str) -> tuple[Any, bool]:
-    """Where ``name`` lives: (object, in its hparams?), datamodule first as in Lightning."""
-    for owner in (datamodule, module):
+def _batch_size_holders(module: Any, datamodule: Any, name: str) -> list[tuple[Any, bool]]:
+    """Every place ``name`` lives, as (object, in its hparams?); as Lightning, all are set."""
+    holders = []
+    for owner in (module, datamodule):
         if owner is None:
             continue
         if name in getattr(owner, "__dict__", {}) or hasattr(type(owner), name):
-            return owner, False
+            holders.append((owner, False))
         if name in getattr(owner, "hparams", {}):
-            return owner, True
-    raise ValueError(f"scale_batch_size: no {name!r} attribute on the module "
-                     f"{'or datamodule ' if datamodule is not None else ''}(nor in hparams); set "
-                     f"self.{name} in __init__ and read it in train_dataloader()")
+            holders.append((owner, True))
+    if not holders:
+        raise ValueError(f"scale_batch_size: no {name!r} attribute on the module "
+                         f"{'or datamodule ' if datamodule is not None else ''}(nor in hparams); "
+                         f"set self.{name} in __init__ and read it in train_dataloader()")
+    return holders
 
 
 # ------------------------------------------------------------------------------------ Tuner
@@ -210,13 +213,14 @@ class Tuner:
             raise ValueError("scale_batch_size: loaders passed in cannot be rebuilt at another "
                              "batch size; build them in train_dataloader() from "
                              f"self.{batch_arg_name} (module or datamodule)")
-        owner, in_hparams = _batch_size_owner(model, datamodule, batch_arg_name)
+        holders = _batch_size_holders(model, datamodule, batch_arg_name)
 
         def set_size(n: int) -> None:
-            if in_hparams:
-                owner.hparams[batch_arg_name] = n
-            else:
-                setattr(owner, batch_arg_name, n)
+            for owner, in_hparams in holders:
+                if in_hparams:
+                    owner.hparams[batch_arg_name] = n
+                else:
+                    setattr(owner, batch_arg_name, n)
 
         def fits(n: int) -> bool:
             set_size(n)

@@ -106,7 +106,7 @@ def test_scale_batch_size_stops_at_out_of_memory(mode, expected, tried):
     m = Reg(batch_size=1, oom_above=24)
     before = flat(m).clone()
     found = Tuner(_trainer()).scale_batch_size(m, mode=mode)
-    assert found == expected == m.batch_size
+    assert found == expected == m.batch_size == m.hparams.batch_size
     assert m.tried == tried
     assert torch.equal(flat(m), before)
 
