@@ -730,8 +730,11 @@ def to_torchscript(
     path: str | os.PathLike | None = None,
     method: str = "script",
     example_inputs: Any = None,
+    **kwargs: Any,
 ) -> torch.jit.ScriptModule:
     """Script (``method='script'``) or trace (``'trace'``) ``module`` in eval mode.
+
+    ``kwargs`` go to ``torch.jit.script`` / ``torch.jit.trace`` (e.g. ``check_trace=False``).
 
     Returns the ScriptModule (in eval mode); with ``path`` also saves it atomically with its
     metadata inside (extra file ``trainflow.json``) and in ``<path>.json``. Tracing uses
@@ -752,7 +755,7 @@ def to_torchscript(
     with _eval_mode(module), _jit_quietly(), _jit_scripting(module):
         if method == "script":
             try:
-                ts = torch.jit.script(module)
+                ts = torch.jit.script(module, **kwargs)
             except Exception as e:
                 raise ExportError(
                     f"{what}: torch.jit.script failed: {_summary(e)}; use method='trace' "
@@ -770,7 +773,7 @@ def to_torchscript(
                     target,
                     example_inputs=args or None,
                     example_kwarg_inputs=kw or None,
-                    strict=False,
+                    **{"strict": False, **kwargs},
                 )
             except Exception as e:
                 raise ExportError(f"{what}: torch.jit.trace failed: {_summary(e)}") from e

@@ -446,16 +446,27 @@ class TrainModule(nn.Module):
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ export (EXPORT owns)
-    def to_onnx(self, path: Any, input_sample: Any = None, dynamic_batch: bool = True,
-                opset: int | None = None, **kwargs: Any) -> Any:
-        """Export to ONNX (see trainer.export.to_onnx)."""
+    def to_onnx(self, file_path: Any = None, input_sample: Any = None, **kwargs: Any) -> Any:
+        """Export to ONNX at ``file_path`` (Lightning's names); ``input_sample`` defaults to
+        ``example_input_array``; ``kwargs`` (``dynamic_batch``, ``opset``, torch.onnx.export's
+        own) go to :func:`trainer.export.to_onnx`."""
         from trainer.export import to_onnx
 
-        return to_onnx(self, path, input_sample, dynamic_batch, opset, **kwargs)
+        _no_path_keyword("to_onnx", kwargs)
+        if file_path is None:
+            raise TypeError("to_onnx(file_path=...): say where the .onnx file goes")
+        return to_onnx(self, file_path, input_sample, **kwargs)
 
-    def to_torchscript(self, path: Any = None, method: str = "script",
-                       example_inputs: Any = None) -> Any:
-        """Export to TorchScript (see trainer.export.to_torchscript)."""
+    def to_torchscript(self, file_path: Any = None, method: str = "script",
+                       example_inputs: Any = None, **kwargs: Any) -> Any:
+        """Script or trace (``method``) the module; saved at ``file_path`` when given; ``kwargs``
+        go to torch.jit.script / torch.jit.trace (see :func:`trainer.export.to_torchscript`)."""
         from trainer.export import to_torchscript
 
-        return to_torchscript(self, path, method, example_inputs)
+        _no_path_keyword("to_torchscript", kwargs)
+        return to_torchscript(self, file_path, method, example_inputs, **kwargs)
+
+
+def _no_path_keyword(fn: str, kwargs: dict[str, Any]) -> None:
+    if "path" in kwargs:
+        raise TypeError(f"{fn}(path=...): the file argument is named file_path (as in Lightning)")

@@ -61,3 +61,21 @@ def test_model_summary_flag_is_checked():
 
     with pytest.raises(ValueError, match="enable_model_summary"):
         Trainer(enable_model_summary="yes")
+
+
+def test_export_methods_take_lightnings_names(tmp_path):
+    import pytest
+    import torch
+
+    from trainer.export import ExportError, verify
+
+    m = TinyModule()
+    info = m.to_onnx(file_path=tmp_path / "m.onnx", input_sample=torch.zeros(3, 8))
+    assert verify(m, onnx_path=info.path).ok
+    ts = m.to_torchscript(file_path=tmp_path / "m.pt", method="trace",
+                          example_inputs=torch.zeros(3, 8), check_trace=False)
+    assert verify(m, torchscript_path=tmp_path / "m.pt").ok and ts is not None
+    with pytest.raises(ExportError, match="bogus"):  # kwargs reach torch.jit.trace
+        m.to_torchscript(method="trace", bogus=1)
+    with pytest.raises(TypeError, match="named file_path"):
+        m.to_onnx(path=tmp_path / "x.onnx")
