@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -83,7 +84,7 @@ class MetricCollection(nn.ModuleDict):
             if key is None:
                 order.append([name])
                 continue
-            key = (key, str(metric.device))
+            key = (key, str(metric.device), metric.dist_sync_on_step)
             if key in groups:
                 groups[key].append(name)
             else:
@@ -144,15 +145,18 @@ class MetricCollection(nn.ModuleDict):
             leader._set_states(leader._fresh_states())
             try:
                 type(leader).update._raw(leader, *args, **self._kwargs_for(members[0], kwargs))
-                batch = leader._state_refs()
-                for name in members:
-                    m: Metric = self._modules[name]  # type: ignore[assignment]
-                    m._set_states(batch)
-                    m._update_count = 1
-                    m._check_deferred_errors(keep=True)
-                    value = type(m).compute._raw(m)
-                    m._forward_cache = value
-                    out[self._key(name)] = value
+                # dist_sync_on_step (the same for a whole group): every rank's batch states
+                on_step = leader.dist_sync_on_step and distributed_available()
+                with sync_metrics([leader]) if on_step else contextlib.nullcontext():
+                    batch = leader._state_refs()
+                    for name in members:
+                        m: Metric = self._modules[name]  # type: ignore[assignment]
+                        m._set_states(batch)
+                        m._update_count = 1
+                        m._check_deferred_errors(keep=True)
+                        value = type(m).compute._raw(m)
+                        m._forward_cache = value
+                        out[self._key(name)] = value
             except BaseException:
                 leader._set_states(running)
                 self._share(members)

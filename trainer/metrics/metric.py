@@ -92,6 +92,9 @@ class Metric(nn.Module):
         sync_timeout: seconds a sync may wait for the other ranks before failing with
             :class:`~trainer.metrics.sync.MetricSyncError` (default 120).
         process_group: a gloo-capable group to sync over instead of the default world.
+        dist_sync_on_step: ``forward``'s batch value is computed from the batch states of all
+            ranks (one sync per call, as in torchmetrics); the running states stay local
+            until ``compute()``. Default False: the batch value is this rank's alone.
         validate_args: check input shapes, dtypes and value ranges (default True). On CPU the
             range checks are cheap; on accelerators they are deferred to ``compute()`` so
             ``update`` never waits for the device.
@@ -121,8 +124,13 @@ class Metric(nn.Module):
         sync_timeout: float = 120.0,
         process_group: Any = None,
         validate_args: bool = True,
+        dist_sync_on_step: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(dist_sync_on_step, bool):
+            raise ValueError(f"{type(self).__name__}(dist_sync_on_step=...): must be True or "
+                             f"False (got {dist_sync_on_step!r})")
+        self.dist_sync_on_step = dist_sync_on_step
         if sync_timeout <= 0:
             raise ValueError(
                 f"{type(self).__name__}.sync_timeout: must be > 0 (got {sync_timeout})"
@@ -191,8 +199,9 @@ class Metric(nn.Module):
             self._state_names = (*self._state_names, name)
         self._state_fx = tuple(self._reductions[n] for n in self._state_names)
         self._sum_only = all(fx == "sum" for fx in self._state_fx)  # list states: 'cat'/None
-        self._one_sum_state = (
-            name if self._sum_only and self._pure_update and len(self._state_names) == 1 else None
+        self._one_sum_state = (  # (forward's fast path has no per-step sync: not with one)
+            name if self._sum_only and self._pure_update and len(self._state_names) == 1
+            and not self.dist_sync_on_step else None
         )
         if isinstance(default, list):
             self._list_states = (*self._list_states, name)
@@ -311,7 +320,11 @@ class Metric(nn.Module):
             d["_update_count"] = 1
             if d["_deferred"]:
                 self._check_deferred_errors(keep=True)
-            value = cls.compute._raw(self)
+            if d["dist_sync_on_step"] and distributed_available():
+                with sync_metrics([self]):  # the batch states of every rank, then back
+                    value = cls.compute._raw(self)
+            else:
+                value = cls.compute._raw(self)
         except BaseException:
             for n, v in zip(names, running):
                 d[n] = v
@@ -549,6 +562,7 @@ class Metric(nn.Module):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_in_forward", False)  # pickled by an older version
+        state.setdefault("dist_sync_on_step", False)
         if "_state_names" not in state:
             state["_state_names"] = tuple(state["_defaults"])
             state["_state_fx"] = tuple(state["_reductions"][n] for n in state["_state_names"])
