@@ -426,8 +426,7 @@ class TrainModule(nn.Module):
             try:
                 self.eval()
                 with torch.no_grad():
-                    x = self.example_input_array
-                    x = x.to(self.device) if isinstance(x, Tensor) else x
+                    x = self._example_like_weights()
                     self(*x) if isinstance(x, tuple) else self(x)
             finally:
                 for h in handles:
@@ -444,6 +443,20 @@ class TrainModule(nn.Module):
         lines.append(f"{trainable:,} trainable params, {total - trainable:,} non-trainable, "
                      f"{total:,} total")
         return "\n".join(lines)
+
+    def _example_like_weights(self) -> Any:
+        """example_input_array on the module's device, floats in its weights' dtype (a module
+        in '*-true' precision or after .double() takes inputs of its own dtype)."""
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+
+        def like(t: Any) -> Any:
+            if not isinstance(t, Tensor):
+                return t
+            t = t.to(self.device)
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        x = self.example_input_array
+        return tuple(like(t) for t in x) if isinstance(x, tuple) else like(x)
 
     # ------------------------------------------------------------------ export (EXPORT owns)
     def to_onnx(self, file_path: Any = None, input_sample: Any = None, **kwargs: Any) -> Any:

@@ -24,7 +24,7 @@ def test_names(given, name):
 @pytest.mark.parametrize("precision, dtype", [("bf16-true", torch.bfloat16),
                                               ("16-true", torch.float16),
                                               ("64-true", torch.float64)])
-def test_module_inputs_and_new_tensors_take_the_dtype(precision, dtype):
+def test_module_inputs_and_new_tensors_take_the_dtype(precision, dtype, capsys):
     seen = {}
 
     class Peek(TinyModule):
@@ -39,8 +39,9 @@ def test_module_inputs_and_new_tensors_take_the_dtype(precision, dtype):
             return self(batch[0])
 
     m = Peek()
-    t = Trainer(max_epochs=1, precision=precision, **QUIET)
+    t = Trainer(max_epochs=1, precision=precision, **{**QUIET, "enable_model_summary": True})
     t.fit(m, make_loader(make_data(16)))
+    assert "[2, 3]" in capsys.readouterr().err  # the summary's forward ran in the dtype too
     assert {p.dtype for p in m.parameters()} == {dtype}
     assert seen == {"x": dtype, "y": torch.int64, "new": dtype, "autocast": False}
     out = t.predict(m, make_loader(make_data(8), shuffle=False))

@@ -66,3 +66,12 @@ def test_without_tensorboard_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'trainflow\[tensorboard\]'"):
         TensorBoardLogger(tmp_path)
+
+
+def test_experiment_on_other_ranks_does_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    lg = TensorBoardLogger(tmp_path)
+    lg.experiment.add_scalar("x", 1.0, 0)  # no error, no file
+    lg.log_metrics({"x": 1.0}, step=0)
+    lg.finalize("success")
+    assert not (tmp_path / "lightning_logs").exists()

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from trainer.loggers.base import rank_zero_only
+from trainer.loggers.base import global_rank, rank_zero_only
 from trainer.loggers.csv import CSVLogger, _atomic_write_text, _plain
 
 __all__ = ["TensorBoardLogger"]
@@ -37,6 +37,13 @@ def _hparam_value(v: Any) -> Any:
     if hasattr(v, "item") and getattr(v, "ndim", None) == 0:
         v = v.item()
     return v if isinstance(v, bool | int | float | str) else str(v)
+
+
+class _NoOpExperiment:
+    """What ``experiment`` is on ranks other than zero: any method call does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
 
 
 class TensorBoardLogger(CSVLogger):
@@ -71,9 +78,12 @@ class TensorBoardLogger(CSVLogger):
         self._writer: Any = None
 
     @property
-    @rank_zero_only
     def experiment(self) -> Any:
-        """The ``torch.utils.tensorboard.SummaryWriter`` of this run (created on first use)."""
+        """The ``torch.utils.tensorboard.SummaryWriter`` of this run (created on first use); on
+        other ranks than zero an object whose every method does nothing, as in Lightning, so
+        ``self.logger.experiment.add_image(...)`` runs everywhere."""
+        if global_rank() != 0:
+            return _NoOpExperiment()
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
