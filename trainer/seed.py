@@ -9,6 +9,7 @@ one (:func:`worker_init_function`) that seeds each worker differently per worker
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 from typing import Any
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 __all__ = ["seed_everything", "reset_seed", "worker_init_function", "add_worker_init_fn"]
 
+_log = logging.getLogger(__name__)
 _MAX_SEED = 2**32 - 1  # NumPy's legacy seed accepts uint32 only
 
 
@@ -29,11 +31,12 @@ def _numpy() -> Any:
     return np
 
 
-def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
     """Seed ``random``, NumPy and torch (all devices) with ``seed``; return it.
 
     ``seed=None`` reads ``PL_GLOBAL_SEED`` from the environment, else uses 0. ``workers=True``
     makes the Trainer seed DataLoader worker processes too (see :func:`worker_init_function`).
+    ``verbose``: log "Seed set to N" (logger ``trainer.seed``, level INFO), as Lightning does.
     """
     if seed is None:
         env = os.environ.get("PL_GLOBAL_SEED")
@@ -49,6 +52,8 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
             raise ValueError(f"seed_everything(seed=...): must be an int (got {seed!r})") from None
     if not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"seed_everything(seed=...): must be in [0, {_MAX_SEED}] (got {seed})")
+    if verbose:
+        _log.info("Seed set to %d", seed)
     os.environ["PL_GLOBAL_SEED"] = str(seed)
     os.environ["PL_SEED_WORKERS"] = str(int(bool(workers)))
     random.seed(seed)
@@ -63,7 +68,8 @@ def reset_seed() -> None:
     """Seed again from ``PL_GLOBAL_SEED`` (a DDP worker calls it at setup); no-op if unset."""
     seed = os.environ.get("PL_GLOBAL_SEED")
     if seed is not None:
-        seed_everything(int(seed), workers=os.environ.get("PL_SEED_WORKERS", "0") == "1")
+        seed_everything(int(seed), workers=os.environ.get("PL_SEED_WORKERS", "0") == "1",
+                        verbose=False)
 
 
 def worker_init_function(worker_id: int, rank: int = 0) -> None:

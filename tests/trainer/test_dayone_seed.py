@@ -87,3 +87,12 @@ def test_users_worker_init_fn_is_kept():
                       enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(TinyModule(), dl)
     assert dl.worker_init_fn is mine
+
+
+def test_verbose_logs_the_seed(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="trainer.seed"):
+        seed_everything(5)
+        seed_everything(6, verbose=False)
+    assert [r.getMessage() for r in caplog.records] == ["Seed set to 5"]

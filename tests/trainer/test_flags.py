@@ -252,7 +252,7 @@ def test_callbacks_flag_single_and_list():
     ({"accumulate_grad_batches": 0}, ValueError, r"accumulate_grad_batches"),
     ({"gradient_clip_val": -1.0}, ValueError, r"gradient_clip_val"),
     ({"gradient_clip_algorithm": "l2"}, ValueError, r"'norm' or 'value'"),
-    ({"precision": "64"}, ValueError, r"precision"),
+    ({"precision": "8-true"}, ValueError, r"precision"),
     ({"precision": "16-mixed"}, ValueError, r"16-mixed.*CUDA"),
     ({"accelerator": "tpu"}, ValueError, r"accelerator"),
     ({"devices": 0}, ValueError, r"devices"),
