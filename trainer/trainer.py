@@ -733,6 +733,36 @@ class Trainer:
                           pin_memory=dl.pin_memory, drop_last=dl.drop_last)
 
     # ------------------------------------------------------------------ fit
+    def _setup_fit_loaders(self, model: TrainModule, train_dl: Any, val_dl: Any,
+                           datamodule: Any) -> tuple[Any, list[Any]]:
+        """The training loader and validation loaders of fit, with their batch counts."""
+        train_dls = self._loaders("fit", train_dl, datamodule)
+        if not train_dls:
+            raise ValueError("Trainer.fit: no training data: pass train_dataloaders, a "
+                             "datamodule with train_dataloader(), or write "
+                             "module.train_dataloader()")
+        if len(train_dls) > 1:
+            raise ValueError("Trainer.fit: one training loader expected "
+                             f"(got {len(train_dls)}); combine them into one")
+        dl = train_dls[0]
+        if self.overfit_batches:
+            dl = self._sequential_copy(dl)
+        val_dls = self._loaders("fit_val", val_dl, datamodule)
+        has_val_step = "validation_step" in self._module_overrides
+        if val_dls and not has_val_step:
+            raise ValueError("Trainer.fit: val_dataloaders given but "
+                             f"{type(model).__name__}.validation_step is not written")
+        self.num_training_batches = limit_batches(sized_len(dl), self.limit_train_batches)
+        self.num_val_batches = self._limits(val_dls, self.limit_val_batches)
+        self._val_enabled = bool(val_dls) and any(n > 0 for n in self.num_val_batches)
+        self._val_dls = val_dls
+        self.fit_loop.total_batches = self.num_training_batches
+        return dl, val_dls
+
+    def _reload_fit_loaders(self) -> tuple[Any, list[Any]]:
+        """reload_dataloaders_every_n_epochs: ask the module / datamodule for new loaders."""
+        return self._setup_fit_loaders(self.lightning_module, None, None, self.datamodule)
+
     def _fit(self, model: TrainModule, train_dl: Any, val_dl: Any, datamodule: Any,
              ckpt_path: Any) -> None:
         if self.reload_dataloaders_every_n_epochs and (train_dl is not None
@@ -766,36 +796,6 @@ class Trainer:
         self._call_hook("on_train_end")
         model._results = None
         self._call_hook("on_fit_end")
-
-    def _setup_fit_loaders(self, model: TrainModule, train_dl: Any, val_dl: Any,
-                           datamodule: Any) -> tuple[Any, list[Any]]:
-        """The training loader and validation loaders of fit, with their batch counts."""
-        train_dls = self._loaders("fit", train_dl, datamodule)
-        if not train_dls:
-            raise ValueError("Trainer.fit: no training data: pass train_dataloaders, a "
-                             "datamodule with train_dataloader(), or write "
-                             "module.train_dataloader()")
-        if len(train_dls) > 1:
-            raise ValueError("Trainer.fit: one training loader expected "
-                             f"(got {len(train_dls)}); combine them into one")
-        dl = train_dls[0]
-        if self.overfit_batches:
-            dl = self._sequential_copy(dl)
-        val_dls = self._loaders("fit_val", val_dl, datamodule)
-        has_val_step = "validation_step" in self._module_overrides
-        if val_dls and not has_val_step:
-            raise ValueError("Trainer.fit: val_dataloaders given but "
-                             f"{type(model).__name__}.validation_step is not written")
-        self.num_training_batches = limit_batches(sized_len(dl), self.limit_train_batches)
-        self.num_val_batches = self._limits(val_dls, self.limit_val_batches)
-        self._val_enabled = bool(val_dls) and any(n > 0 for n in self.num_val_batches)
-        self._val_dls = val_dls
-        self.fit_loop.total_batches = self.num_training_batches
-        return dl, val_dls
-
-    def _reload_fit_loaders(self) -> tuple[Any, list[Any]]:
-        """reload_dataloaders_every_n_epochs: ask the module / datamodule for new loaders."""
-        return self._setup_fit_loaders(self.lightning_module, None, None, self.datamodule)
 
     def _configure_optimizers(self, model: TrainModule) -> None:
         model._results = Results("none")
