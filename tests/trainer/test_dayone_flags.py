@@ -148,3 +148,13 @@ def test_reload_with_loaders_given_to_fit_is_refused():
             TinyModule(), make_loader(make_data(16)))
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs"):
         Trainer(reload_dataloaders_every_n_epochs=-1)
+
+
+def test_timer_resumes_the_budget_from_a_checkpoint(monkeypatch):
+    clock = {"now": 50.0}
+    monkeypatch.setattr(timer_mod.time, "monotonic", lambda: clock["now"])
+    timer = Timer({"seconds": 10})
+    timer.load_state_dict({"time_elapsed": {"train": 4.0}})  # spent before the interruption
+    timer.on_train_start(None, None)
+    clock["now"] += 1.0
+    assert timer.time_elapsed() == 5.0 and timer.time_remaining() == 5.0
