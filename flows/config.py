@@ -60,15 +60,24 @@ class DataConfig(_Section):
     batch_rows: int = Field(262_144, gt=0)
 
 
+# The model a config gets when it names none: the built-in tabular model for data.task.
+DEFAULT_MODELS = {
+    "classification": "models.tabular:TabularClassifier",
+    "regression": "models.tabular:TabularRegressor",
+}
+
+
 class ModelConfig(_Section):
     """The TrainModule: its import path (``pkg.mod:Class``) and keyword arguments."""
 
-    class_path: str = "models.digits:DigitsMLP"
+    class_path: str | None = None  # None: DEFAULT_MODELS[data.task]
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("class_path")
     @classmethod
-    def _import_path(cls, v: str) -> str:
+    def _import_path(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         mod, sep, name = v.partition(":")
         if not sep or not mod or not name.isidentifier():
             raise ValueError(f"must look like 'package.module:ClassName' (got {v!r})")
@@ -80,10 +89,21 @@ class CheckpointConfig(_Section):
     mode: Literal["min", "max"] = "min"
 
 
+class EarlyStoppingConfig(_Section):
+    """Stop training when ``monitor`` (a validation metric) has not improved for ``patience``
+    epochs; the best checkpoint (``trainer.checkpoint``) is the one evaluated."""
+
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
 class TrainerConfig(_Section):
     """Trainer flags (see trainer.Trainer) and the data loader's batch size."""
 
-    max_epochs: int = Field(15, gt=0)
+    max_epochs: int = Field(200, gt=0)  # an upper bound: early stopping ends most fits sooner
+    early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
     batch_size: int = Field(64, gt=0)
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "cpu"
     devices: int = Field(1, gt=0)
@@ -95,16 +115,32 @@ class TrainerConfig(_Section):
     num_threads: int | None = Field(1, gt=0)  # per process; None: torch's default
 
 
+# What the evaluate stage can compute, per task, and the key each is reported under.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1", "precision", "recall", "auroc"),
+    "regression": ("mse", "rmse", "mae", "r2"),
+}
+DEFAULT_METRICS = {"classification": ["accuracy", "f1"], "regression": ["rmse", "mae", "r2"]}
+DEFAULT_GATES = {"classification": "test_acc", "regression": "test_r2"}
+LOWER_IS_BETTER = frozenset({"mse", "rmse", "mae"})
+MetricName = Literal["accuracy", "f1", "precision", "recall", "auroc", "mse", "rmse", "mae", "r2"]
+
+
+def metric_key(name: str) -> str:
+    """The reported key of a metric: ``test_acc`` for accuracy, else ``test_<name>``."""
+    return "test_acc" if name == "accuracy" else f"test_{name}"
+
+
 class GateConfig(_Section):
-    metric: str = "test_acc"
-    mode: Literal["min", "max"] = "max"
+    metric: str | None = None  # None: DEFAULT_GATES[data.task]
+    mode: Literal["min", "max"] | None = None  # None: from the metric (min for errors)
     min_delta: float = Field(0.0, ge=0)
 
 
 class EvaluationConfig(_Section):
-    metrics: list[Literal["accuracy", "f1", "precision", "recall", "mse", "mae"]] = Field(
-        default_factory=lambda: ["accuracy", "f1"]
-    )
+    """What the evaluate stage computes on the test split, and the promotion gate."""
+
+    metrics: list[MetricName] | None = None  # None: DEFAULT_METRICS[data.task]
     gate: GateConfig = Field(default_factory=GateConfig)
 
 
@@ -159,6 +195,52 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
 
+    @model_validator(mode="after")
+    def _resolve_for_task(self) -> PipelineConfig:
+        """Fill what depends on data.task (model, metrics, gate) and refuse what does not fit."""
+        task = self.data.task
+        if self.model.class_path is None:
+            self.model.class_path = DEFAULT_MODELS[task]
+        ev = self.evaluation
+        if ev.metrics is None:
+            ev.metrics = list(DEFAULT_METRICS[task])
+        if not ev.metrics:
+            raise ValueError("evaluation.metrics: name at least one metric (or remove the key)")
+        unfit = [m for m in ev.metrics if m not in TASK_METRICS[task]]
+        if unfit:
+            raise ValueError(
+                f"evaluation.metrics: {', '.join(unfit)} does not fit data.task {task} "
+                f"(choose from {', '.join(TASK_METRICS[task])})"
+            )
+        ev.metrics = list(dict.fromkeys(ev.metrics))  # each once, in the order given
+        gate = ev.gate
+        keys = {metric_key(m): m for m in ev.metrics}
+        if gate.metric is None:
+            gate.metric = DEFAULT_GATES[task]
+            if gate.metric not in keys:  # the default gate's metric is not asked for
+                gate.metric = metric_key(ev.metrics[0])
+        if gate.metric not in keys:
+            raise ValueError(
+                f"evaluation.gate.metric: {gate.metric!r} is not among the metrics the evaluate "
+                f"stage computes ({', '.join(keys)}); add it to evaluation.metrics"
+            )
+        natural = "min" if keys[gate.metric] in LOWER_IS_BETTER else "max"
+        if gate.mode is None:
+            gate.mode = natural
+        elif gate.mode != natural:
+            raise ValueError(
+                f"evaluation.gate.mode: {gate.mode} would promote worse models "
+                f"({gate.metric} is better when {'lower' if natural == 'min' else 'higher'}); "
+                f"set it to {natural} or remove it"
+            )
+        es = self.trainer.early_stopping
+        if es is not None and self.data.split.val == 0:
+            raise ValueError(
+                "trainer.early_stopping: needs a validation split (data.split.val is 0); "
+                "set data.split.val > 0 or trainer.early_stopping: null"
+            )
+        return self
+
 
 _NOT_A_MAPPING = "<root>: the config must be a mapping of sections (got {})"
 
@@ -166,8 +248,12 @@ _NOT_A_MAPPING = "<root>: the config must be a mapping of sections (got {})"
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
+        if not loc and e["type"] == "value_error":  # a whole-config check names its own keys
+            lines.append(msg.removeprefix("Value error, "))
+            continue
+        loc = loc or "<root>"
         if e["type"] == "extra_forbidden":
             msg = "unknown key (remove it or check the spelling)"
         elif e["type"] == "missing":

@@ -32,7 +32,7 @@ from prefect import task
 from flows.config import DataConfig
 from tasks.types import DataError, DatasetRef, SplitRef, content_key
 
-CODE_VERSION = "prepare_data-2"
+CODE_VERSION = "prepare_data-3"
 BLOCK = 100
 SPLITS = ("train", "val", "test")
 
@@ -110,10 +110,15 @@ class _Stats:
     sumsq: np.ndarray | None = None
     min: np.ndarray | None = None
     max: np.ndarray | None = None
+    y_sum: float = 0.0  # regression targets of the train split (a model may standardise them)
+    y_sumsq: float = 0.0
 
-    def update_train(self, x: np.ndarray) -> None:
+    def update_train(self, x: np.ndarray, y: np.ndarray) -> None:
         if len(x) == 0:
             return
+        y64 = y.astype(np.float64)
+        self.y_sum += float(y64.sum())
+        self.y_sumsq += float((y64 * y64).sum())
         x64 = x.astype(np.float64)
         s, ss = x64.sum(0), (x64 * x64).sum(0)
         lo, hi = x.min(0), x.max(0)
@@ -318,7 +323,7 @@ def _write(
                     for c, k in zip(*np.unique(yi[sel], return_counts=True)):
                         cc[str(int(c))] = cc.get(str(int(c)), 0) + int(k)
                 if s == "train":
-                    stats.update_train(xs)
+                    stats.update_train(xs, yi[sel])
     finally:
         for w in writers.values():
             w.close()
@@ -346,6 +351,10 @@ def _write(
     n = max(stats.rows["train"], 1)
     mean = stats.sum / n if stats.sum is not None else np.zeros(nf)
     var = np.maximum(stats.sumsq / n - mean * mean, 0) if stats.sumsq is not None else mean
+    y_mean = stats.y_sum / n
+    target = None if classification else {
+        "mean": y_mean, "std": float(np.sqrt(max(stats.y_sumsq / n - y_mean * y_mean, 0.0)))
+    }
     summary = {
         "source": str(cfg.path),
         "source_sha256": src_sha,
@@ -355,6 +364,7 @@ def _write(
         "class_counts": stats.class_counts if classification else None,
         "classes": [str(k) for k in label_codes] if label_codes is not None else None,
         "categorical_codes": {c: [str(k) for k in m] for c, m in cat_codes.items()},
+        "target": target,  # regression: mean and std of the train split's target
         "features": {
             f: {
                 "mean": float(mean[j]),

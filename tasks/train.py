@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
 import os
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from flows.config import ModelConfig, PipelineConfig, TrackingConfig, TrainerCon
 from tasks.prepare_data import file_sha256, load_split
 from tasks.types import DatasetRef, StageError, TrainResult, content_key
 
-CODE_VERSION = "train-1"
+CODE_VERSION = "train-2"
 
 
 def import_class(class_path: str) -> type:
@@ -64,23 +65,89 @@ def stage_key(data: DatasetRef, model: ModelConfig, trainer: TrainerConfig) -> s
     )
 
 
+def data_kwargs(data: DatasetRef) -> dict[str, Any]:
+    """What a model may take from the prepared data (a model takes the ones it names).
+
+    ``num_features``, ``num_classes``; from ``stats.json`` (train split only): ``feature_mean``,
+    ``feature_std``, ``cardinalities`` (categories per feature, 0 for a numeric one) and, for
+    regression, ``target_mean`` and ``target_std``.
+    """
+    out: dict[str, Any] = {"num_features": len(data.features)}
+    if data.num_classes is not None:
+        out["num_classes"] = data.num_classes
+    stats = json.loads(Path(data.stats_path).read_text())
+    feats = stats["features"]
+    out["feature_mean"] = [feats[f]["mean"] for f in data.features]
+    out["feature_std"] = [feats[f]["std"] for f in data.features]
+    codes = stats.get("categorical_codes") or {}
+    # a category unseen in the data has no code: the model sees it as "unknown"
+    out["cardinalities"] = [len(codes[f]) if f in codes else 0 for f in data.features]
+    if stats.get("target"):
+        out["target_mean"] = stats["target"]["mean"]
+        out["target_std"] = stats["target"]["std"]
+    return out
+
+
 def build_module(model: ModelConfig, data: DatasetRef) -> Any:
-    """Instantiate the TrainModule; ``num_features``/``num_classes`` come from the data if taken."""
+    """Instantiate the TrainModule with ``model.kwargs`` and what it takes of ``data_kwargs``."""
     cls = import_class(model.class_path)
     kwargs = dict(model.kwargs)
     params = inspect.signature(cls.__init__).parameters
-    if "num_features" in params:
-        kwargs.setdefault("num_features", len(data.features))
-    if "num_classes" in params and data.num_classes is not None:
-        kwargs.setdefault("num_classes", data.num_classes)
+    for name, value in data_kwargs(data).items():
+        if name in params:
+            kwargs.setdefault(name, value)
+    wants_classes = "num_classes" in params and params["num_classes"].default is inspect._empty
+    if data.task == "regression" and wants_classes and "num_classes" not in kwargs:
+        raise StageError(
+            f"model.class_path: {model.class_path} is a classifier (it needs num_classes) but "
+            "data.task is regression; pick a regression model (leave model.class_path unset "
+            "for the built-in one) or change data.task"
+        )
     try:
         return cls(**kwargs)
     except TypeError as err:
         raise StageError(f"model.kwargs: {cls.__name__} does not take them: {err}") from None
 
 
-def dataloader(data: DatasetRef, split: str, batch_size: int, shuffle: bool, seed: int) -> Any:
-    """A DataLoader over a split: arrow buffers → numpy view → torch without a copy."""
+def check_output(module: Any, x: Any, data: DatasetRef, class_path: str) -> None:
+    """Refuse, in one line, a module whose output does not fit data.task.
+
+    Classification needs logits [n, num_classes]; regression one value per row, [n] or [n, 1].
+    Without this, a mismatch surfaces as a torch error deep in the loss.
+    """
+    import torch
+
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        out = module(x)
+    module.train(was_training)
+    shape = tuple(getattr(out, "shape", ()))
+    n = len(x)
+    if data.task == "regression":
+        if shape in ((n,), (n, 1)):
+            return
+        want = f"one value per row (shape [{n}] or [{n}, 1])"
+    else:
+        if shape == (n, data.num_classes):
+            return
+        want = f"logits for {data.num_classes} classes (shape [{n}, {data.num_classes}])"
+    got = list(shape) if shape else type(out).__name__
+    raise StageError(
+        f"model.class_path: {class_path} outputs {got} for {n} rows, but data.task "
+        f"{data.task} needs {want}; pick a model for the task (leave model.class_path unset "
+        "for the built-in one) or change data.task"
+    )
+
+
+def dataloader(
+    data: DatasetRef, split: str, batch_size: int, shuffle: bool, seed: int, ranks: int = 1
+) -> Any:
+    """A DataLoader over a split: arrow buffers → numpy view → torch without a copy.
+
+    A shuffled (training) loader drops a last batch of a single row (per rank, for ``ranks``
+    DDP workers): batch norm cannot train on one row, and one row in an epoch changes nothing.
+    """
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -90,17 +157,28 @@ def dataloader(data: DatasetRef, split: str, batch_size: int, shuffle: bool, see
         xt = torch.from_numpy(x)  # read-only view of the parquet buffers; never written
         yt = torch.from_numpy(np.ascontiguousarray(y))
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(xt, yt), batch_size=batch_size, shuffle=shuffle, generator=gen)
+    per_rank = -(-len(xt) // ranks)
+    drop_last = shuffle and per_rank % batch_size == 1
+    return DataLoader(TensorDataset(xt, yt), batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      drop_last=drop_last)
 
 
 def make_trainer(
     cfg: TrainerConfig, root: Path, logger: Any = None, checkpoint: bool = True, **extra: Any
 ) -> Any:
-    """The Trainer for a stage; with ``checkpoint``, best + last into ``root/checkpoints``."""
+    """The Trainer for a stage; with ``checkpoint`` (fitting), best + last into
+    ``root/checkpoints`` and early stopping when ``cfg.early_stopping`` is set."""
     from trainer import Trainer
-    from trainer.callbacks import ModelCheckpoint
+    from trainer.callbacks import EarlyStopping, ModelCheckpoint
 
-    callbacks = []
+    callbacks: list[Any] = list(extra.pop("callbacks", []))
+    if checkpoint and cfg.early_stopping is not None:
+        es = cfg.early_stopping
+        callbacks.append(
+            EarlyStopping(
+                monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta
+            )
+        )
     if checkpoint:
         callbacks.append(
             ModelCheckpoint(
@@ -169,7 +247,8 @@ def fit(
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed % 2**32)
     module = build_module(cfg.model, data)
-    train_dl = dataloader(data, "train", tc.batch_size, True, tc.seed)
+    train_dl = dataloader(data, "train", tc.batch_size, True, tc.seed, tc.devices)
+    check_output(module, train_dl.dataset.tensors[0][:2], data, cfg.model.class_path)
     val_dl = dataloader(data, "val", tc.batch_size, False, tc.seed) if data.splits[
         "val"
     ].rows else None
