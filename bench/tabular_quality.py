@@ -180,7 +180,7 @@ def main() -> None:
     for table, result, ours, sk, best in rows:
         print(f"| {table.name} | {len(table.frame)} | {table.task} | {metric[table.task]} "
               f"| {ours:.4f} | {sk['linear'][0]:.4f} | {sk['hgb'][0]:.4f} | {ours - best:+.4f} "
-              f"| {result.trained.epochs + 1} | {result.stages['train'].seconds:.1f} "
+              f"| {result.trained.epochs} | {result.stages['train'].seconds:.1f} "
               f"| {sk['linear'][1]:.2f} | {sk['hgb'][1]:.2f} |")
 
 

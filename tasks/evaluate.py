@@ -48,7 +48,7 @@ def build_metric(name: str, num_classes: int | None) -> Any:
     raise ValueError(f"evaluation.metrics: unknown metric {name!r}")
 
 
-class TestMetrics(Callback):
+class NamedMetrics(Callback):
     """Computes the named metrics from the module's predictions on each test batch.
 
     The values end up in ``values`` (``test_acc``, ``test_r2`` ...); ``state_dict`` carries them
@@ -123,7 +123,7 @@ def run_evaluation(
         logger = mlflow_logger(
             cfg.tracking, "evaluate", {}, run_id=trained.mlflow_run_id, plots=False
         )
-    computed = TestMetrics(cfg.evaluation.metrics, data.task, data.num_classes)
+    computed = NamedMetrics(cfg.evaluation.metrics, data.task, data.num_classes)
     trainer = make_trainer(
         tc, Path(trained.checkpoint).parent.parent, logger, checkpoint=False, callbacks=[computed]
     )

@@ -24,8 +24,16 @@ def test_default_yaml_matches_builtin_defaults() -> None:
     assert from_file.data.path == builtin.data.path
     assert from_file.data.path.exists()
     # Sections that feed cache keys are the same whether read from the file or built in.
-    for section in ("data", "model", "trainer", "evaluation", "export", "registry", "tracking"):
+    for section in ("data", "evaluation", "export", "registry", "tracking"):
         assert getattr(from_file, section).digest() == getattr(builtin, section).digest(), section
+    # ... except the example's model and its fixed 15 epochs: a config without `model:` gets the
+    # built-in tabular model for data.task, trained with early stopping.
+    assert from_file.model.class_path == "models.digits:DigitsMLP"
+    assert builtin.model.class_path == "models.tabular:TabularClassifier"
+    assert from_file.trainer.early_stopping is None and builtin.trainer.early_stopping is not None
+    differ = {"max_epochs", "early_stopping"}
+    assert from_file.trainer.model_dump(exclude=differ) == builtin.trainer.model_dump(
+        exclude=differ)
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def test_classifier_on_a_csv_with_a_config_of_three_keys(project: Path) -> None:
 
     m = result.metrics
     assert m["test_acc"] >= 0.9, m  # a linear model gets ~0.95; DigitsMLP's scaling gave 0.67
-    assert result.trained.epochs < 199  # early stopping ended the fit before max_epochs (200)
+    assert result.trained.epochs < 200  # early stopping ended the fit before max_epochs (200)
     # every named metric is computed by the stage (the model's test_step logs only test_loss),
     # and equals scikit-learn's figure on the checkpoint's own predictions
     logits, y = _test_predictions(result)
