@@ -12,7 +12,7 @@ train-stage wall time beside scikit-learn's fit times.
 Tables: scikit-learn's wine, breast cancer (labels as "M"/"B"), iris, digits and diabetes, and two
 seeded synthetic tables with categorical columns (make_classification / make_regression).
 
-    PYTHONPATH=. python bench/tabular_quality.py [--only wine,iris] [--rows 20000]
+    PYTHONPATH=. python bench/tabular_quality.py [--only wine,iris] [--rows 20000] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -154,6 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated table names")
     parser.add_argument("--rows", type=int, default=20_000, help="rows of the synthetic tables")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="also run trainer.seed=1..N-1 (as --set would) and show the spread")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="trainflow-tabular-bench-"))
     os.environ["TRAINFLOW_PROJECT_DIR"] = str(base / "project")  # one fresh project, no cache
@@ -166,22 +168,28 @@ def main() -> None:
         if wanted and table.name not in wanted:
             continue
         cfg = write_project(table, base / table.name)
-        result = training_pipeline(str(cfg))
         key = "test_acc" if table.task == "classification" else "test_r2"
-        ours = result.metrics[key]
-        sk = sklearn_scores(result.data, table.task)
+        runs = [training_pipeline(str(cfg), [f"trainer.seed={s}"] if s else None)
+                for s in range(args.seeds)]
+        sk = sklearn_scores(runs[0].data, table.task)
         best = max(v[0] for v in sk.values())
-        rows.append((table, result, ours, sk, best))
+        rows.append((table, runs, [r.metrics[key] for r in runs], sk, best))
     metric = {"classification": "accuracy", "regression": "R²"}
     print()
     print("| table | rows | task | metric | trainflow | linear | HGB | gap to best | epochs "
-          "| train stage s | linear fit s | HGB fit s |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for table, result, ours, sk, best in rows:
+          "| train stage s | linear fit s | HGB fit s |" + (" seeds: min / mean gap |"
+                                                          if args.seeds > 1 else ""))
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+          + ("---:|" if args.seeds > 1 else ""))
+    for table, runs, scores, sk, best in rows:
+        first = runs[0]
+        spread = (f" {min(scores) - best:+.4f} / {np.mean(scores) - best:+.4f} |"
+                  if args.seeds > 1 else "")
         print(f"| {table.name} | {len(table.frame)} | {table.task} | {metric[table.task]} "
-              f"| {ours:.4f} | {sk['linear'][0]:.4f} | {sk['hgb'][0]:.4f} | {ours - best:+.4f} "
-              f"| {result.trained.epochs} | {result.stages['train'].seconds:.1f} "
-              f"| {sk['linear'][1]:.2f} | {sk['hgb'][1]:.2f} |")
+              f"| {scores[0]:.4f} | {sk['linear'][0]:.4f} | {sk['hgb'][0]:.4f} "
+              f"| {scores[0] - best:+.4f} | {first.trained.epochs} "
+              f"| {first.stages['train'].seconds:.1f} | {sk['linear'][1]:.2f} "
+              f"| {sk['hgb'][1]:.2f} |{spread}")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ class TabularClassifier(_TabularMLP):
         depth: int = 2,
         dropout: float = 0.1,
         lr: float = 1e-3,
-        weight_decay: float = 1e-4,
+        weight_decay: float = 1e-2,
     ) -> None:
         super().__init__(num_features, num_classes, feature_mean, feature_std, cardinalities,
                          hidden, depth, dropout, lr, weight_decay)
@@ -154,7 +154,7 @@ class TabularRegressor(_TabularMLP):
         depth: int = 2,
         dropout: float = 0.1,
         lr: float = 1e-3,
-        weight_decay: float = 1e-4,
+        weight_decay: float = 1e-2,
     ) -> None:
         super().__init__(num_features, 1, feature_mean, feature_std, cardinalities,
                          hidden, depth, dropout, lr, weight_decay)

@@ -164,14 +164,19 @@ def dataloader(
 
 
 def make_trainer(
-    cfg: TrainerConfig, root: Path, logger: Any = None, checkpoint: bool = True, **extra: Any
+    cfg: TrainerConfig,
+    root: Path,
+    logger: Any = None,
+    checkpoint: bool = True,
+    callbacks: list[Any] | None = None,
+    **extra: Any,
 ) -> Any:
-    """The Trainer for a stage; with ``checkpoint`` (fitting), best + last into
-    ``root/checkpoints`` and early stopping when ``cfg.early_stopping`` is set."""
+    """The Trainer for a stage, with ``callbacks``; with ``checkpoint`` (fitting), best + last
+    into ``root/checkpoints`` and early stopping when ``cfg.early_stopping`` is set."""
     from trainer import Trainer
     from trainer.callbacks import EarlyStopping, ModelCheckpoint
 
-    callbacks: list[Any] = list(extra.pop("callbacks", []))
+    callbacks = list(callbacks or [])
     if checkpoint and cfg.early_stopping is not None:
         es = cfg.early_stopping
         callbacks.append(

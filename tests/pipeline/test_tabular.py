@@ -170,3 +170,11 @@ def test_a_model_that_does_not_fit_the_task_fails_in_one_line(
     with pytest.raises(StageError) as err:
         _run(cfg)
     assert str(err.value) == message
+
+
+def test_the_example_table_config_gets_the_regressor_and_its_metrics() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "table.yaml")
+    assert cfg.model.class_path == "models.tabular:TabularRegressor"
+    assert cfg.evaluation.metrics == ["rmse", "mae", "r2"]
+    assert (cfg.evaluation.gate.metric, cfg.evaluation.gate.mode) == ("test_r2", "max")
+    assert cfg.trainer.early_stopping is not None and cfg.trainer.early_stopping.patience == 10
