@@ -4,6 +4,8 @@ Unknown keys and wrong types are errors that name the key path (``trainer.max_ep
 ``--set trainer.max_epochs=3`` style overrides are applied to the raw mapping before validation,
 so they are checked exactly like the file. Relative paths in ``data.path`` are resolved against
 the config file's folder; a config built without a file points at the shipped example data.
+What depends on ``data.task`` is filled in after validation when the config leaves it out (the
+model, the evaluation metrics, the gate and its direction) and refused when it does not fit.
 """
 
 from __future__ import annotations

@@ -178,3 +178,26 @@ def test_the_example_table_config_gets_the_regressor_and_its_metrics() -> None:
     assert cfg.evaluation.metrics == ["rmse", "mae", "r2"]
     assert (cfg.evaluation.gate.metric, cfg.evaluation.gate.mode) == ("test_r2", "max")
     assert cfg.trainer.early_stopping is not None and cfg.trainer.early_stopping.patience == 10
+
+
+@pytest.mark.ddp
+def test_regression_metrics_under_ddp_cover_the_whole_test_split(project: Path) -> None:
+    from tasks.evaluate import run_evaluation
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(400, 3)), columns=["a", "b", "c"])
+    frame["y"] = 5.0 * frame["a"] - 2.0 * frame["b"] + rng.normal(0, 0.5, 400)
+    frame.to_csv(project / "lin.csv", index=False)
+    cfg = _config(project, "data:", "  path: lin.csv", "  label: y", "  task: regression",
+                  "trainer: {devices: 2, strategy: ddp, max_epochs: 30}",
+                  "evaluation: {metrics: [mae, r2]}", "registry: {enabled: false}",
+                  "export: {onnx: false, torchscript: false}")
+    result = _run(cfg)
+    assert result.metrics["test_r2"] > 0.8, result.metrics
+    # the two ranks' metric states were synced: the figures are the whole split's, as one
+    # process computes them on the same checkpoint (an even test split: no padded rows)
+    assert result.data.splits["test"].rows % 2 == 0
+    one = run_evaluation(result.trained, result.data, load_config(cfg, ["trainer.devices=1"]),
+                         "single", track=False)
+    for key in ("test_mae", "test_r2"):
+        assert one.metrics[key] == pytest.approx(result.metrics[key], rel=1e-5), key
