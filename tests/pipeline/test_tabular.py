@@ -72,6 +72,26 @@ def test_classifier_on_a_csv_with_a_config_of_three_keys(project: Path) -> None:
     assert result.exported.onnx is not None and result.exported.onnx.exists()
 
 
+def test_classifier_on_a_parquet_with_text_labels_and_binary_auroc(project: Path) -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    frame["diagnosis"] = np.where(frame.pop("target") == 0, "M", "B")
+    frame.to_parquet(project / "cancer.parquet", index=False)
+    cfg = _config(project, "data:", "  path: cancer.parquet", "  label: diagnosis",
+                  "evaluation: {metrics: [accuracy, auroc], gate: {metric: test_auroc}}",
+                  "export: {torchscript: false}")
+    result = _run(cfg)
+
+    m = result.metrics
+    assert m["test_acc"] >= 0.93 and m["test_auroc"] >= 0.97, m  # logistic regression: 0.99
+    logits, y = _test_predictions(result)
+    assert logits.shape == (len(y), 2)
+    score = torch.softmax(torch.from_numpy(logits), 1).numpy()[:, 1]
+    assert m["test_auroc"] == pytest.approx(skm.roc_auc_score(y, score), abs=1e-6)
+    assert result.report.gate_metric == "test_auroc"
+
+
 def test_regression_end_to_end_on_parquet_with_a_category_and_the_gate_on_r2(
     project: Path,
 ) -> None:
