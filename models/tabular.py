@@ -67,6 +67,9 @@ class _TabularMLP(TrainModule):
         self.embeddings = nn.ModuleList(
             nn.Embedding(c + 1, _embedding_dim(c)) for c in self.cat_cards  # +1: unknown
         )
+        with torch.no_grad():  # no training row is unknown: start it neutral, as a missing number
+            for emb in self.embeddings:
+                emb.weight[-1].zero_()
         width = len(num_idx) + sum(e.embedding_dim for e in self.embeddings)
         layers: list[nn.Module] = []
         for _ in range(depth):

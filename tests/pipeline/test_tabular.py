@@ -221,3 +221,21 @@ def test_regression_metrics_under_ddp_cover_the_whole_test_split(project: Path) 
                          "single", track=False)
     for key in ("test_mae", "test_r2"):
         assert one.metrics[key] == pytest.approx(result.metrics[key], rel=1e-5), key
+
+
+def test_the_models_read_missing_and_unknown_values_as_neutral() -> None:
+    from models.tabular import TabularClassifier
+
+    torch.manual_seed(0)
+    m = TabularClassifier(3, 2, feature_mean=[0.0, 0.0, 5.0], feature_std=[1.0, 1.0, 2.0],
+                          cardinalities=[0, 4, 0]).eval()
+    nan = float("nan")
+    x = torch.tensor([[0.5, 1.0, 5.0], [0.5, 1.0, nan], [0.5, 9.0, 7.0], [0.5, nan, 7.0],
+                      [0.5, -1.0, 7.0]])
+    out = m(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], out[0])  # a missing number reads as the training mean
+    torch.testing.assert_close(out[3], out[2])  # unknown code = missing category = same row
+    torch.testing.assert_close(out[4], out[2])
+    with pytest.raises(ValueError, match=r"TabularClassifier.feature_mean: 2 values for 3"):
+        TabularClassifier(3, 2, feature_mean=[0.0, 1.0])
