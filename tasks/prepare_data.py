@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from flows.config import DataConfig
+from tasks.schema import build_schema, write_schema
 from tasks.types import DataError, DatasetRef, SplitRef, content_key
 
 CODE_VERSION = "prepare_data-3"
@@ -179,6 +180,8 @@ def prepare(cfg: DataConfig, out_root: Path, key: str | None = None) -> DatasetR
 
     dataset = _open(cfg)
     schema = dataset.schema
+    if dataset.head(1).num_rows == 0:  # before the type checks: an empty column has no type
+        raise DataError(f"data.path: {cfg.path.name} holds no rows")
     names = schema.names
     if cfg.label not in names:
         raise DataError(
@@ -376,6 +379,14 @@ def _write(
         },
     }
     (tmp / "stats.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    src = dataset.schema
+    write_schema(
+        build_schema(
+            cfg.task, cfg.label, str(src.field(cfg.label).type), features,
+            {f: str(src.field(f).type) for f in features}, label_codes, cat_codes, num_classes,
+        ),
+        tmp,
+    )
     ref = DatasetRef(
         root=final,
         splits=splits,
@@ -387,6 +398,7 @@ def _write(
         source=str(cfg.path),
         source_hash=src_sha,
         stats_path=final / "stats.json",
+        schema_path=final / "schema.json",
         cache_key=key,
         code_version=CODE_VERSION,
     )

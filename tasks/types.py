@@ -38,6 +38,7 @@ class DatasetRef(_Ref):
     source: str
     source_hash: str
     stats_path: Path
+    schema_path: Path | None = None  # schema.json (tasks/schema.py): columns, dtypes, classes
     cache_key: str
     code_version: str
 
