@@ -2,17 +2,23 @@
 
 ``trainflow run [CONFIG] [--set k=v ...]``, ``serve``, ``ui``, ``export``, ``promote``,
 ``predict``. Bad input ends with one clear line on stderr and a non-zero exit code.
+By default that line is the LAST line on stderr: what the libraries write there (Prefect's logs,
+warnings, tracebacks, DDP workers' output) goes to ``.trainflow/logs/<command>-<time>.log``,
+named on the line before it; ``trainflow --verbose ...`` shows everything on stderr instead.
 Heavy libraries (prefect, torch, mlflow) are imported inside the commands, after the
 environment is set: ``trainflow --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import datetime as _dt
 import os
 import shutil
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -36,8 +42,74 @@ SetOpt = Annotated[
 ]
 
 
+_VERBOSE = False
+_TERMINAL: typer.FileText | None = None  # the real stderr while fd 2 goes to the log file
+_LOG: Path | None = None
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show logs and tracebacks on stderr, not in a file."),
+    ] = False,
+) -> None:
+    global _VERBOSE
+    _VERBOSE = verbose or os.environ.get("TRAINFLOW_VERBOSE") == "1"
+
+
+def _logs_to_file(command: str) -> None:
+    """Send fd 2 (Python's stderr, the libraries', child processes') to a log file in the
+    project; the one-line error still goes to the terminal's stderr (see :func:`_fail`)."""
+    global _TERMINAL, _LOG
+    if _VERBOSE or _LOG is not None:
+        return
+    from flows.settings import home_dir
+
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = home_dir() / "logs" / f"{command}-{stamp}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        return  # no writable project folder: everything stays on stderr
+    sys.stderr.flush()
+    _TERMINAL = os.fdopen(os.dup(2), "w", buffering=1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    _LOG = path
+    sys.excepthook = _unexpected
+    atexit.register(_drop_empty_log, path)
+
+
+def _drop_empty_log(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
+
+
+def _last_line(message: str) -> None:
+    """The error as the last line of the terminal's stderr, after the log file's path."""
+    if _LOG is None:
+        typer.echo(f"error: {message}", err=True)
+        return
+    if sys.exc_info()[0] is not None:
+        traceback.print_exc()  # the full story goes to the log
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    assert _TERMINAL is not None
+    _TERMINAL.write(f"full log: {_LOG}\nerror: {message}\n")
+    _TERMINAL.flush()
+
+
+def _unexpected(kind: type[BaseException], err: BaseException, tb: object) -> None:
+    """``sys.excepthook`` while logging to a file: traceback to the log, one line to the user."""
+    traceback.print_exception(kind, err, tb)  # type: ignore[arg-type]
+    _last_line(f"{kind.__name__}: {err}")
+
+
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    _last_line(message)
     raise typer.Exit(code)
 
 
@@ -61,12 +133,14 @@ def _check_data(cfg) -> None:  # noqa: ANN001
 @app.command()
 def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Run the whole pipeline: prepare → train → evaluate → export → register → promote."""
+    interactive = sys.stderr.isatty()
+    _logs_to_file("run")
     cfg = _load(config, set_)
     _check_data(cfg)
     from flows.settings import configure_environment
 
     configure_environment()
-    if sys.stderr.isatty():
+    if interactive and _VERBOSE:  # the bar needs the terminal's stderr
         os.environ.setdefault("TRAINFLOW_PROGRESS", "1")  # a progress bar while training
     from flows import ephemeral
 
@@ -292,67 +366,35 @@ def promote(
 @app.command()
 def predict(
     model: Annotated[str, typer.Option(help="NAME or NAME@alias (default alias: champion)")],
-    input: Annotated[Path, typer.Option("--input", help="CSV or parquet of features")],
-    output: Annotated[Path, typer.Option("--output", help="Parquet file to write")],
-    label: Annotated[str, typer.Option(help="Column to ignore if present")] = "label",
-    batch_rows: Annotated[int, typer.Option(help="Rows per batch")] = 65536,
+    input: Annotated[Path, typer.Option("--input", help="CSV or parquet with named columns")],
+    output: Annotated[Path, typer.Option("--output", help="Parquet (or .csv) file to write")],
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Add a probability column per class")
+    ] = False,
+    batch_rows: Annotated[int, typer.Option(help="Rows per batch", min=1)] = 65536,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Batch predictions with onnxruntime from a registered model; parquet out."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-    import pyarrow.parquet as pq
+    """Predict with a registered model: columns by name, labels in your own values.
 
+    Classification writes the class label (``--probabilities``: one column per class, named
+    after it); regression writes the predicted value. Reads only the registry.
+    """
+    _logs_to_file("predict")
     if not input.is_file():
         _fail(f"--input {input}: not found")
     name, _, alias = model.partition("@")
-    from tasks.registry import RegistryError, load_champion
+    from tasks.inference import InputError, Predictor, predict_file
+    from tasks.registry import RegistryError
 
     try:
-        sess = load_champion(name, alias=alias or "champion", tracking_uri=tracking_uri)
-    except RegistryError as err:
-        _fail(str(err), 1)
-    meta = sess.get_inputs()[0]
-    n_in = meta.shape[1] if len(meta.shape) == 2 and isinstance(meta.shape[1], int) else None
-    fmt = "csv" if input.name.lower().endswith((".csv", ".csv.gz")) else "parquet"
-    try:
-        dataset = ds.dataset(str(input), format=fmt)
-    except (pa.ArrowInvalid, OSError) as err:
-        _fail(f"--input {input}: not readable as {fmt}: {err}")
-    features = [c for c in dataset.schema.names if c != label]
-    if n_in is not None and len(features) != n_in:
-        _fail(f"--input: {len(features)} feature columns, the model takes {n_in}")
-    tmp = output.with_name(f".{output.name}.tmp")
-    writer = None
-    n = 0
-    try:
-        for batch in dataset.scanner(columns=features, batch_size=batch_rows).to_batches():
-            x = np.column_stack(
-                [batch.column(c).to_numpy(zero_copy_only=False) for c in features]
-            ).astype(np.float32)
-            logits = sess.run(None, {meta.name: x})[0]
-            cols = {"prediction": pa.array(np.asarray(logits).argmax(1))}
-            e = np.exp(logits - logits.max(1, keepdims=True))
-            cols["score"] = pa.array((e.max(1) / e.sum(1)).astype(np.float32))
-            table = pa.table(cols)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-            n += len(x)
-        if writer is not None:
-            writer.close()
-            writer = None
-            os.replace(tmp, output)
-    except Exception as err:  # noqa: BLE001
-        tmp.unlink(missing_ok=True)
-        _fail(f"predict: {type(err).__name__}: {err}", 1)
-    finally:
-        if writer is not None:
-            writer.close()
-            tmp.unlink(missing_ok=True)
-    version = getattr(sess, "trainflow_version", "?")
-    typer.echo(f"wrote {n} predictions to {output} ({name} v{version})")
+        predictor = Predictor.from_registry(name, alias or "champion", tracking_uri)
+        n = predict_file(predictor, input, output, probabilities, batch_rows)
+    except (InputError, RegistryError) as err:
+        _fail(f"--input {input}: {err}" if isinstance(err, InputError) and not str(
+            err).startswith("--input") else str(err), 1)
+    except ValueError as err:  # a bad model name
+        _fail(str(err))
+    typer.echo(f"wrote {n} predictions to {output} ({name} v{predictor.version})")
 
 
 def main() -> None:

@@ -168,7 +168,8 @@ def training_pipeline(
         result.exported = exported
         if cfg.registry.enabled:
             registered = _run(
-                "register", register, r.registry, home, result, trained, report, exported, cfg
+                "register", register, r.registry, home, result, trained, report, exported, cfg,
+                data,
             )
             result.registered = _run(
                 "promote", promote, r.registry, home, result, registered, cfg

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.config import PipelineConfig
 from tasks.types import (
+    DatasetRef,
     EvalReport,
     ExportRef,
     RegistryRef,
@@ -21,11 +22,22 @@ from tasks.types import (
     is_transient,
 )
 
-CODE_VERSION = "register-1"
+CODE_VERSION = "register-2"
 
 
-def stage_key(exported: ExportRef, report: EvalReport, cfg: PipelineConfig) -> str:
-    """Cache key: export content, evaluation metrics, registry section, code version."""
+def _schema_sha(data: DatasetRef | None) -> str | None:
+    if data is None or data.schema_path is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(data.schema_path.read_bytes()).hexdigest()
+
+
+def stage_key(
+    exported: ExportRef, report: EvalReport, cfg: PipelineConfig, data: DatasetRef | None = None
+) -> str:
+    """Cache key: export content, evaluation metrics, the data's schema, registry section, code
+    version."""
     return content_key(
         {
             "stage": "register",
@@ -33,6 +45,7 @@ def stage_key(exported: ExportRef, report: EvalReport, cfg: PipelineConfig) -> s
             "onnx": exported.onnx_sha256,
             "torchscript": exported.torchscript_sha256,
             "metrics": report.metrics,
+            "schema": _schema_sha(data),
             "registry": cfg.registry.digest(),
             "tracking": cfg.tracking.digest(),
         }
@@ -46,8 +59,10 @@ def run_register(
     cfg: PipelineConfig,
     key: str,
     flow_run_id: str | None = None,
+    data: DatasetRef | None = None,
 ) -> RegistryRef:
-    """Register without Prefect."""
+    """Register without Prefect; with ``data``, its schema.json goes on the version (the named
+    columns and labels predict and the served model answer with)."""
     from tasks.registry import register_model
 
     if exported.onnx is None:
@@ -58,6 +73,7 @@ def run_register(
         exported.onnx,
         torchscript_path=exported.torchscript,
         weights_path=trained.checkpoint,
+        schema_path=data.schema_path if data is not None else None,
         eval_metrics=report.metrics,
         export_metrics=exported.parity,
         export_verified=True,
@@ -107,18 +123,25 @@ def _permanent_unless_transient(fn, *args, **kwargs):  # noqa: ANN001, ANN002, A
 
 
 def _cache_key(context: object, params: dict) -> str:
-    return "register-" + stage_key(params["exported"], params["report"], params["cfg"])
+    return "register-" + stage_key(
+        params["exported"], params["report"], params["cfg"], params.get("data")
+    )
 
 
 @task(name="register", cache_key_fn=_cache_key, persist_result=True)
 def register(
-    trained: TrainResult, report: EvalReport, exported: ExportRef, cfg: PipelineConfig
+    trained: TrainResult,
+    report: EvalReport,
+    exported: ExportRef,
+    cfg: PipelineConfig,
+    data: DatasetRef | None = None,
 ) -> RegistryRef:
-    """Prefect task: a registry version tagged with data hash, config hash, code, flow run."""
+    """Prefect task: a registry version tagged with data hash, config hash, code, flow run, and
+    holding the data's schema."""
     from prefect.runtime import flow_run
 
-    key = stage_key(exported, report, cfg)
-    return run_register(trained, report, exported, cfg, key, flow_run.get_id())
+    key = stage_key(exported, report, cfg, data)
+    return run_register(trained, report, exported, cfg, key, flow_run.get_id(), data)
 
 
 @task(name="promote", cache_policy=NO_CACHE)

@@ -47,6 +47,7 @@ __all__ = [
     "RegistryError",
     "code_version",
     "config_hash",
+    "download_version",
     "export_content_hash",
     "file_hash",
     "flow_run_id",
@@ -434,6 +435,7 @@ def register_model(
     *,
     torchscript_path: str | os.PathLike[str] | None = None,
     weights_path: str | os.PathLike[str] | None = None,
+    schema_path: str | os.PathLike[str] | None = None,
     input_example: Any = None,
     eval_metrics: Mapping[str, float] | None = None,
     export_metrics: Mapping[str, Any] | None = None,
@@ -456,6 +458,11 @@ def register_model(
         onnx_path: the ONNX export (a side ``.onnx.data`` file is picked up by onnx.load).
         torchscript_path, weights_path: TorchScript file and weights (state dict / checkpoint),
             stored as extra files of the logged model.
+        schema_path: the dataset's schema.json (tasks/schema.py). With it the version is logged
+            as a pyfunc model (tasks/pyfunc_model.py, models from code) holding the ONNX file and
+            the schema, with a signature of named columns: ``mlflow.pyfunc.load_model`` and
+            ``mlflow models serve`` then answer like ``trainflow predict``. Without it, as an
+            ONNX model whose signature is the input tensor.
         input_example: model input (numpy array or tensor); default zeros of the ONNX input
             shape with dynamic dims set to 1. The signature is inferred from it and the ONNX
             outputs.
@@ -494,6 +501,8 @@ def register_model(
     uri = _uri(tracking_uri)
     client = _client(uri)
     digest = content_hash or export_content_hash(onnx_file, torchscript_path)
+    if schema_path is not None:  # the same weights with another label mapping are another model
+        digest = hashlib.sha256(f"{digest}\0".encode() + Path(schema_path).read_bytes()).hexdigest()
     lineage_tags = {
         f"{TAG_PREFIX}content_hash": digest,
         f"{TAG_PREFIX}data_hash": data_hash or "",
@@ -524,6 +533,24 @@ def register_model(
                 digest,
                 False,
                 dict(existing.tags),
+            )
+        if schema_path is not None:
+            with _fluent(uri) as mlflow, _installed_packages_known():
+                rid, restore = _open_run(client, mlflow, run_id, experiment_name, name, uri)
+                try:
+                    with mlflow.start_run(run_id=rid, nested=mlflow.active_run() is not None):
+                        info = _log_pyfunc(mlflow, onnx_file, Path(schema_path), extra, digest)
+                        mlflow.set_tags({k: v for k, v in lineage_tags.items() if v})
+                finally:
+                    restore()
+                mv = client.create_model_version(
+                    name, source=info.model_uri, run_id=rid, tags=version_tags,
+                    description=description, model_id=info.model_id,
+                )
+                client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
+            return RegisteredVersion(
+                name, str(mv.version), rid, f"models:/{name}/{mv.version}", digest, True,
+                version_tags,
             )
         import onnx
         from mlflow.models import infer_signature
@@ -568,6 +595,67 @@ def register_model(
     return RegisteredVersion(
         name, str(mv.version), rid, f"models:/{name}/{mv.version}", digest, True, version_tags
     )
+
+
+_COLUMN_TYPES = {"string": "string", "large_string": "string", "bool": "boolean"}
+
+
+def column_signature(schema: Mapping[str, Any]) -> Any:
+    """The MLflow signature of a model taking the schema's named columns (numbers as double,
+    category columns as their source type) and answering ``prediction`` in the label's type;
+    the ``probabilities`` parameter asks for one probability column per class."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = [
+        ColSpec(_COLUMN_TYPES.get(f["dtype"], "double") if f.get("categories") else "double",
+                f["name"])
+        for f in schema["features"]
+    ]
+    classes = schema.get("classes")
+    if schema["task"] == "regression":
+        out = "double"
+    elif classes and all(isinstance(c, str) for c in classes):
+        out = "string"
+    else:
+        out = "long"
+    return ModelSignature(
+        inputs=Schema(inputs),
+        outputs=Schema([ColSpec(out, "prediction")]),
+        params=ParamSchema([ParamSpec("probabilities", "boolean", False)]),
+    )
+
+
+def _log_pyfunc(mlflow: Any, onnx_file: Path, schema_path: Path, extra: list[str],
+                digest: str) -> Any:
+    """Log the pyfunc model: ONNX (weights inside the one file) + schema.json + extra files."""
+    import onnx
+
+    from tasks.schema import SCHEMA_FILE, read_schema
+
+    schema = read_schema(schema_path)
+    with tempfile.TemporaryDirectory(prefix="trainflow-register-") as tmp:
+        onnx_copy = Path(tmp) / ONNX_FILE
+        onnx.save(onnx.load(str(onnx_file)), str(onnx_copy))  # side-file weights folded in
+        schema_copy = Path(tmp) / SCHEMA_FILE
+        schema_copy.write_bytes(schema_path.read_bytes())
+        artifacts = {"onnx": str(onnx_copy), "schema": str(schema_copy)}
+        for p in extra:
+            artifacts[Path(p).name] = p
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts=artifacts,
+            signature=column_signature(schema),
+            pip_requirements=[*_pip_requirements(), _pinned("pandas")],
+            metadata={"content_hash": digest},
+        )
+
+
+def _pinned(package: str) -> str:
+    from mlflow.utils.requirements_utils import _get_pinned_requirement
+
+    return _get_pinned_requirement(package)
 
 
 def _pip_requirements() -> list[str]:
@@ -790,7 +878,10 @@ def promote(
 # --------------------------------------------------------------------------- load
 
 
-def _download(name: str, alias: str, tracking_uri: str | None, dst: str) -> tuple[Path, Any]:
+def download_version(
+    name: str, alias: str, tracking_uri: str | None, dst: str
+) -> tuple[Path, Any]:
+    """Download ``models:/name@alias`` into ``dst``: (its local folder, the ModelVersion)."""
     validate_model_name(name)
     uri = _uri(tracking_uri)
     client = _client(uri)
@@ -823,9 +914,12 @@ def load_champion(
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="trainflow-champion-") as tmp:
-        local, mv = _download(name, alias, tracking_uri, tmp)
+        local, mv = download_version(name, alias, tracking_uri, tmp)
+        onnx_file = local / ONNX_FILE  # an ONNX-flavour version; a pyfunc one holds it here:
+        if not onnx_file.is_file():
+            onnx_file = local / "artifacts" / ONNX_FILE
         sess = ort.InferenceSession(
-            str(local / ONNX_FILE), providers=providers or ["CPUExecutionProvider"]
+            str(onnx_file), providers=providers or ["CPUExecutionProvider"]
         )
     with contextlib.suppress(AttributeError):
         sess.trainflow_version = str(mv.version)
@@ -843,7 +937,7 @@ def load_champion_torchscript(
     import torch
 
     with tempfile.TemporaryDirectory(prefix="trainflow-champion-") as tmp:
-        local, mv = _download(name, alias, tracking_uri, tmp)
+        local, mv = download_version(name, alias, tracking_uri, tmp)
         ts_name = mv.tags.get(f"{TAG_PREFIX}torchscript_file")
         if not ts_name:
             raise RegistryError(
@@ -852,4 +946,7 @@ def load_champion_torchscript(
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.load(str(local / "extra_files" / ts_name), map_location=map_location)
+            ts_file = local / "extra_files" / ts_name
+            if not ts_file.is_file():  # a pyfunc version keeps it among its artifacts
+                ts_file = local / "artifacts" / ts_name
+            return torch.jit.load(str(ts_file), map_location=map_location)
