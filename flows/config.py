@@ -1,6 +1,8 @@
 """The pipeline's configuration: one YAML file validated with pydantic.
 
 Unknown keys and wrong types are errors that name the key path (``trainer.max_epochs: ...``).
+Loading a config file puts its folder first on ``sys.path`` (tasks/imports.py): the modules named
+by ``model.class_path`` and ``data.datamodule`` may sit beside it.
 ``--set trainer.max_epochs=3`` style overrides are applied to the raw mapping before validation,
 so they are checked exactly like the file. Relative paths in ``data.path`` are resolved against
 the config file's folder; a config built without a file points at the shipped example data.
@@ -47,6 +49,13 @@ class SplitConfig(_Section):
         return self
 
 
+def _check_import_path(v: str) -> str:
+    mod, sep, name = v.partition(":")
+    if not sep or not mod or not name.isidentifier():
+        raise ValueError(f"must look like 'package.module:ClassName' (got {v!r})")
+    return v
+
+
 class DataConfig(_Section):
     """Where the data comes from and how it is split."""
 
@@ -60,6 +69,14 @@ class DataConfig(_Section):
     seed: int = 42
     nan_policy: Literal["error", "drop", "fill_zero"] = "error"
     batch_rows: int = Field(262_144, gt=0)
+    # ``module:Class`` of a DataModule (trainer/datamodule.py) that turns the prepared splits
+    # into batches of any shape (images, sequences); None: rows of the feature matrix
+    datamodule: str | None = None
+
+    @field_validator("datamodule")
+    @classmethod
+    def _import_path(cls, v: str | None) -> str | None:
+        return v if v is None else _check_import_path(v)
 
 
 # The model a config gets when it names none: the built-in tabular model for data.task.
@@ -78,12 +95,7 @@ class ModelConfig(_Section):
     @field_validator("class_path")
     @classmethod
     def _import_path(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        mod, sep, name = v.partition(":")
-        if not sep or not mod or not name.isidentifier():
-            raise ValueError(f"must look like 'package.module:ClassName' (got {v!r})")
-        return v
+        return v if v is None else _check_import_path(v)
 
 
 class CheckpointConfig(_Section):
@@ -333,6 +345,10 @@ def load_config(
             where = f" line {mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"config file {p}{where}: not valid YAML") from None
         base_dir = p.resolve().parent
+        # the user's modules (model.class_path, data.datamodule) beside the config come first
+        from tasks.imports import use_code_dir
+
+        use_code_dir(base_dir)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -18,6 +18,7 @@ from typing import Any
 from prefect import task
 
 from flows.config import PipelineConfig, metric_key
+from tasks.imports import build_datamodule
 from tasks.train import dataloader, import_class, make_trainer, mlflow_logger
 from tasks.types import DatasetRef, EvalReport, StageError, TrainResult, content_key
 from trainer.callbacks import Callback
@@ -105,6 +106,7 @@ def stage_key(trained: TrainResult, data: DatasetRef, cfg: PipelineConfig) -> st
             "checkpoint": trained.checkpoint_sha256,
             "data": data.content_hash,
             "evaluation": cfg.evaluation.digest(),
+            "datamodule": cfg.data.datamodule,
             "trainer": cfg.trainer.digest(),
         }
     )
@@ -117,7 +119,8 @@ def run_evaluation(
     cls = import_class(cfg.model.class_path)
     module = cls.load_from_checkpoint(str(trained.checkpoint))
     tc = cfg.trainer
-    test_dl = dataloader(data, "test", tc.batch_size, False, tc.seed)
+    dm = build_datamodule(cfg.data.datamodule, data, tc) if cfg.data.datamodule else None
+    test_dl = dataloader(data, "test", tc.batch_size, False, tc.seed) if dm is None else None
     logger = None
     if track and trained.mlflow_run_id:
         logger = mlflow_logger(
@@ -127,7 +130,7 @@ def run_evaluation(
     trainer = make_trainer(
         tc, Path(trained.checkpoint).parent.parent, logger, checkpoint=False, callbacks=[computed]
     )
-    out = trainer.test(module, test_dl)
+    out = trainer.test(module, test_dl, datamodule=dm)
     logged = {k: float(v) for d in out for k, v in d.items()}
     # the model's own test_loss is kept; every named metric is the stage's own computation
     metrics = {k: v for k, v in logged.items() if k == "test_loss"}

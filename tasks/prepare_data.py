@@ -68,6 +68,7 @@ def stage_key(source_sha: str, cfg: DataConfig) -> str:
     """The stage's cache key: input content, its config section (less the path) and code version."""
     section = cfg.model_dump(mode="json")
     section.pop("path")  # the content hash stands for the file; moving it is no change
+    section.pop("datamodule", None)  # how batches are formed is the train stage's business
     return content_key(
         {"stage": "prepare_data", "code": CODE_VERSION, "source": source_sha, "config": section}
     )

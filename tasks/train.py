@@ -10,7 +10,6 @@ starting over. ``result.json`` is written last and marks the stage finished.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 import os
@@ -22,47 +21,34 @@ import numpy as np
 from prefect import task
 
 from flows.config import ModelConfig, PipelineConfig, TrackingConfig, TrainerConfig
+from tasks.imports import build_datamodule, code_version, import_class
 from tasks.prepare_data import file_sha256, load_split
 from tasks.types import DatasetRef, StageError, TrainResult, content_key
 
 CODE_VERSION = "train-2"
 
 
-def import_class(class_path: str) -> type:
-    """``pkg.mod:Class`` → the class; errors name ``model.class_path``."""
-    mod_name, _, cls_name = class_path.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as err:
-        raise StageError(f"model.class_path: cannot import {mod_name!r} ({err})") from None
-    cls = getattr(mod, cls_name, None)
-    if cls is None:
-        raise StageError(f"model.class_path: {mod_name!r} has no {cls_name!r}")
-    return cls
-
-
 def model_code_version(class_path: str) -> str:
     """A hash of the source file of the model class (so editing the model reruns training)."""
-    cls = import_class(class_path)
-    try:
-        src = Path(inspect.getfile(cls)).read_bytes()
-    except (TypeError, OSError):
-        src = class_path.encode()
-    return hashlib.sha256(src).hexdigest()[:16]
+    return code_version(class_path)
 
 
-def stage_key(data: DatasetRef, model: ModelConfig, trainer: TrainerConfig) -> str:
-    """Cache key: data content, model and trainer sections, code versions."""
-    return content_key(
-        {
-            "stage": "train",
-            "code": CODE_VERSION,
-            "model_code": model_code_version(model.class_path),
-            "data": data.content_hash,
-            "model": model.digest(),
-            "trainer": trainer.digest(),
-        }
-    )
+def stage_key(
+    data: DatasetRef, model: ModelConfig, trainer: TrainerConfig, datamodule: str | None = None
+) -> str:
+    """Cache key: data content, model and trainer sections, code versions (of the model class
+    and of the DataModule class when ``data.datamodule`` names one)."""
+    fields = {
+        "stage": "train",
+        "code": CODE_VERSION,
+        "model_code": model_code_version(model.class_path),
+        "data": data.content_hash,
+        "model": model.digest(),
+        "trainer": trainer.digest(),
+    }
+    if datamodule:  # only when set: keys of runs without one stay as they were
+        fields["datamodule"] = [datamodule, code_version(datamodule, "data.datamodule")]
+    return content_key(fields)
 
 
 def data_kwargs(data: DatasetRef) -> dict[str, Any]:
@@ -252,11 +238,13 @@ def fit(
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed % 2**32)
     module = build_module(cfg.model, data)
-    train_dl = dataloader(data, "train", tc.batch_size, True, tc.seed, tc.devices)
-    check_output(module, train_dl.dataset.tensors[0][:2], data, cfg.model.class_path)
-    val_dl = dataloader(data, "val", tc.batch_size, False, tc.seed) if data.splits[
-        "val"
-    ].rows else None
+    dm = build_datamodule(cfg.data.datamodule, data, tc) if cfg.data.datamodule else None
+    if dm is None:  # a DataModule's batches may be anything: the module's own business
+        train_dl = dataloader(data, "train", tc.batch_size, True, tc.seed, tc.devices)
+        check_output(module, train_dl.dataset.tensors[0][:2], data, cfg.model.class_path)
+        val_dl = dataloader(data, "val", tc.batch_size, False, tc.seed) if data.splits[
+            "val"
+        ].rows else None
 
     last = root / "checkpoints" / "last.ckpt"
     resume = last if last.exists() else None
@@ -274,7 +262,11 @@ def fit(
         if run_id:
             run_id_file.write_text(run_id)
     trainer = make_trainer(tc, root, logger)
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None)
+    ckpt = str(resume) if resume else None
+    if dm is not None:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    else:
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
 
     best = trainer.checkpoint_callback.best_model_path or str(last)
     best_path = Path(best)
@@ -311,7 +303,7 @@ def _scalar(v: Any) -> bool:
 
 def _cache_key(context: object, params: dict) -> str:
     cfg: PipelineConfig = params["cfg"]
-    return "train-" + stage_key(params["data"], cfg.model, cfg.trainer)
+    return "train-" + stage_key(params["data"], cfg.model, cfg.trainer, cfg.data.datamodule)
 
 
 @task(name="train", cache_key_fn=_cache_key, persist_result=True)
@@ -319,5 +311,5 @@ def train(data: DatasetRef, cfg: PipelineConfig, home: str) -> TrainResult:
     """Prefect task: fit the model; resumes an interrupted attempt with the same key."""
     from flows.settings import stage_dir
 
-    key = stage_key(data, cfg.model, cfg.trainer)
+    key = stage_key(data, cfg.model, cfg.trainer, cfg.data.datamodule)
     return fit(data, cfg, stage_dir("train", Path(home)) / key, key)
