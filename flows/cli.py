@@ -98,7 +98,8 @@ def _last_line(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     assert _TERMINAL is not None
-    _TERMINAL.write(f"full log: {_LOG}\nerror: {message}\n")
+    first = (message.strip().splitlines() or [""])[0]  # e.g. a DDP worker's traceback follows
+    _TERMINAL.write(f"full log: {_LOG}\nerror: {first}\n")
     _TERMINAL.flush()
 
 
