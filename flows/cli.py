@@ -19,9 +19,11 @@ import shutil
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 
 app = typer.Typer(
@@ -43,8 +45,8 @@ SetOpt = Annotated[
 
 
 _VERBOSE = False
-_TERMINAL: typer.FileText | None = None  # the real stderr while fd 2 goes to the log file
-_LOG: Path | None = None
+_TERMINAL: Any = None  # where the one-line error goes while fd 2 goes to the log file
+_LOG: Any = None  # the log file (a text stream) while one is in use
 
 
 @app.callback()
@@ -58,11 +60,18 @@ def _options(
     _VERBOSE = verbose or os.environ.get("TRAINFLOW_VERBOSE") == "1"
 
 
-def _logs_to_file(command: str) -> None:
+@contextlib.contextmanager
+def _logs_to_file(command: str) -> Iterator[None]:
     """Send fd 2 (Python's stderr, the libraries', child processes') to a log file in the
-    project; the one-line error still goes to the terminal's stderr (see :func:`_fail`)."""
+    project while the block runs; errors reach the user as one last line (:func:`_last_line`).
+
+    An error that escapes the block is logged with its traceback and shown as that one line.
+    In a real process fd 2 stays on the log until exit (Prefect flushes its last logs at exit);
+    under a test runner that swapped ``sys.stderr`` for a buffer it is put back after the block.
+    """
     global _TERMINAL, _LOG
     if _VERBOSE or _LOG is not None:
+        yield
         return
     from flows.settings import home_dir
 
@@ -70,16 +79,33 @@ def _logs_to_file(command: str) -> None:
     path = home_dir() / "logs" / f"{command}-{stamp}-{os.getpid()}.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = open(path, "a", buffering=1)  # noqa: SIM115 - open until exit: late log lines
     except OSError:
-        return  # no writable project folder: everything stays on stderr
+        yield  # no writable project folder: everything stays on stderr
+        return
+    try:
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
     sys.stderr.flush()
-    _TERMINAL = os.fdopen(os.dup(2), "w", buffering=1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    _LOG = path
-    sys.excepthook = _unexpected
+    saved = os.dup(2)
+    _TERMINAL = os.fdopen(saved, "w", buffering=1, closefd=False) if real else sys.stderr
+    os.dup2(log.fileno(), 2)
+    _LOG = log
     atexit.register(_drop_empty_log, path)
+    try:
+        yield
+    except (typer.Exit, click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - the traceback goes to the log, one line to the user
+        _last_line(f"{type(err).__name__}: {err}")
+        raise typer.Exit(1) from None
+    finally:
+        if not real:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            _TERMINAL = _LOG = None
 
 
 def _drop_empty_log(path: Path) -> None:
@@ -89,24 +115,17 @@ def _drop_empty_log(path: Path) -> None:
 
 
 def _last_line(message: str) -> None:
-    """The error as the last line of the terminal's stderr, after the log file's path."""
+    """The error as the last line of the user's stderr, after the log file's path."""
     if _LOG is None:
         typer.echo(f"error: {message}", err=True)
         return
     if sys.exc_info()[0] is not None:
-        traceback.print_exc()  # the full story goes to the log
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    assert _TERMINAL is not None
+        traceback.print_exc(file=_LOG)  # the full story goes to the log
+    _LOG.write(f"error: {message}\n")
+    _LOG.flush()
     first = (message.strip().splitlines() or [""])[0]  # e.g. a DDP worker's traceback follows
-    _TERMINAL.write(f"full log: {_LOG}\nerror: {first}\n")
+    _TERMINAL.write(f"full log: {_LOG.name}\nerror: {first}\n")
     _TERMINAL.flush()
-
-
-def _unexpected(kind: type[BaseException], err: BaseException, tb: object) -> None:
-    """``sys.excepthook`` while logging to a file: traceback to the log, one line to the user."""
-    traceback.print_exception(kind, err, tb)  # type: ignore[arg-type]
-    _last_line(f"{kind.__name__}: {err}")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -135,9 +154,13 @@ def _check_data(cfg) -> None:  # noqa: ANN001
 def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Run the whole pipeline: prepare → train → evaluate → export → register → promote."""
     interactive = sys.stderr.isatty()
-    _logs_to_file("run")
     cfg = _load(config, set_)
     _check_data(cfg)
+    with _logs_to_file("run"):
+        _run_pipeline(cfg, interactive)
+
+
+def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
     from flows.settings import configure_environment
 
     configure_environment()
@@ -380,21 +403,22 @@ def predict(
     Classification writes the class label (``--probabilities``: one column per class, named
     after it); regression writes the predicted value. Reads only the registry.
     """
-    _logs_to_file("predict")
     if not input.is_file():
         _fail(f"--input {input}: not found")
     name, _, alias = model.partition("@")
-    from tasks.inference import InputError, Predictor, predict_file
-    from tasks.registry import RegistryError
+    with _logs_to_file("predict"):
+        from tasks.inference import InputError, Predictor, predict_file
+        from tasks.registry import RegistryError
 
-    try:
-        predictor = Predictor.from_registry(name, alias or "champion", tracking_uri)
-        n = predict_file(predictor, input, output, probabilities, batch_rows)
-    except (InputError, RegistryError) as err:
-        _fail(f"--input {input}: {err}" if isinstance(err, InputError) and not str(
-            err).startswith("--input") else str(err), 1)
-    except ValueError as err:  # a bad model name
-        _fail(str(err))
+        try:
+            predictor = Predictor.from_registry(name, alias or "champion", tracking_uri)
+            n = predict_file(predictor, input, output, probabilities, batch_rows)
+        except InputError as err:
+            _fail(str(err) if str(err).startswith("--input") else f"--input {input}: {err}", 1)
+        except RegistryError as err:
+            _fail(str(err), 1)
+        except ValueError as err:  # a bad model name
+            _fail(str(err))
     typer.echo(f"wrote {n} predictions to {output} ({name} v{predictor.version})")
 
 
