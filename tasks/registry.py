@@ -7,7 +7,11 @@ Plain functions (no Prefect decorators); ``tasks/register.py`` wraps them in tas
   registered model version tagged with its lineage (data hash, config hash, code version, flow
   run id, evaluation metrics, export-verification figures). The new version gets the alias
   ``challenger``. Registering the same export again (same content hash) returns the existing
-  version.
+  version. Given the dataset's ``schema.json`` (the pipeline always gives it), the logged model
+  is a pyfunc instead (tasks/pyfunc_model.py, models from code: nothing pickled) holding the
+  ONNX file, the schema, the TorchScript file and the weights as artifacts, with a signature of
+  named columns: ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` answer like
+  ``trainflow predict`` (tasks/inference.py).
 - :func:`promote` moves ``champion`` to a version only if its recorded metric beats the current
   champion's by more than ``min_delta`` (or there is no champion), and records the decision as a
   version tag. Registry writes take an exclusive file lock (beside the SQLite store, or in the
