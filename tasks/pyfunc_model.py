@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from tasks.inference import Predictor
@@ -25,13 +26,12 @@ class TrainflowModel(PythonModel):
             context.artifacts["onnx"], read_schema(context.artifacts["schema"])
         )
 
-    # no type hint on model_input: MLflow would read one as a schema of its own
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        import pandas as pd
-
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+    # a DataFrame hint: MLflow takes the schema from the signature (named columns), not the hint
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         probabilities = bool((params or {}).get("probabilities", False))
-        return self.predictor.predict(frame, probabilities=probabilities)
+        return self.predictor.predict(model_input, probabilities=probabilities)
 
 
 mlflow.models.set_model(TrainflowModel())

@@ -646,14 +646,17 @@ def _log_pyfunc(mlflow: Any, onnx_file: Path, schema_path: Path, extra: list[str
         artifacts = {"onnx": str(onnx_copy), "schema": str(schema_copy)}
         for p in extra:
             artifacts[Path(p).name] = p
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-            artifacts=artifacts,
-            signature=column_signature(schema),
-            pip_requirements=[*_pip_requirements(), _pinned("pandas")],
-            metadata={"content_hash": digest},
-        )
+        with warnings.catch_warnings():
+            # the signature is explicit (named columns): MLflow's hint about an example is moot
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts=artifacts,
+                signature=column_signature(schema),
+                pip_requirements=[*_pip_requirements(), _pinned("pandas")],
+                metadata={"content_hash": digest},
+            )
 
 
 def _pinned(package: str) -> str:
