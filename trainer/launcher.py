@@ -251,9 +251,6 @@ class Launcher:
             "loopback": loopback,
             "threads": strategy.threads_per_rank,
             "nproc": strategy.devices,
-            # the caller's import path (e.g. a config's folder holding the user's model module):
-            # workers unpickle the module's class by name, so they must find it the same way
-            "sys_path": list(sys.path),
         }
         extra: dict[str, Any] = {}
         if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}:
@@ -566,9 +563,6 @@ def _worker_entry(payload: bytes, opts: dict[str, Any]) -> dict[str, Any] | None
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", opts["nproc"]))
     set_threads_per_rank(local_world, opts["threads"])
     strategy = None
-    for entry in reversed(opts.get("sys_path", [])):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
     try:
         function, args, kwargs, trainer, strategy = pickle.loads(payload)
         if trainer is not None and getattr(trainer, "strategy", None) is not None:
