@@ -33,7 +33,7 @@ from flows.config import DataConfig
 from tasks.schema import build_schema, write_schema
 from tasks.types import DataError, DatasetRef, SplitRef, content_key
 
-CODE_VERSION = "prepare_data-3"
+CODE_VERSION = "prepare_data-4"
 BLOCK = 100
 SPLITS = ("train", "val", "test")
 
