@@ -151,8 +151,11 @@ def _pg_start(pg: Path, port: int) -> str:
 
 
 def _pg_stop(pg: Path) -> None:
-    if (pg / "data" / "postmaster.pid").exists():
-        _run([*_as_postgres(), str(PG_BIN / "pg_ctl"), "-D", str(pg / "data"), "-m", "fast",
+    data = str(pg / "data")
+    running = subprocess.run([*_as_postgres(), str(PG_BIN / "pg_ctl"), "-D", data, "status"],
+                             capture_output=True).returncode == 0  # 3: not running (stale pid)
+    if running:
+        _run([*_as_postgres(), str(PG_BIN / "pg_ctl"), "-D", data, "-m", "fast",
               "-w", "-t", "60", "stop"], "pg_ctl stop")
 
 
@@ -246,8 +249,9 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
         artifacts = root / "artifacts"
         artifacts.mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-               f"postgresql+psycopg://{server}/mlflow", "--serve-artifacts", "--artifacts-destination",
-               str(artifacts), "--host", host, "--port", str(mlflow_port), "--workers", "1"]
+               f"postgresql+psycopg://{server}/mlflow", "--serve-artifacts",
+               "--artifacts-destination", str(artifacts), "--host", host,
+               "--port", str(mlflow_port), "--workers", "1"]
         if h not in LOOPBACK:
             cmd += ["--allowed-hosts", f"{h},{h}:{mlflow_port},localhost,127.0.0.1"]
         m = _spawn("mlflow", cmd, env, logs)
