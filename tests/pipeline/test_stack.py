@@ -207,3 +207,39 @@ def test_promotion_race_across_project_folders(stack: dict) -> None:
     for v in made.values():  # both decisions recorded
         record = json.loads(client.get_model_version(name, v).tags["trainflow.promotion_decision"])
         assert record["version"] == v
+
+
+def test_deployment_on_the_stack_pool_runs_and_registers(stack: dict) -> None:
+    """`prefect deploy` of deployments/prefect.yaml onto the stack; a run of it, carried out by
+    the stack's worker, registers a version whose lineage names that flow run."""
+    import httpx
+
+    api = stack["pieces"]["prefect"]["url"]
+    deployer = _folder("trainflow-deployer-")
+    try:
+        res = subprocess.run([PY, "-m", "prefect", "--no-prompt", "deploy", "--all",
+                              "--prefect-file", "deployments/prefect.yaml"],
+                             env=_client_env(stack, deployer), cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        shutil.rmtree(deployer, ignore_errors=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    dep = httpx.get(f"{api}/deployments/name/training-pipeline/nightly", timeout=10).json()
+    assert dep["work_pool_name"] == "trainflow"
+    params = {"config": None, "overrides": ["trainer.max_epochs=2", "trainer.seed=3",
+                                            "registry.model_name=stack-deploy"]}
+    resp = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
+                      json={"parameters": params}, timeout=30)
+    assert resp.status_code == 201, resp.text[-2000:]
+    run_id = resp.json()["id"]
+    deadline = time.monotonic() + 600
+    state = None
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(1)
+    log = Path(stack["pieces"]["worker"]["log"]).read_text(errors="replace")[-4000:]
+    assert state == "COMPLETED", log
+    versions = _mlflow(stack).search_model_versions("name = 'stack-deploy'")
+    assert [v.tags["trainflow.flow_run_id"] for v in versions] == [run_id]
