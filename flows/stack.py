@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -208,6 +209,15 @@ def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", *LOOPBACK) else host
 
 
+def _mlflow_allowed_hosts(host: str) -> str:
+    """MLflow's default Host headers (loopback, private IPs) plus this machine's names, so
+    other machines reach it by name too (a user's MLFLOW_SERVER_ALLOWED_HOSTS wins)."""
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    names = {socket.gethostname(), socket.getfqdn()} | ({host} - {"0.0.0.0", "::"})
+    return ",".join([*get_default_allowed_hosts(), *(f"{n},{n}:*" for n in sorted(names))])
+
+
 def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 5000,
        pg_port: int = 0, database_url: str | None = None, worker: bool = True,
        timeout: float = 180.0) -> dict[str, Any]:
@@ -252,8 +262,8 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
                f"postgresql+psycopg://{server}/mlflow", "--serve-artifacts",
                "--artifacts-destination", str(artifacts), "--host", host,
                "--port", str(mlflow_port), "--workers", "1"]
-        if h not in LOOPBACK:
-            cmd += ["--allowed-hosts", f"{h},{h}:{mlflow_port},localhost,127.0.0.1"]
+        if host not in LOOPBACK and not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
+            cmd += ["--allowed-hosts", _mlflow_allowed_hosts(host)]
         m = _spawn("mlflow", cmd, env, logs)
         state["pieces"]["mlflow"] = {**m, "url": mlflow_url, "health": f"{mlflow_url}/health"}
         _write_state(state)
@@ -374,6 +384,9 @@ def up_cmd(
     typer.echo(f"stack up ({stack_dir()}); Prefect UI {state['pieces']['prefect']['url'][:-4]}")
     for line in env_lines(state):
         typer.echo(line)
+    if host not in LOOPBACK:
+        typer.echo(f"other machines: the same lines with {socket.getfqdn()} (or this machine's "
+                   "address) in place of 127.0.0.1 / localhost")
 
 
 @app.command("down")
