@@ -26,6 +26,8 @@ from typing import Annotated, Any
 import click
 import typer
 
+from flows.stack import app as stack_app
+
 app = typer.Typer(
     name="trainflow",
     help="Train, evaluate, export and register a model with one command (Prefect + MLflow).",
@@ -33,6 +35,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(stack_app, name="stack")  # team mode: `trainflow stack up|down|status`
 
 ConfigArg = Annotated[
     Path | None,

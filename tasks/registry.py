@@ -259,32 +259,18 @@ def _lock_path(uri: str) -> Path:
 
 
 @contextlib.contextmanager
-def registry_lock(uri: str, timeout: float = 120.0) -> Iterator[None]:
-    """Exclusive inter-process lock for registry writes on ``uri`` (``fcntl.flock``)."""
-    path = _lock_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no inter-process lock
-        yield
-        return
-    with open(path, "a+") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RegistryError(
-                        f"registry lock {path}: still held by another process after "
-                        f"{timeout:.0f}s: wait for it or remove a stale lock holder"
-                    ) from None
-                time.sleep(0.05)
-        try:
+def registry_lock(uri: str, timeout: float = 120.0, name: str | None = None) -> Iterator[None]:
+    """Exclusive lock for registry writes of model ``name`` on ``uri``, shared by every writer:
+    a Prefect global concurrency limit with a Prefect server, else a file lock beside the SQLite
+    store (tasks/promotion_lock.py)."""
+    from flows.tracking import sqlite_path
+    from tasks.promotion_lock import LockTimeout, hold
+
+    try:  # LockTimeout comes only from taking the lock: the body raises RegistryError
+        with hold(name, _lock_path(uri), sqlite_path(uri) is not None, timeout):
             yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except LockTimeout as err:
+        raise RegistryError(str(err)) from None
 
 
 def _is_missing(exc: BaseException) -> bool:
@@ -525,7 +511,7 @@ def register_model(
     user_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     version_tags = {**user_tags, **metric_tags, **export_tags, **lineage_tags}
 
-    with registry_lock(uri):
+    with registry_lock(uri, name=name):
         _ensure_registered_model(client, name)
         existing = _find_version_by_hash(client, name, digest)
         if existing is not None:
@@ -804,7 +790,7 @@ def promote(
     uri = _uri(tracking_uri)
     client = _client(uri)
     version = str(version)
-    with registry_lock(uri):
+    with registry_lock(uri, name=name):
         try:
             cand = client.get_model_version(name, version)
         except MlflowException as exc:
