@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from trainer.environment import set_threads_per_rank
+
 if TYPE_CHECKING:
     from trainer.strategy import DDPStrategy
 
@@ -552,7 +554,6 @@ def _write_error(error_dir: str, exc: BaseException) -> None:
 
 def _worker_entry(payload: bytes, opts: dict[str, Any]) -> dict[str, Any] | None:
     """Runs in each worker: join the group, run the function, hand rank 0's result back."""
-    from trainer.strategy import set_threads_per_rank
 
     _watch_parent(opts["parent_pid"])
     if opts["loopback"]:

@@ -1,10 +1,12 @@
 """The fit and evaluation loops: plain for-loops, the hot path kept bare.
 
-Read ``FitLoop.run_epoch`` top to bottom: zero_grad, training_step, backward, (clip), step.
-Everything optional (hooks, logging, validation, schedulers, accumulation) was decided once
-before the loop and is a local boolean or list inside it, so a plain module with no callbacks
-runs almost exactly the loop one would write by hand. The user's DataLoader is iterated as it
-is, so the random numbers are drawn exactly as a hand-written loop draws them.
+Read ``FitLoop.run_epoch`` top to bottom: fetch a batch, move it, on_train_batch_start, one
+optimization step (trainer.optimization: training_step, zero_grad, backward, clip, step),
+on_train_batch_end, validation when due. Everything optional (hooks, logging, validation,
+schedulers, accumulation) was decided once before the loop and is a local boolean or list
+inside it, so a plain module with no callbacks runs almost exactly the loop one would write by
+hand. The user's DataLoader is iterated as it is, to its StopIteration at a whole epoch's end,
+so the random numbers are drawn exactly as ``for batch in loader:`` draws them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dataclasses
 import inspect
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,9 +24,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from trainer.checkpoint import restore_rng_states
+from trainer.optimization import Optimization
+from trainer.results import Results, logging_as
 
-# reused for every micro-step that needs no DDP no_sync (a nullcontext can be re-entered)
-_NO_SYNC = contextlib.nullcontext()
+# reused wherever no context is needed (a nullcontext can be re-entered)
+_NULL_CONTEXT = contextlib.nullcontext()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,6 +63,22 @@ def detach_output(out: Any) -> Any:
     if isinstance(out, list | tuple):
         return type(out)(detach_output(v) for v in out)
     return out
+
+
+def batch_output(out: Any, accumulate: int, automatic: bool) -> dict[str, Any]:
+    """What on_train_batch_end receives, as in Lightning: ``{'loss': ..., **rest of the dict}``
+    (automatic optimization: the loss detached and divided by accumulate_grad_batches, ``{}``
+    when training_step returned None)."""
+    if out is None:
+        return {}
+    extra = dict(out) if isinstance(out, Mapping) else {"loss": out}
+    if automatic:
+        loss = extra.get("loss")
+        if loss is None:
+            return {}
+        loss = loss.detach()
+        extra["loss"] = loss / accumulate if accumulate > 1 else loss
+    return extra
 
 
 def loader_generators(dl: Any) -> list[torch.Generator]:
@@ -105,6 +125,16 @@ def skip_batches(iterator: Any, dl: Any, n: int) -> None:
             next(iterator)
 
 
+def _train_batch_start(callers: list[Callable[..., Any]], batch: Any, batch_idx: int,
+                       module_last: bool) -> Any:
+    """on_train_batch_start of the callbacks, then the module's; what the module returned
+    (a callback's return value means nothing, as in Lightning)."""
+    response = None
+    for f in callers:
+        response = f(batch, batch_idx)
+    return response if module_last else None
+
+
 def sized_len(dl: Any) -> float:
     try:
         return len(dl)
@@ -122,11 +152,49 @@ def limit_batches(n: float, limit: int | float) -> float:
 
 
 # ------------------------------------------------------------------------------------ fit
+@dataclasses.dataclass
+class FitContext:
+    """What the fit loop takes from the Trainer, handed over once per fit."""
+
+    module: Any
+    optimization: Optimization
+    results: Results  # what self.log collects in training hooks
+    transfer: Callable[[Any, torch.device, int], Any] | None  # batch to device, with its hooks
+    batch_start: list[Callable[..., Any]]  # on_train_batch_start: callbacks, then the module
+    batch_end: list[Callable[..., Any]]
+    overrides: set[str]  # module methods the user wrote
+    call_hook: Callable[..., None]  # a hook on the callbacks, then the module
+    validate: Callable[[list[Any]], None]  # one validation run inside fit
+    val_enabled: bool
+    log_train_step: Callable[[], None]  # on_step values to the loggers
+    update_epoch_metrics: Callable[..., Any]
+    check_watched_nonfinite: Callable[[], None]
+    restart_rng: dict[str, Any] | None = None  # RNG states to restore after a mid-epoch skip
+
+
+def training_step_fn(step: Callable[..., Any], module: Any, precision: Any,
+                     overrides: set[str]) -> Callable[[Any, int], Any]:
+    """``step`` (training_step, through the strategy's wrapper), under autocast when the
+    precision asks for it, then training_step_end when written; the bare step at full
+    precision (no wrapper in the hot loop)."""
+    step_end = module.training_step_end if "training_step_end" in overrides else None
+    if precision.dtype is None and step_end is None:
+        return step
+    autocast = precision.context
+
+    def run_step(batch: Any, batch_idx: int) -> Any:
+        with autocast():
+            out = step(batch, batch_idx)
+        return out if step_end is None else step_end(out)
+    return run_step
+
+
 class FitLoop:
     """Epochs of training batches, with validation where the flags ask for it."""
 
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
+        self.ctx: FitContext | None = None  # set by the Trainer at the start of each fit
         self.batch_idx = 0
         self.batches_consumed = 0  # of the current epoch, for exact resume
         self.batches_total = 0  # training batches of all epochs (check_val_every_n_epoch=None)
@@ -136,6 +204,9 @@ class FitLoop:
         self.restart: dict[str, Any] | None = None  # fit-loop state from a checkpoint
         self.total_batches: float = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "ctx": None}  # the context holds the Trainer's bound hooks
+
     # -------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -143,7 +214,7 @@ class FitLoop:
             "batches_total": self.batches_total,
             "epoch_rng": self.epoch_rng,
             "epoch_end_reached": self.epoch_end_reached,
-            "results": self.trainer._train_results.state_dict(),
+            "results": self.ctx.results.state_dict() if self.ctx is not None else {},
             "pending_grads": self._pending_grads(),
         }
 
@@ -185,7 +256,7 @@ class FitLoop:
     def _start_epoch_iterator(self, dl: Any) -> tuple[Any, int]:
         """iter(dl) as a hand loop does, or, when resuming mid-epoch, the same epoch order with
         the consumed batches skipped."""
-        t = self.trainer
+        t, ctx = self.trainer, self.ctx
         restart, self.restart = self.restart, None
         gens = loader_generators(dl)
         if restart is not None and restart["epoch_rng"] is not None:
@@ -200,8 +271,8 @@ class FitLoop:
         if restart is not None:
             start = restart["batches_consumed"]
             skip_batches(iterator, dl, start)
-            restore_rng_states(t._restart_rng)
-            t._train_results.load_state_dict(restart.get("results", {}))
+            restore_rng_states(ctx.restart_rng)
+            ctx.results.load_state_dict(restart.get("results", {}))
             self.epoch_end_reached = restart.get("epoch_end_reached", False)
             self._restore_pending_grads(restart.get("pending_grads"))
         return iterator, start
@@ -220,185 +291,138 @@ class FitLoop:
         for p, g in zip(t.lightning_module.parameters(), per_rank[t.strategy.global_rank]):
             p.grad = None if g is None else g.to(p.device)
         self.grads_pending = True
+        self.ctx.optimization.backward_in_window = True
 
     def run_epoch(self, dl: Any, val_dls: list[Any]) -> None:  # noqa: C901 (the loop, in full)
-        t = self.trainer
-        m = t.lightning_module
-        hooks = t._hooks
-        res = t._train_results
+        t, ctx = self.trainer, self.ctx
+        m, res, opt = ctx.module, ctx.results, ctx.optimization
         epoch = t.current_epoch
+        restarting = self.restart is not None
         self.epoch_end_reached = False
         self.grads_pending = False
-        restarting = self.restart is not None
 
         m.train()
         res.reset_epoch()
-        m._results = res
-        res.fx = "train_epoch"
         if not restarting:
-            t._call_hook("on_train_epoch_start")
+            with logging_as(m, res, "train_epoch"):
+                ctx.call_hook("on_train_epoch_start")
         iterator, batch_idx = self._start_epoch_iterator(dl)
         resumed_end = self.epoch_end_reached
-        t._live_results = res
-        res.fx = "train_batch"
 
         # ---- decided once per epoch
         n_batches = self.total_batches
+        # a whole epoch runs the iterator to its StopIteration, as a for loop does: the
+        # sampler draws from its generator once more there, and the next epoch's order
+        # depends on it (a limited epoch stops after its batches, as Lightning does)
+        exhaust = n_batches == sized_len(dl)
         device = t.strategy.root_device
-        transfer = t._transfer_fn
+        transfer = ctx.transfer
         automatic = m.automatic_optimization
-        training_step = m.training_step
-        step_end = m.training_step_end if "training_step_end" in t._module_overrides else None
-        keep_outputs = "training_epoch_end" in t._module_overrides
+        run_step = training_step_fn(t.strategy.training_step_fn(m), m, t.precision_plugin,
+                                    ctx.overrides)
+        opt.run_step = run_step
+        keep_outputs = "training_epoch_end" in ctx.overrides
         outputs: list[Any] = []
-        batch_start = hooks["on_train_batch_start"]
-        batch_end = hooks["on_train_batch_end"]
-        before_zero_grad = hooks["on_before_zero_grad"]
-        before_backward = hooks["on_before_backward"]
-        after_backward = hooks["on_after_backward"]
-        before_opt_step = hooks["on_before_optimizer_step"]
-        if t.precision_plugin.dtype is None:
-            run_step = training_step  # no wrapper in the hot loop at full precision
-        else:
-            autocast = t.precision_plugin.autocast
-
-            def run_step(batch: Any, batch_idx: int) -> Any:
-                with autocast():
-                    return training_step(batch, batch_idx)
-
-        scaler = t.precision_plugin.scaler
-        opt = t.optimizers[0] if automatic and t.optimizers else None
+        batch_start, batch_end = ctx.batch_start, ctx.batch_end
+        module_batch_start = "on_train_batch_start" in ctx.overrides
         accum = t.accumulate_grad_batches
-        clip_val = t.gradient_clip_val
-        step_scheds = [c for c in t.lr_scheduler_configs if c.interval == "step"]
+        step_scheds = any(c.interval == "step" for c in t.lr_scheduler_configs)
         max_steps = t.max_steps if t.max_steps != -1 else math.inf
-        nonfinite = t.on_nonfinite_loss
-        # 'raise' checks each step on CPU (no sync there) and, on an accelerator, reads a device
-        # accumulator at log points and epoch end; 'skip' must check each step (a sync on GPU)
-        check_now = nonfinite == "skip" or (nonfinite == "raise" and device.type == "cpu")
-        check_later = nonfinite == "raise" and not check_now
         log_every = t.log_every_n_steps if t.loggers and t.is_global_zero else 0
         no_sync = t.strategy.no_sync if t.strategy.world_size > 1 and accum > 1 else None
         val_every = self._val_check_batches(val_dls, n_batches)
         # check_val_every_n_epoch=None: val_every counts the batches of all epochs
         val_across = t.check_val_every_n_epoch is None
-        pending = self.grads_pending  # a backward has happened since the last optimizer step
+        # epoch schedulers step after the epoch's last batch, before on_train_batch_end
+        # (Lightning's place); a resume after that batch finds them stepped already
+        epoch_scheds_due = batch_idx < n_batches
 
-        if batch_idx >= n_batches:  # resumed after the last batch: nothing left to fetch
+        if batch_idx >= n_batches and not exhaust:  # resumed after the last batch
             iterator = ()
-        for batch in iterator:
-            self.batch_idx = batch_idx
-            if transfer is not None:
-                batch = transfer(batch, device, 0)
-            res.batch = batch
-            res.batch_size = None
-            if batch_start:
-                stop = False
-                for f in batch_start:
-                    if f(batch, batch_idx) == -1:
-                        stop = True
-                if stop:  # the module's on_train_batch_start returned -1: end the epoch
+        t._live_results = res
+        with logging_as(m, res, "train_batch"):
+            for batch in iterator:
+                self.batch_idx = batch_idx
+                if transfer is not None:
+                    batch = transfer(batch, device, 0)
+                res.batch = batch
+                res.batch_size = None
+                if batch_start and _train_batch_start(
+                        batch_start, batch, batch_idx, module_batch_start) == -1:
+                    break  # the module's on_train_batch_start returned -1: end the epoch
+
+                if automatic:
+                    first = accum == 1 or batch_idx % accum == 0
+                    last = accum == 1 or (batch_idx + 1) % accum == 0 or (
+                        batch_idx + 1 == n_batches)
+                    # DDP skips the gradient all-reduce only when forward AND backward of a
+                    # micro-step run inside no_sync, so it wraps the whole closure.
+                    with no_sync(m) if no_sync is not None and not last else _NULL_CONTEXT:
+                        stepped = opt.training_batch(batch, batch_idx, first, last)
+                    out = opt.output
+                    self.grads_pending = not last and opt.backward_in_window
+                    if stepped:
+                        t.global_step += 1
+                        if step_scheds:
+                            opt.step_schedulers("step", t.global_step)
+                        if log_every and t.global_step % log_every == 0:
+                            ctx.log_train_step()
+                else:
+                    before = t.global_step
+                    out = run_step(batch, batch_idx)
+                    if log_every and t.global_step != before and t.global_step % log_every == 0:
+                        ctx.log_train_step()
+                if batch_idx + 1 == n_batches:
+                    opt.step_schedulers("epoch", epoch + 1, plateau=False)
+                    epoch_scheds_due = False
+
+                if keep_outputs and out is not None:
+                    outputs.append(detach_output(out))
+                batch_idx += 1
+                self.batches_consumed = batch_idx
+                self.batches_total += 1
+                if batch_end:
+                    outs = batch_output(out, accum, automatic)
+                    for f in batch_end:
+                        f(outs, batch, batch_idx - 1)
+                if val_every and (
+                        self.batches_total if val_across else batch_idx) % val_every == 0:
+                    ctx.validate(val_dls)
+                if (batch_idx >= n_batches and not exhaust) or t.global_step >= max_steps or (
+                        t.should_stop and epoch + 1 >= t.min_epochs):
                     break
 
-            if automatic:
-                first = accum == 1 or batch_idx % accum == 0
-                last = accum == 1 or (batch_idx + 1) % accum == 0 or batch_idx + 1 == n_batches
-                if first:
-                    for f in before_zero_grad:
-                        f(opt)
-                    opt.zero_grad()
-                # DDP skips the gradient all-reduce only when forward AND backward of a
-                # micro-step run inside no_sync, so it wraps both.
-                with no_sync(m) if no_sync is not None and not last else _NO_SYNC:
-                    out = run_step(batch, batch_idx)
-                    if step_end is not None:
-                        out = step_end(out)
-                    loss = out if type(out) is Tensor else t._loss_of(out)
-                    if loss is not None and check_now and not math.isfinite(loss.item()):
-                        loss = t._nonfinite(loss, epoch, batch_idx)
-                    if loss is not None:
-                        if check_later:
-                            t._watch_nonfinite(loss, batch_idx)
-                        if accum > 1:
-                            loss = loss / accum
-                        for f in before_backward:
-                            f(loss)
-                        if scaler is None:
-                            loss.backward()
-                        else:
-                            scaler.scale(loss).backward()
-                        for f in after_backward:
-                            f()
-                        pending = True
-                if last and pending:
-                    for f in before_opt_step:
-                        f(opt)
-                    if clip_val is not None:
-                        t._clip_gradients(opt, clip_val, t.gradient_clip_algorithm)
-                    if scaler is None:
-                        opt.step()
-                    else:
-                        scaler.step(opt)
-                        scaler.update()
-                    pending = False
+            else:  # the loader ran out (not a break): one of unknown length may end mid-window
+                if automatic and self.grads_pending and opt.finish_window(batch_idx - 1):
                     t.global_step += 1
-                    if step_scheds:
-                        t._step_schedulers(step_scheds, t.global_step)
-                    if log_every and t.global_step % log_every == 0:
-                        t._log_train_step()
-            else:
-                before = t.global_step
-                out = run_step(batch, batch_idx)
-                if step_end is not None:
-                    out = step_end(out)
-                if log_every and t.global_step != before and t.global_step % log_every == 0:
-                    t._log_train_step()
-
-            if keep_outputs and out is not None:
-                outputs.append(detach_output(out))
-            batch_idx += 1
-            self.batches_consumed = batch_idx
-            self.batches_total += 1
-            self.grads_pending = pending  # for a checkpoint taken by the hooks below
-            if batch_end:
-                for f in batch_end:
-                    f(out, batch, batch_idx - 1)
-            if val_every and (self.batches_total if val_across else batch_idx) % val_every == 0:
-                t._run_validation_in_fit(val_dls)
-                res.fx = "train_batch"
-                m._results = res
-                t._live_results = res
-            if batch_idx >= n_batches or t.global_step >= max_steps or (
-                    t.should_stop and epoch + 1 >= t.min_epochs):
-                break
-
-        else:  # the loader ran out (not a break): one of unknown length may end mid-window
-            if pending:
-                t._clip_and_step_tail(opt)
+                    opt.step_schedulers("step", t.global_step)
+                if epoch_scheds_due:
+                    opt.step_schedulers("epoch", epoch + 1, plateau=False)
         self.batches_consumed = batch_idx
         self.grads_pending = False  # the next epoch's first batch starts a new window
         t._live_results = None
-        t._check_watched_nonfinite()
+        ctx.check_watched_nonfinite()
+        self._end_epoch(outputs if keep_outputs else None, resumed_end)
 
-        # ---- epoch end: hooks, epoch metrics, loggers, epoch schedulers
-        m._results = res
-        res.fx = "train_epoch"
-        t._update_epoch_metrics(res, train=True, log=False)  # for the callbacks that run first
-        if not resumed_end:
-            self.epoch_end_reached = True
-            t._call_hook("on_train_epoch_end", monitoring=False, module=False)
-            if keep_outputs:
-                m.training_epoch_end(outputs)
-            if "on_train_epoch_end" in t._module_overrides:
-                m.on_train_epoch_end()
-            t._update_epoch_metrics(res, train=True, log=True)
-            t._call_hook("on_train_epoch_end", monitoring=True, module=False)
-        m._results = None
+    def _end_epoch(self, outputs: list[Any] | None, resumed_end: bool) -> None:
+        """Epoch-end hooks, epoch metrics to the loggers, ReduceLROnPlateau schedulers."""
+        t, ctx = self.trainer, self.ctx
+        m, res = ctx.module, ctx.results
+        with logging_as(m, res, "train_epoch"):
+            ctx.update_epoch_metrics(res, train=True, log=False)  # for the callbacks first
+            if not resumed_end:  # (a resume at the epoch's end ran these before its checkpoint)
+                self.epoch_end_reached = True
+                ctx.call_hook("on_train_epoch_end", monitoring=False, module=False)
+                if outputs is not None:
+                    m.training_epoch_end(outputs)
+                if "on_train_epoch_end" in ctx.overrides:
+                    m.on_train_epoch_end()
+                ctx.update_epoch_metrics(res, train=True, log=True)
+                ctx.call_hook("on_train_epoch_end", monitoring=True, module=False)
         with warnings.catch_warnings():
             if resumed_end:  # resumed at the epoch's end: no optimizer.step() in this process yet
                 warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before")
-            t._step_schedulers([c for c in t.lr_scheduler_configs if c.interval == "epoch"],
-                               epoch + 1)
+            ctx.optimization.step_schedulers("epoch", t.current_epoch + 1, plateau=True)
         res.reset_epoch()
         self.batches_consumed = 0
         self.epoch_end_reached = False
@@ -407,7 +431,7 @@ class FitLoop:
 
     def _val_check_batches(self, val_dls: list[Any], n_batches: float) -> int:
         t = self.trainer
-        if not val_dls or not t._val_enabled:
+        if not val_dls or not self.ctx.val_enabled:
             return 0
         v = t.val_check_interval
         if t.check_val_every_n_epoch is None:
@@ -463,15 +487,9 @@ def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: lis
     log_steps = (results is not None and not (sanity or t.sanity_checking) and stage != "predict"
                  and t.is_global_zero and bool(t.loggers))
     all_outputs: list[list[Any]] = []
-    was_training = m.training
-    m.eval()
-    if results is not None:
-        results.fx = f"{short}_batch"
-        m._results = results
-    else:
-        m._results = None
     t._live_results = results
-    with torch.no_grad():
+    batches = logging_as(m, results, f"{short}_batch") if results is not None else _NULL_CONTEXT
+    with torch.no_grad(), batches:
         for dl_idx, dl in enumerate(dataloaders):
             outputs: list[Any] = []
             if results is not None:
@@ -504,8 +522,5 @@ def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: lis
             all_outputs.append(outputs)
     if results is not None:
         results.dataloader_suffix = ""
-        results.fx = f"{short}_epoch"
     t._live_results = None
-    if was_training:
-        m.train()
     return all_outputs

@@ -10,7 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trainer.optimization import TrainerOptimizer
+
 __all__ = ["TrainModule", "AttributeDict", "ManualOptimizer"]
+
+# the name this module used before trainer.optimization held the one optimizer wrapper
+ManualOptimizer = TrainerOptimizer
 
 _HPARAM_TYPES = (int, float, str, bool, type(None), Tensor)
 
@@ -47,34 +52,6 @@ def _check_hparam(name: str, value: Any) -> None:
         "cannot hold as data (numbers, strings, bools, None, tensors, lists and dicts of them "
         f"only); pass ignore=[{name.split('[')[0]!r}] and give it to __init__ again when loading"
     )
-
-
-class ManualOptimizer:
-    """An optimizer as ``self.optimizers()`` returns it in manual optimization.
-
-    ``step()`` goes through the precision plugin (GradScaler) and counts as one global step,
-    as in Lightning; everything else is the wrapped optimizer's.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, trainer: Any) -> None:
-        self.optimizer = optimizer
-        self._trainer = trainer
-
-    def step(self, closure: Any = None) -> Any:
-        t = self._trainer
-        t._call_hook("on_before_optimizer_step", self.optimizer)
-        out = t.precision_plugin.optimizer_step(self.optimizer, closure)
-        t.global_step += 1
-        return out
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._trainer._call_hook("on_before_zero_grad", self.optimizer)
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "optimizer":  # pickling probes dunders first
-            raise AttributeError(name)
-        return getattr(self.optimizer, name)
 
 
 class TrainModule(nn.Module):
@@ -247,6 +224,46 @@ class TrainModule(nn.Module):
     def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_validation_model_zero_grad(self) -> None:
+        """Called (when overridden) before validation inside fit; Lightning's default frees
+        the gradients, ours keeps them so an accumulation window survives validation."""
+
+    def on_before_optimizer_setup(self) -> None:
+        """Called in fit after configure_model, before configure_optimizers."""
+
+    # ---- model modes around evaluation: called instead of .eval() / the mode restore
+    def on_validation_model_eval(self) -> None:
+        self.trainer.model.eval()
+
+    def on_validation_model_train(self) -> None:
+        self.trainer.model.train()
+
+    def on_test_model_eval(self) -> None:
+        self.trainer.model.eval()
+
+    def on_test_model_train(self) -> None:
+        self.trainer.model.train()
+
+    def on_predict_model_eval(self) -> None:
+        self.trainer.model.eval()
+
+    # ---- data hooks
+    def prepare_data(self) -> None:
+        """Download / write data once per node (local rank 0), before setup."""
+
+    def configure_model(self) -> None:
+        """Create layers lazily (after setup, before configure_optimizers); keep it idempotent:
+        every stage calls it."""
+
+    def configure_callbacks(self) -> Any:
+        """Callbacks to add to the Trainer's; one of the same type replaces the Trainer's."""
+        return []
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device,
                                  dataloader_idx: int = 0) -> Any:
@@ -254,6 +271,33 @@ class TrainModule(nn.Module):
         from trainer.loops import move_to_device
 
         return move_to_device(batch, device)
+
+    # ---- the optimization step, as Lightning splits it (trainer.optimization calls these
+    # only when overridden; the defaults below say what runs otherwise)
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """The backward pass of automatic optimization and of manual_backward."""
+        loss.backward(*args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int,
+                            optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        """``optimizer.step(closure=optimizer_closure)``: the closure runs training_step,
+        zero_grad and backward (so LBFGS works); override it for LR warm-up and the like."""
+        optimizer.step(closure=optimizer_closure)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Called before each optimizer step with the Trainer's clipping flags."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ logging
     def log(self, name: str, value: Any, on_step: bool | None = None,
@@ -285,9 +329,9 @@ class TrainModule(nn.Module):
 
     # ------------------------------------------------------------------ optimization
     def optimizers(self) -> Any:
-        """The optimizer(s) from configure_optimizers (one, or a list when several)."""
-        opts = self.trainer._manual_optimizers if not self.automatic_optimization else (
-            self.trainer.optimizers)
+        """The optimizer(s) from configure_optimizers (one, or a list when several), wrapped so
+        that ``step()`` runs the hooks, the loss scaler and (manual optimization) counts."""
+        opts = self.trainer._optimization.optimizers
         return opts[0] if len(opts) == 1 else list(opts)
 
     def lr_schedulers(self) -> Any:
@@ -298,17 +342,14 @@ class TrainModule(nn.Module):
         return scheds[0] if len(scheds) == 1 else scheds
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """``loss.backward()`` through the precision plugin (loss scaling), with its hooks."""
-        t = self.trainer
-        t._call_hook("on_before_backward", loss)
-        t.precision_plugin.backward(loss, *args, **kwargs)
-        t._call_hook("on_after_backward")
+        """``loss.backward()`` with its hooks and the loss scaler (manual optimization)."""
+        self.trainer._optimization.backward(loss, *args, **kwargs)
 
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
-                       gradient_clip_algorithm: str = "norm") -> None:
-        """Clip the gradients of ``optimizer``'s parameters (manual optimization helper)."""
+                       gradient_clip_algorithm: str | None = "norm") -> None:
+        """Clip the gradients of ``optimizer``'s parameters by norm or value."""
         opt = getattr(optimizer, "optimizer", optimizer)
-        self.trainer._clip_gradients(opt, gradient_clip_val, gradient_clip_algorithm)
+        self.trainer._optimization.clip_gradients(opt, gradient_clip_val, gradient_clip_algorithm)
 
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Let only ``optimizer``'s parameters require grad (GAN-style alternation)."""

@@ -36,15 +36,16 @@ def normalize_precision(value: Any) -> str:
 class Precision:
     """Autocast context and loss scaling for one device type.
 
-    ``autocast`` is None for 32-true so the loop can skip the context entirely; ``scaler`` is a
-    GradScaler only for 16-mixed on CUDA. For the '*-true' precisions ``true_dtype`` is the
-    dtype of weights and inputs, and ``autocast`` is a context making it the default dtype.
+    ``autocast`` is None for 32-true so the loop can skip the context entirely. ``scaler`` is
+    always a GradScaler, enabled only for 16-mixed on CUDA: a disabled one passes losses and
+    steps through unchanged, so callers never branch on it. For the '*-true' precisions
+    ``true_dtype`` is the dtype of weights and inputs, and ``autocast`` is a context making it
+    the default dtype.
     """
 
     def __init__(self, precision: str, device: torch.device) -> None:
         self.precision = normalize_precision(precision)
         self.device_type = torch.device(device).type
-        self.scaler: torch.amp.GradScaler | None = None
         self.true_dtype: torch.dtype | None = _TRUE_DTYPES.get(self.precision)
         if self.true_dtype is not None:
             self.dtype = self.true_dtype
@@ -52,8 +53,8 @@ class Precision:
             self.dtype = None
         else:
             self.dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
-            if self.precision == "16-mixed" and self.device_type == "cuda":
-                self.scaler = torch.amp.GradScaler("cuda")
+        enabled = self.precision == "16-mixed" and self.device_type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda" if enabled else "cpu", enabled=enabled)
 
     def autocast(self) -> contextlib.AbstractContextManager | None:
         """A fresh autocast context, or None for full precision."""
@@ -77,31 +78,11 @@ class Precision:
         """'*-true': the batch's floating tensors to ``true_dtype`` (integers, labels, stay)."""
         return batch if self.true_dtype is None else _cast_floats(batch, self.true_dtype)
 
-    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """``loss.backward()``, scaled first under 16-mixed (GradScaler)."""
-        if self.scaler is not None:
-            loss = self.scaler.scale(loss)
-        loss.backward(*args, **kwargs)
-
-    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring the gradients back to their true scale before clipping or inspecting them."""
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> Any:
-        if self.scaler is not None:
-            out = self.scaler.step(optimizer) if closure is None else self.scaler.step(
-                optimizer, closure
-            )
-            self.scaler.update()
-            return out
-        return optimizer.step() if closure is None else optimizer.step(closure)
-
     def state_dict(self) -> dict[str, Any]:
-        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        return {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.scaler is not None and state.get("scaler"):
+        if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
 

@@ -9,6 +9,8 @@ made only when the progress bar refreshes, a logger is called or an epoch ends.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -290,3 +292,21 @@ def extract_batch_size(batch: Any) -> int:
             if n:
                 return n
     return 1
+
+
+@contextlib.contextmanager
+def logging_as(module: Any, results: Results | None, fx: str) -> Iterator[None]:
+    """While the block runs, ``self.log`` in ``module`` records into ``results`` with the
+    defaults of hook kind ``fx`` (a key of FX_DEFAULTS); what was there before comes back
+    after, so a validation run inside a training epoch leaves the epoch's logging as it was."""
+    prev_results = module._results
+    prev_fx = results.fx if results is not None else ""
+    module._results = results
+    if results is not None:
+        results.fx = fx
+    try:
+        yield
+    finally:
+        module._results = prev_results
+        if results is not None:
+            results.fx = prev_fx

@@ -34,6 +34,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from trainer.environment import cluster_env, set_threads_per_rank
+
 log = logging.getLogger(__name__)
 
 _REDUCE_OPS = ("mean", "sum", "max", "min")
@@ -89,6 +91,10 @@ class Strategy:
     def barrier(self, name: str | None = None) -> None:
         """Wait for every rank. A single process has nobody to wait for."""
 
+    def training_step_fn(self, module: nn.Module) -> Any:
+        """What the loop calls as ``training_step``: the module's own method here."""
+        return module.training_step
+
     def no_sync(self, module: nn.Module) -> contextlib.AbstractContextManager[None]:
         """Skip the gradient all-reduce inside (gradient accumulation); a no-op on one device."""
         return contextlib.nullcontext()
@@ -105,60 +111,6 @@ class SingleDeviceStrategy(Strategy):
     """One process on one device (CPU or one GPU)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# environment detection
-
-
-def cluster_env() -> dict[str, Any] | None:
-    """The rank layout given by the environment (torchrun, SLURM, one of our workers), or None.
-
-    torchrun / our workers: RANK, WORLD_SIZE, LOCAL_RANK (+ MASTER_ADDR, MASTER_PORT).
-    SLURM without torchrun (``srun python train.py``): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
-    with MASTER_ADDR and MASTER_PORT exported by the batch script.
-    """
-    env = os.environ
-    if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
-        return {
-            "rank": int(env["RANK"]),
-            "world_size": int(env["WORLD_SIZE"]),
-            "local_rank": int(env["LOCAL_RANK"]),
-            "local_world_size": int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
-            "source": "torchelastic" if "TORCHELASTIC_RUN_ID" in env else "env",
-        }
-    slurm = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT")
-    if all(k in env for k in slurm) and int(env["SLURM_NTASKS"]) > 1:
-        ntasks_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
-        return {
-            "rank": int(env["SLURM_PROCID"]),
-            "world_size": int(env["SLURM_NTASKS"]),
-            "local_rank": int(env["SLURM_LOCALID"]),
-            "local_world_size": int(ntasks_node) if ntasks_node.isdigit() else 1,
-            "source": "slurm",
-        }
-    return None
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def set_threads_per_rank(local_world_size: int, threads: int | None = None) -> int:
-    """Give each rank its share of the cores (torch's default is all of them, per process)."""
-    if threads is None:
-        if "OMP_NUM_THREADS" in os.environ:  # the user (or torchrun) decided
-            threads = int(os.environ["OMP_NUM_THREADS"])
-        else:
-            threads = max(1, _available_cpus() // max(1, local_world_size))
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # only settable before any inter-op work ran
-        torch.set_num_interop_threads(threads)
-    return threads
-
-
 def _parse_timeout(timeout: float | timedelta | None) -> timedelta:
     if timeout is None:
         return timedelta(minutes=30)
@@ -172,15 +124,15 @@ def _parse_timeout(timeout: float | timedelta | None) -> timedelta:
 
 
 class _TrainingStepForward(nn.Module):
-    """Routes DDP's forward to the module's training_step, so gradients sync as they should."""
+    """Routes DDP's forward to the module's training_step, so gradients sync as they should
+    (the user's object is wrapped, never patched)."""
 
-    def __init__(self, module: nn.Module, step: Any) -> None:
+    def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
-        self._step = step
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._step(*args, **kwargs)
+        return self.module.training_step(*args, **kwargs)
 
 
 class DDPStrategy(Strategy):
@@ -257,7 +209,6 @@ class DDPStrategy(Strategy):
         self.model: nn.Module | None = None  # the DistributedDataParallel wrapper, once set up
         self._launched_worker = False  # True inside a worker our launcher started
         self._owns_group = False
-        self._patched: list[tuple[nn.Module, bool, Any]] = []
         self._launcher: Any = None
 
     # -- launching -------------------------------------------------------------------------------
@@ -330,14 +281,7 @@ class DDPStrategy(Strategy):
             atexit.register(_destroy_group_at_exit)
 
     def teardown(self) -> None:
-        """Undo the module patch; destroy the group (our workers: the launcher does it last)."""
-        for module, had_own, previous in reversed(self._patched):
-            if had_own:
-                module.training_step = previous  # type: ignore[method-assign]
-            else:
-                with contextlib.suppress(AttributeError):
-                    del module.training_step
-        self._patched.clear()
+        """Drop the DDP wrapper; the process group stays (see below)."""
         self.model = None
         # The group stays: in our workers the launcher's entry still needs it to hand results
         # back (and destroys it last); under torchrun/SLURM the next stage (fit, then test)
@@ -351,34 +295,33 @@ class DDPStrategy(Strategy):
     # -- model -------------------------------------------------------------------------------------
 
     def setup_module(self, module: nn.Module) -> nn.Module:
-        """Move to the device and wrap in DistributedDataParallel.
+        """Move to the device and wrap in DistributedDataParallel (``strategy.model``).
 
-        Returns the module itself (so the loop keeps calling ``module.training_step``): its
-        ``training_step`` is routed through the DDP wrapper's forward, which is what makes DDP
-        all-reduce the gradients in backward. The wrapper is ``strategy.model``.
+        Returns the module itself, untouched: the loop calls ``training_step_fn(module)``,
+        which goes through the wrapper's forward to ``module.training_step``, so DDP
+        all-reduces the gradients in backward.
         """
         module = module.to(self.root_device)
         if not self.is_distributed or not any(p.requires_grad for p in module.parameters()):
             return module
-        if any(m is module for m, _, _ in self._patched) or (
-            self.model is not None and getattr(self.model, "module", None) is module
-        ):
+        if self._wraps(module):
             return module  # already wrapped (the Trainer may call this once per stage)
-        step = getattr(module, "training_step", None)
-        if step is None:
+        if getattr(module, "training_step", None) is None:
             self.model = self._wrap(module)
-            return module
-        had_own = "training_step" in vars(module)
-        redirect = _TrainingStepForward(module, step)
-        ddp = self._wrap(redirect)
-        self.model = ddp
-
-        def training_step(*args: Any, **kwargs: Any) -> Any:
-            return ddp(*args, **kwargs)
-
-        self._patched.append((module, had_own, vars(module).get("training_step")))
-        module.training_step = training_step  # type: ignore[method-assign]
+        else:
+            self.model = self._wrap(_TrainingStepForward(module))
         return module
+
+    def _wraps(self, module: nn.Module) -> bool:
+        inner = getattr(self.model, "module", None)
+        return inner is module or getattr(inner, "module", None) is module
+
+    def training_step_fn(self, module: nn.Module) -> Any:
+        """``module.training_step`` through the DDP wrapper when this strategy wrapped it."""
+        if self.model is not None and isinstance(self.model.module, _TrainingStepForward) and (
+                self.model.module.module is module):
+            return self.model
+        return module.training_step
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -531,7 +474,6 @@ class DDPStrategy(Strategy):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["model"] = None  # the DDP wrapper lives in one process only
-        state["_patched"] = []
         state["_owns_group"] = False
         return state
 

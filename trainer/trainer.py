@@ -42,6 +42,7 @@ from trainer.compiled import compiled_methods, unwrap_compiled
 from trainer.eval_table import print_results
 from trainer.loggers.csv import CSVLogger
 from trainer.loops import (
+    FitContext,
     FitLoop,
     NonFiniteLossError,
     limit_batches,
@@ -49,10 +50,11 @@ from trainer.loops import (
     run_evaluation,
     sized_len,
 )
-from trainer.module import ManualOptimizer, TrainModule
+from trainer.module import TrainModule
+from trainer.optimization import Optimization, nonfinite_checker
 from trainer.precision import Precision, normalize_precision
 from trainer.profilers import Profiler, make_profiler, profiled
-from trainer.results import Results
+from trainer.results import Results, logging_as
 from trainer.seed import add_worker_init_fn, reset_seed
 from trainer.strategy import Strategy, select_strategy
 
@@ -306,7 +308,7 @@ class Trainer:
         self.datamodule: Any = None
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[LRSchedulerConfig] = []
-        self._manual_optimizers: list[ManualOptimizer] = []
+        self._optimization: Optimization | None = None
         self.fit_loop = FitLoop(self)
         self.num_training_batches: float = 0
         self.num_val_batches: list[float] = []
@@ -333,13 +335,13 @@ class Trainer:
         self._nf_from = 0
         self._val_enabled = False
         self._val_dls: list[Any] = []
-        self._clip_params: dict[int, list[Tensor]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for k in ("_hooks", "_cb_with", "_transfer_fn", "_clip_params", "_val_dls"):
+        for k in ("_hooks", "_cb_with", "_val_dls"):
             state[k] = {} if k != "_val_dls" else []
         state["_transfer_fn"] = None
+        state["_optimization"] = None
         state["_live_results"] = None
         state["_logged"] = self.logged_metrics  # floats, not step tensors
         return state
@@ -590,28 +592,36 @@ class Trainer:
                 torch.use_deterministic_algorithms(True)
             if self.benchmark is not None:
                 torch.backends.cudnn.benchmark = self.benchmark
-            if datamodule is not None:
-                if self.strategy.local_rank == 0:
-                    datamodule.prepare_data()
-                self.strategy.barrier("prepare_data")
-                datamodule.setup(stage)
+            # Lightning's order: configure_callbacks, prepare_data, setup, configure_model
+            self._attach_module_callbacks(model)
             self._setup_hooks(model)
+            if self.strategy.local_rank == 0:
+                if datamodule is not None:
+                    datamodule.prepare_data()
+                if "prepare_data" in self._module_overrides:
+                    model.prepare_data()
+            self.strategy.barrier("prepare_data")
+            if datamodule is not None:
+                datamodule.setup(stage)
             self._call_hook("setup", stage)
+            if "configure_model" in self._module_overrides:
+                model.configure_model()
             if self.sync_batchnorm and self.strategy.world_size > 1:  # one process: BN as is
                 torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place, as Lightning
             self.precision_plugin.convert_module(model)  # '*-true': weights to the dtype
+            ckpt = None
+            if ckpt_path is not None:
+                ckpt_path = self._resolve_ckpt_path(ckpt_path)
+                ckpt = load_checkpoint(ckpt_path, map_location=self.strategy.root_device)
+                self._restore_hooks(model, ckpt, with_callbacks=stage == "fit")
             self.strategy.setup_module(model)
-            self._setup_hooks(model)  # the strategy may have rerouted training_step
             self._transfer_fn = self._pick_transfer(model)
             if stage == "fit":
                 if self.detect_anomaly:  # (False leaves a mode the user set alone)
                     with torch.autograd.set_detect_anomaly(True):
-                        return self._fit(model, train_dl, eval_dl, datamodule, ckpt_path)
-                return self._fit(model, train_dl, eval_dl, datamodule, ckpt_path)
-            if ckpt_path is not None:
-                ckpt_path = self._resolve_ckpt_path(ckpt_path)
-                ckpt = load_checkpoint(ckpt_path, map_location=self.strategy.root_device)
-                model.on_load_checkpoint(ckpt)
+                        return self._fit(model, train_dl, eval_dl, datamodule, ckpt_path, ckpt)
+                return self._fit(model, train_dl, eval_dl, datamodule, ckpt_path, ckpt)
+            if ckpt is not None:
                 model.load_state_dict(ckpt["state_dict"])
             if stage == "predict":
                 return self._predict(model, eval_dl, datamodule)
@@ -641,37 +651,71 @@ class Trainer:
             self._reset_transient()
             self.state_stage = None
 
-    def _pick_transfer(self, model: TrainModule) -> Any:
-        move = self._pick_move(model)
-        convert = self.precision_plugin.convert_input
-        if self.precision_plugin.true_dtype is None:
-            return move
-        if move is None:  # '*-true' precision: the batch's floats to the dtype, on the device
-            return lambda batch, device, idx: convert(batch)
-        return lambda batch, device, idx: convert(move(batch, device, idx))
+    def _attach_module_callbacks(self, model: TrainModule) -> None:
+        """Merge what ``configure_callbacks`` returns into the Trainer's callbacks, as Lightning
+        does: a returned callback replaces the Trainer's of the same type (or a parent type);
+        checkpoint callbacks go last."""
+        if "configure_callbacks" not in self._module_overrides_of(model):
+            return
+        extra = model.configure_callbacks()
+        extra = list(extra) if isinstance(extra, list | tuple) else [extra]
+        for cb in extra:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"{type(model).__name__}.configure_callbacks: {cb!r} is not a "
+                                "trainer.callbacks.Callback")
+        if not extra:
+            return
+        replaced = {type(c) for c in self.callbacks
+                    if any(issubclass(type(e), type(c)) for e in extra)}
+        cbs = [c for c in self.callbacks if type(c) not in replaced] + extra
+        self.callbacks = sorted(cbs, key=lambda c: isinstance(c, ModelCheckpoint))
 
-    def _pick_move(self, model: TrainModule) -> Any:
-        if "transfer_batch_to_device" in self._module_overrides:
-            return model.transfer_batch_to_device
-        if self.strategy.root_device.type == "cpu":
-            return None  # loaders yield CPU tensors: nothing to move
-        return _default_transfer
+    def _pick_transfer(self, model: TrainModule) -> Any:
+        """The batch path to the device, or None when there is nothing to do (CPU, no hooks):
+        on_before_batch_transfer, transfer_batch_to_device, on_after_batch_transfer, then
+        ('*-true' precisions) the batch's floats to the precision's dtype."""
+        o = self._module_overrides
+        before = model.on_before_batch_transfer if "on_before_batch_transfer" in o else None
+        after = model.on_after_batch_transfer if "on_after_batch_transfer" in o else None
+        if "transfer_batch_to_device" in o:
+            move = model.transfer_batch_to_device
+        elif self.strategy.root_device.type != "cpu":
+            move = _default_transfer
+        else:
+            move = None  # loaders yield CPU tensors: nothing to move
+        convert = (self.precision_plugin.convert_input
+                   if self.precision_plugin.true_dtype is not None else None)
+        if before is None and after is None and convert is None:
+            return move
+        device = self.strategy.root_device
+
+        def transfer(batch: Any, _device: torch.device, dataloader_idx: int) -> Any:
+            if before is not None:
+                batch = before(batch, dataloader_idx)
+            if move is not None:
+                batch = move(batch, device, dataloader_idx)
+            if after is not None:
+                batch = after(batch, dataloader_idx)
+            if convert is not None:
+                batch = convert(batch)
+            return batch
+        return transfer
+
+    @staticmethod
+    def _module_overrides_of(model: TrainModule) -> set[str]:
+        return {name for name, fn in vars(TrainModule).items()
+                if callable(fn) and not name.startswith("_")
+                and getattr(type(model), name, None) is not fn}
 
     def _setup_hooks(self, model: TrainModule) -> None:
         self._cb_with = {name: [] for name in HOOK_NAMES}
         for cb in self.callbacks:
             for name in overridden_hooks(cb):
                 self._cb_with.setdefault(name, []).append(cb)
-        base = TrainModule
-        self._module_overrides = {
-            name for name, fn in vars(base).items() if callable(fn) and not name.startswith("_")
-            and getattr(type(model), name, None) is not fn
-        }
-        if "training_step" in vars(model):  # rerouted by the strategy (DDP)
-            self._module_overrides.add("training_step")
+        refuse_unsupported_hooks(model, self.callbacks)
+        self._module_overrides = self._module_overrides_of(model)
         self._hooks = {name: self._hook_callers(name) for name in (
-            "on_train_batch_start", "on_train_batch_end", "on_before_zero_grad",
-            "on_before_backward", "on_after_backward", "on_before_optimizer_step")}
+            "on_train_batch_start", "on_train_batch_end")}
 
     def _hook_callers(self, name: str) -> list[Any]:
         """Callables with the module hook's signature: overriding callbacks, then the module."""
@@ -761,10 +805,12 @@ class Trainer:
 
     def _reload_fit_loaders(self) -> tuple[Any, list[Any]]:
         """reload_dataloaders_every_n_epochs: ask the module / datamodule for new loaders."""
-        return self._setup_fit_loaders(self.lightning_module, None, None, self.datamodule)
+        loaders = self._setup_fit_loaders(self.lightning_module, None, None, self.datamodule)
+        self.fit_loop.ctx.val_enabled = self._val_enabled
+        return loaders
 
     def _fit(self, model: TrainModule, train_dl: Any, val_dl: Any, datamodule: Any,
-             ckpt_path: Any) -> None:
+             ckpt_path: Any, ckpt: dict[str, Any] | None) -> None:
         if self.reload_dataloaders_every_n_epochs and (train_dl is not None
                                                        or val_dl is not None):
             raise ValueError(
@@ -773,11 +819,11 @@ class Trainer:
                 "train_dataloader()/val_dataloader() of the module or a datamodule")
         dl, val_dls = self._setup_fit_loaders(model, train_dl, val_dl, datamodule)
 
+        self._call_hook("on_before_optimizer_setup")
         self._configure_optimizers(model)
-        self._clip_params = {id(o): [p for g in o.param_groups for p in g["params"]]
-                             for o in self.optimizers}
-        if ckpt_path is not None:
-            self._restore_fit(model, ckpt_path)
+        rng_at_epoch_start = None
+        if ckpt is not None:
+            rng_at_epoch_start = self._restore_fit(model, ckpt_path, ckpt)
         self._train_results = Results("train", self.strategy)
         if self.enable_model_summary and self.is_global_zero:
             # Lightning's ModelSummary callback logs it at fit start; ours goes to stderr too
@@ -786,24 +832,31 @@ class Trainer:
             for lg in self.loggers:
                 lg.log_hyperparams(dict(model.hparams))
         self._call_hook("on_fit_start")
-        if self._val_enabled and self.num_sanity_val_steps != 0 and ckpt_path is None:
-            self._sanity_check(val_dls)
-        model._results = self._train_results
-        self._train_results.fx = "train_epoch"
-        self._call_hook("on_train_start")
-        self.fit_loop.run(dl, val_dls)
-        self._train_results.fx = "on_train_end"
-        self._call_hook("on_train_end")
-        model._results = None
+        if self._val_enabled and self.num_sanity_val_steps != 0:
+            self._sanity_check(val_dls)  # a resumed fit too, as in Lightning
+        if rng_at_epoch_start is not None:  # after the sanity check, which may draw numbers
+            restore_rng_states(rng_at_epoch_start)
+        opt = self._optimization
+        opt.check_loss = nonfinite_checker(self, self.strategy.root_device)
+        self.fit_loop.ctx = FitContext(
+            module=model, optimization=opt, results=self._train_results,
+            transfer=self._transfer_fn, batch_start=self._hooks["on_train_batch_start"],
+            batch_end=self._hooks["on_train_batch_end"], overrides=self._module_overrides,
+            call_hook=self._call_hook, validate=self._run_validation_in_fit,
+            val_enabled=self._val_enabled, log_train_step=self._log_train_step,
+            update_epoch_metrics=self._update_epoch_metrics,
+            check_watched_nonfinite=self._check_watched_nonfinite,
+            restart_rng=self._restart_rng)
+        with logging_as(model, self._train_results, "train_epoch"):
+            self._call_hook("on_train_start")
+            self.fit_loop.run(dl, val_dls)
+        with logging_as(model, self._train_results, "on_train_end"):  # self.log refuses here
+            self._call_hook("on_train_end")
         self._call_hook("on_fit_end")
 
     def _configure_optimizers(self, model: TrainModule) -> None:
-        model._results = Results("none")
-        model._results.fx = "configure_optimizers"
-        try:
+        with logging_as(model, Results("none"), "configure_optimizers"):  # self.log refuses
             conf = model.configure_optimizers()
-        finally:
-            model._results = None
         opts, scheds = _parse_optimizers(conf)
         if model.automatic_optimization:
             if not opts:
@@ -817,7 +870,8 @@ class Trainer:
                     "(self.optimizers(), self.manual_backward(loss))")
         self.optimizers = opts
         self.lr_scheduler_configs = scheds
-        self._manual_optimizers = [ManualOptimizer(o, self) for o in opts]
+        self._optimization = Optimization(self, model, opts, self._module_overrides,
+                                          self._hook_callers)
 
     def _sanity_check(self, val_dls: list[Any]) -> None:
         n = self.num_sanity_val_steps
@@ -834,27 +888,48 @@ class Trainer:
         self._call_hook("on_sanity_check_end")
 
     def _run_validation_in_fit(self, val_dls: list[Any]) -> None:
+        if "on_validation_model_zero_grad" in self._module_overrides:
+            self.lightning_module.on_validation_model_zero_grad()
         self._eval_pass("validate", val_dls, self.num_val_batches, log=True)
 
     # ------------------------------------------------------------------ evaluation
+    def _model_eval(self, prefix: str) -> dict[torch.nn.Module, bool]:
+        """Evaluation mode through ``on_{prefix}_model_eval`` (or ``.eval()``); returns every
+        submodule's training flag, so the mode it had comes back after (a frozen backbone
+        kept in eval stays there)."""
+        m = self.lightning_module
+        modes = {mod: mod.training for mod in m.modules()}
+        if f"on_{prefix}_model_eval" in self._module_overrides:
+            getattr(m, f"on_{prefix}_model_eval")()
+        else:
+            m.eval()
+        return modes
+
+    def _model_train(self, prefix: str, modes: dict[torch.nn.Module, bool]) -> None:
+        m = self.lightning_module
+        if f"on_{prefix}_model_train" in self._module_overrides:
+            getattr(m, f"on_{prefix}_model_train")()
+            return
+        for mod, training in modes.items():
+            mod.training = training
+
     def _eval_pass(self, stage: str, dls: list[Any], limits: list[float],
                    log: bool) -> dict[str, Tensor]:
         m = self.lightning_module
         prefix = "validation" if stage == "validate" else stage
         res = Results(stage, self.strategy)
-        m._results = res
-        res.fx = f"{'val' if stage == 'validate' else stage}_epoch"
-        self._call_hook(f"on_{prefix}_start")
-        self._call_hook(f"on_{prefix}_epoch_start")
-        outputs = run_evaluation(self, stage, dls, limits, res)
-        m._results = res
-        if f"{prefix}_epoch_end" in self._module_overrides:
-            getattr(m, f"{prefix}_epoch_end")(outputs[0] if len(outputs) == 1 else outputs)
-        self._call_hook(f"on_{prefix}_epoch_end")
-        values = self._update_epoch_metrics(res, log=log)
-        self._call_hook(f"on_{prefix}_end")
+        modes = self._model_eval(prefix)
+        with logging_as(m, res, f"{'val' if stage == 'validate' else stage}_epoch"):
+            self._call_hook(f"on_{prefix}_start")
+            self._call_hook(f"on_{prefix}_epoch_start")
+            outputs = run_evaluation(self, stage, dls, limits, res)
+            if f"{prefix}_epoch_end" in self._module_overrides:
+                getattr(m, f"{prefix}_epoch_end")(outputs[0] if len(outputs) == 1 else outputs)
+            self._call_hook(f"on_{prefix}_epoch_end")
+            values = self._update_epoch_metrics(res, log=log)
+            self._call_hook(f"on_{prefix}_end")
         res.reset_epoch()
-        m._results = self._train_results if self.state_stage == "fit" else None
+        self._model_train(prefix, modes)
         return values
 
     def _evaluate(self, stage: str, model: TrainModule, dls: Any, datamodule: Any
@@ -891,16 +966,15 @@ class Trainer:
                              "predict_dataloader()")
         limits = self._limits(dls, self.limit_predict_batches)
         self.num_predict_batches = limits
-        model._results = Results("predict")
-        model._results.fx = "predict_step"
-        self._call_hook("on_predict_start")
-        self._call_hook("on_predict_epoch_start")
-        outputs = run_evaluation(self, "predict", dls, limits, None)
-        m_res = Results("predict")
-        m_res.fx = "predict_step"
-        model._results = m_res
-        self._call_hook("on_predict_epoch_end")
-        self._call_hook("on_predict_end")
+        modes = self._model_eval("predict")
+        with logging_as(model, Results("predict"), "predict_step"):  # self.log refuses here
+            self._call_hook("on_predict_start")
+            self._call_hook("on_predict_epoch_start")
+            outputs = run_evaluation(self, "predict", dls, limits, None)
+            self._call_hook("on_predict_epoch_end")
+            self._call_hook("on_predict_end")
+        for mod, training in modes.items():
+            mod.training = training
         outputs = [self.strategy.gather_predictions(o, d) for o, d in zip(outputs, dls)]
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -963,20 +1037,7 @@ class Trainer:
                     floats = {k: float(v) for k, v in vals.items()}
                 lg.log_metrics(floats, step=step)
 
-    # ------------------------------------------------------------------ optimization helpers
-    def _loss_of(self, out: Any) -> Tensor | None:
-        if out is None:
-            return None
-        if isinstance(out, Mapping):
-            if "loss" not in out:
-                raise ValueError("training_step returned a dict without a 'loss' key "
-                                 f"(keys: {sorted(out)}); return {{'loss': loss, ...}}")
-            return out["loss"]
-        if isinstance(out, Tensor):
-            return out
-        raise TypeError("training_step must return a loss tensor, a dict with 'loss', or None "
-                        f"(got {type(out).__name__})")
-
+    # ------------------------------------------------------------------ non-finite losses
     def _nonfinite(self, loss: Tensor, epoch: int, batch_idx: int) -> None:
         if self.on_nonfinite_loss == "skip":
             return None
@@ -1001,50 +1062,6 @@ class Trainer:
                 f"between global steps {self._nf_from} and {self.global_step} (checked at each "
                 "log point on an accelerator, without a per-step sync); pass "
                 "Trainer(on_nonfinite_loss='skip') for a per-step check that skips the batch")
-
-    def _clip_gradients(self, opt: torch.optim.Optimizer, value: float | None,
-                        algorithm: str = "norm") -> None:
-        if not value:
-            return
-        self.precision_plugin.unscale(opt)
-        params = self._clip_params.get(id(opt))
-        if params is None:
-            params = [p for g in opt.param_groups for p in g["params"]]
-        if algorithm == "norm":
-            torch.nn.utils.clip_grad_norm_(params, value)
-        elif algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, value)
-        else:
-            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value' "
-                             f"(got {algorithm!r})")
-
-    def _clip_and_step_tail(self, opt: torch.optim.Optimizer) -> None:
-        for f in self._hooks.get("on_before_optimizer_step", ()):
-            f(opt)
-        self._clip_gradients(opt, self.gradient_clip_val, self.gradient_clip_algorithm)
-        self.precision_plugin.optimizer_step(opt)
-        self.global_step += 1
-        self._step_schedulers([c for c in self.lr_scheduler_configs if c.interval == "step"],
-                              self.global_step)
-
-    def _step_schedulers(self, configs: list[LRSchedulerConfig], counter: int) -> None:
-        if not configs or not self.lightning_module.automatic_optimization:
-            return
-        for c in configs:
-            if counter % c.frequency:
-                continue
-            if c.reduce_on_plateau:
-                metrics = self.callback_metrics
-                if c.monitor not in metrics:
-                    if c.strict:
-                        raise KeyError(
-                            f"ReduceLROnPlateau monitors {c.monitor!r}, which was not logged "
-                            f"(logged: {sorted(metrics)}); self.log({c.monitor!r}, ...) or "
-                            "set 'strict': False in the lr_scheduler dict")
-                    continue
-                c.scheduler.step(float(metrics[c.monitor]))
-            else:
-                c.scheduler.step()
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any]:
@@ -1071,10 +1088,9 @@ class Trainer:
             ckpt["rng"] = collect_rng_states()
             if self.datamodule is not None and hasattr(self.datamodule, "state_dict"):
                 ckpt["datamodule"] = self.datamodule.state_dict()
+            for cb in self.callbacks:  # Lightning's order: callbacks, then the module
+                cb.on_save_checkpoint(self, m, ckpt)
             m.on_save_checkpoint(ckpt)
-            for cb in self.callbacks:
-                if hasattr(cb, "on_save_checkpoint"):
-                    cb.on_save_checkpoint(self, m, ckpt)
         return ckpt
 
     def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
@@ -1090,15 +1106,29 @@ class Trainer:
             return find_checkpoint(self, ckpt_path)
         return ckpt_path
 
-    def _restore_fit(self, model: TrainModule, ckpt_path: Any) -> None:
-        ckpt_path = self._resolve_ckpt_path(ckpt_path)
-        ckpt = load_checkpoint(ckpt_path, map_location=self.strategy.root_device)
+    def _restore_hooks(self, model: TrainModule, ckpt: dict[str, Any],
+                       with_callbacks: bool) -> None:
+        """The checkpoint's hooks, in Lightning's order (right after setup): the module's
+        on_load_checkpoint, then (fit) each callback's on_load_checkpoint and load_state_dict."""
+        model.on_load_checkpoint(ckpt)
+        if not with_callbacks:
+            return
+        states = ckpt.get("callbacks", {})
+        for cb in self.callbacks:
+            cb.on_load_checkpoint(self, model, ckpt)
+            key = getattr(cb, "state_key", None)
+            if key in states:
+                cb.load_state_dict(states[key])
+
+    def _restore_fit(self, model: TrainModule, ckpt_path: Any,
+                     ckpt: dict[str, Any]) -> dict[str, Any] | None:
+        """Weights, optimizer, scheduler and loop state; returns the RNG states to restore
+        when training starts at an epoch's beginning (mid-epoch, the loop restores them)."""
         missing = [k for k in ("optimizer_states", "loops", "rng") if k not in ckpt]
         if missing:
             raise ValueError(f"Trainer.fit(ckpt_path={str(ckpt_path)!r}): a weights-only "
                              f"checkpoint (no {missing}) cannot resume training; load it with "
                              "load_from_checkpoint instead")
-        model.on_load_checkpoint(ckpt)
         model.load_state_dict(ckpt["state_dict"])
         if len(ckpt["optimizer_states"]) != len(self.optimizers):
             raise ValueError(f"checkpoint {str(ckpt_path)!r} holds "
@@ -1109,13 +1139,6 @@ class Trainer:
         for c, s in zip(self.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
             c.scheduler.load_state_dict(s)
         self.precision_plugin.load_state_dict(ckpt.get("precision", {}))
-        states = ckpt.get("callbacks", {})
-        for cb in self.callbacks:
-            key = getattr(cb, "state_key", None)
-            if key in states:
-                cb.load_state_dict(states[key])
-            if hasattr(cb, "on_load_checkpoint"):
-                cb.on_load_checkpoint(self, model, ckpt)
         if self.datamodule is not None and "datamodule" in ckpt:
             self.datamodule.load_state_dict(ckpt["datamodule"])
         self.current_epoch = ckpt["epoch"]
@@ -1127,8 +1150,34 @@ class Trainer:
         if loop["batches_consumed"] > 0 or loop["epoch_end_reached"]:
             self.fit_loop.load_state_dict(loop)
             self._restart_rng = ckpt["rng"]
-        else:
-            restore_rng_states(ckpt["rng"])
+            return None
+        return ckpt["rng"]
+
+
+# Lightning hooks we do not call, and why: fit refuses a module or callback that writes one
+_REFUSED_HOOKS = {
+    "configure_sharded_model": "deprecated by Lightning; write configure_model instead",
+    "on_epoch_start": "removed in Lightning 2.0; use on_train_epoch_start",
+    "on_epoch_end": "removed in Lightning 2.0; use on_train_epoch_end",
+    "on_batch_start": "removed in Lightning 2.0; use on_train_batch_start",
+    "on_batch_end": "removed in Lightning 2.0; use on_train_batch_end",
+    "on_pretrain_routine_start": "removed in Lightning 2.0; use on_fit_start",
+    "on_pretrain_routine_end": "removed in Lightning 2.0; use on_fit_start",
+    "on_init_start": "removed in Lightning 2.0; use the callback's __init__",
+    "on_init_end": "removed in Lightning 2.0; use the callback's __init__",
+    "on_configure_sharded_model": "removed in Lightning 2.0; use setup",
+    "on_keyboard_interrupt": "removed in Lightning 2.0; use on_exception",
+    "on_hpc_save": "removed in Lightning 2.0; use on_save_checkpoint",
+    "on_hpc_load": "removed in Lightning 2.0; use on_load_checkpoint",
+}
+
+
+def refuse_unsupported_hooks(module: Any, callbacks: list[Any]) -> None:
+    """Raise, in one line, for the first hook a user wrote that this Trainer would never call."""
+    for owner in (module, *callbacks):
+        for name, why in _REFUSED_HOOKS.items():
+            if callable(getattr(type(owner), name, None)):
+                raise TypeError(f"{type(owner).__name__}.{name}: not supported ({why})")
 
 
 def _check_verbose(stage: str, verbose: Any) -> None:

@@ -116,9 +116,9 @@ class _LRSweep(Callback):
                            batch_idx: int) -> None:
         if trainer.global_step == self._step:  # inside an accumulation window: no step yet
             return
-        loss = trainer._loss_of(outputs)
-        # the step's own loss (the loop divides a copy by accumulate_grad_batches)
-        value = float(loss.detach()) if loss is not None else math.nan
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        # the step's own loss: on_train_batch_end gets it divided by accumulate_grad_batches
+        value = float(loss) * trainer.accumulate_grad_batches if loss is not None else math.nan
         n = len(self.finder.results["loss"])
         self._avg = self.beta * self._avg + (1 - self.beta) * value
         smoothed = self._avg / (1 - self.beta ** (n + 1))  # bias-corrected running mean

@@ -188,7 +188,7 @@ if __name__ == "__main__":
     rank = s.global_rank
     torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
     m = s.setup_module(Tiny())
-    loss = m.training_step(torch.full((4, 3), float(rank + 1)))
+    loss = s.training_step_fn(m)(torch.full((4, 3), float(rank + 1)))
     loss.backward()
     grads = s.all_gather_object(m.lin.weight.grad.clone())
     weights = s.all_gather_object(m.lin.weight.detach().clone())

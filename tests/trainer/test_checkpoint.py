@@ -166,6 +166,9 @@ def _run(ckpt=None, cb=None, epochs=3, n=40):
     ("epoch", 0, None, 40), ("batch", None, 7, 40), ("batch", None, 3, 40),
     ("val", None, 7, 40),  # mid-epoch validation
     ("val", None, 12, 48),  # the validation at the end of epoch 2 (6 batches, every 3)
+    # after an epoch's last batch (its epoch scheduler stepped, its loader not yet run to
+    # StopIteration): 40 and 48 samples are exact multiples of the batch size
+    ("batch", None, 5, 40), ("batch", None, 12, 48),
 ])
 def test_resume_in_process_equals_uninterrupted(tmp_path, hook, epoch, step, n):
     full, t_full = _run(n=n)

@@ -242,11 +242,133 @@ def test_gradient_clipping_by_value_bounds_the_gradients():
             opt = torch.optim.SGD(self.parameters(), lr=0.0)
             orig = opt.step
 
-            def step(closure=None):
+            def step(closure=None):  # the closure (forward, backward, clipping) runs first
+                loss = closure()
                 clipped.append(max(p.grad.abs().max().item() for p in self.parameters()))
-                return orig(closure)
+                orig()
+                return loss
             opt.step = step
             return opt
 
     _t(max_epochs=1, gradient_clip_val=1e-4, gradient_clip_algorithm="value").fit(C(), DL)
     assert clipped and all(g <= 1e-4 + 1e-12 for g in clipped)
+
+
+# ------------------------------------------------------------------ overridden step hooks
+def _fit(module, **kw):
+    torch.manual_seed(0)
+    t = _t(max_epochs=1, **kw)
+    t.fit(module, make_loader(make_data(n=32), batch_size=8))
+    return t
+
+
+def test_backward_override_is_what_runs():
+    class NoGrad(TinyModule):
+        def backward(self, loss, *args, **kwargs):
+            (loss * 0).backward(*args, **kwargs)
+
+    m = NoGrad()
+    before = flat(m).clone()
+    _fit(m)
+    assert torch.equal(flat(m), before)  # zero gradients: SGD moved nothing
+
+
+def test_optimizer_zero_grad_override_is_what_runs():
+    class KeepGrads(TinyModule):
+        def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+            pass  # gradients add up over the batches
+
+    a, b = KeepGrads(), TinyModule()
+    _fit(a)
+    _fit(b)
+    assert not torch.equal(flat(a), flat(b))
+    assert all(p.grad is not None for p in a.parameters())
+
+
+def test_lr_scheduler_step_override_is_what_runs():
+    seen = []
+
+    class Sched(TinyModule):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": {
+                "scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5), "interval": "step"}}
+
+        def lr_scheduler_step(self, scheduler, metric):
+            seen.append(metric)  # never steps it
+
+    t = _fit(Sched())
+    assert seen == [None] * 4 and t.optimizers[0].param_groups[0]["lr"] == 0.1
+
+
+def test_configure_gradient_clipping_override_is_what_runs():
+    got = []
+
+    class Clip(TinyModule):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                        gradient_clip_algorithm=None):
+            got.append((gradient_clip_val, gradient_clip_algorithm))
+            self.clip_gradients(optimizer, 1e-4, "value")
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            assert max(p.grad.abs().max().item() for p in self.parameters()) <= 1e-4 + 1e-12
+
+    _fit(Clip())
+    assert got == [(None, "norm")] * 4  # the Trainer's flags, unset
+
+
+def test_optimizer_step_that_skips_the_closure_is_an_error():
+    class Skips(TinyModule):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"Skips.optimizer_step did not run optimizer_closure"):
+        _fit(Skips())
+
+
+def test_optimizer_step_may_skip_the_step_but_run_the_closure():
+    class EveryOther(TinyModule):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+            if batch_idx % 2:
+                optimizer.step(closure=optimizer_closure)
+            else:
+                optimizer_closure()  # training_step and backward, no step
+
+    class Plain(TinyModule):
+        pass
+
+    a, b = EveryOther(), Plain()
+    _fit(a)
+    _fit(b)
+    assert not torch.equal(flat(a), flat(b))
+
+
+@pytest.mark.parametrize("automatic", [True, False])
+def test_optimizers_are_instances_of_the_users_optimizer_class(automatic):
+    seen = []
+
+    class M(TinyModule):
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            seen.append((isinstance(opt, torch.optim.Adam), opt.param_groups[0]["lr"],
+                         opt.param_groups is self.trainer.optimizers[0].param_groups))
+            loss = super().training_step(batch, batch_idx)
+            if not self.automatic_optimization:
+                opt.zero_grad()
+                self.manual_backward(loss)
+                opt.step()
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    m = M()
+    m.automatic_optimization = automatic
+    t = _t(max_epochs=1)
+    t.fit(m, DL)
+    assert seen == [(True, 0.01, True)] * 4 and t.global_step == 4
+    wrapped = m.optimizers()
+    state = wrapped.state_dict()
+    assert state["state"]  # Adam's moments, read through the wrapper
+    wrapped.load_state_dict(state)
+    assert wrapped.state is t.optimizers[0].state

@@ -44,7 +44,7 @@ def test_precisions_on_cuda(tmp_path, precision, dtype):
     t.fit(m, make_loader(make_data(n=64), pin_memory=True))
     assert m.devices == {"cuda"} and m.dtypes == {dtype}
     assert t.callback_metrics["loss_epoch"].device.type == "cuda"
-    assert (t.precision_plugin.scaler is not None) == (precision == "16-mixed")
+    assert t.precision_plugin.scaler.is_enabled() == (precision == "16-mixed")
     t.save_checkpoint(tmp_path / "c.ckpt")
     ck = load_checkpoint(tmp_path / "c.ckpt")
     assert bool(ck["precision"]) == (precision == "16-mixed")

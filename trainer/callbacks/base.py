@@ -66,6 +66,9 @@ class Callback:
     def on_sanity_check_end(self, trainer: Any, module: Any) -> None:
         """Called after the sanity validation steps."""
 
+    def on_before_optimizer_setup(self, trainer: Any, module: Any) -> None:
+        """Called in fit after configure_model, before configure_optimizers (freeze here)."""
+
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         """Called when fit/validate/test/predict raises (KeyboardInterrupt included)."""
 
