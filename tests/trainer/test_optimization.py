@@ -372,3 +372,31 @@ def test_optimizers_are_instances_of_the_users_optimizer_class(automatic):
     assert state["state"]  # Adam's moments, read through the wrapper
     wrapped.load_state_dict(state)
     assert wrapped.state is t.optimizers[0].state
+
+
+def test_an_optimizer_of_the_users_own_gets_the_closure():
+    """torch's optimizers may run the closure before a plain step() (the same thing, faster);
+    one of the user's own, here a SAM-like one evaluating it twice, always gets it."""
+
+    class TwoEvals(torch.optim.SGD):
+        calls = 0
+
+        def step(self, closure=None):
+            closure()
+            loss = closure()
+            TwoEvals.calls += 1
+            super().step()
+            return loss
+
+    class M(TinyModule):
+        steps = 0
+
+        def training_step(self, batch, batch_idx):
+            M.steps += 1
+            return super().training_step(batch, batch_idx)
+
+        def configure_optimizers(self):
+            return TwoEvals(self.parameters(), lr=0.1)
+
+    t = _fit(M())
+    assert TwoEvals.calls == 4 and M.steps == 8 and t.global_step == 4
