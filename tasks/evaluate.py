@@ -130,7 +130,7 @@ def run_evaluation(
     trainer = make_trainer(
         tc, Path(trained.checkpoint).parent.parent, logger, checkpoint=False, callbacks=[computed]
     )
-    out = trainer.test(module, test_dl, datamodule=dm)
+    out = trainer.test(module, test_dl, datamodule=dm, verbose=False)  # the CLI prints the summary
     logged = {k: float(v) for d in out for k, v in d.items()}
     # the model's own test_loss is kept; every named metric is the stage's own computation
     metrics = {k: v for k, v in logged.items() if k == "test_loss"}
