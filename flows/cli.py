@@ -425,6 +425,11 @@ def predict(
     typer.echo(f"wrote {n} predictions to {output} ({name} v{predictor.version})")
 
 
+from flows.sweep import sweep as _sweep  # noqa: E402  (light: no prefect/torch at import)
+
+app.command("sweep")(_sweep)
+
+
 def main() -> None:
     """Entry point for ``python -m flows.cli``."""
     app()

@@ -197,6 +197,49 @@ class RetryConfig(_Section):
     registry: StageRetry = Field(default_factory=StageRetry)
 
 
+class SearchParam(_Section):
+    """One dimension of a sweep's search space: ``float``/``int`` in ``[low, high]``, or
+    ``categorical`` over ``choices``."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchParam:
+        if self.type == "categorical":
+            if not self.choices or self.low is not None or self.high is not None or self.log:
+                raise ValueError("categorical: give choices (a non-empty list) and no low/high/log")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type}: give low and high, not choices")
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(
+                f"{self.type}: needs low < high (got low={self.low}, high={self.high})"
+            )
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: needs low > 0 (got {self.low})")
+        return self
+
+
+class SweepConfig(_Section):
+    """``trainflow sweep``: an Optuna study over config keys (``space``: dotted key → range)."""
+
+    space: dict[str, SearchParam] = Field(default_factory=dict)
+    objective: str = "val_loss"  # a validation metric the Trainer logs
+    mode: Literal["min", "max"] = "min"
+    trials: int = Field(8, gt=0)
+    parallel: int = Field(1, gt=0)
+    sampler: Literal["tpe", "random"] = "tpe"  # seeded from trainer.seed
+    startup_trials: int = Field(4, ge=0)  # TPE draws at random before it models the results
+    pruner: Literal["median", "none"] = "median"
+    warmup_epochs: int = Field(1, ge=0)  # the median pruner never stops a trial this early
+    storage: str | None = None  # None: sqlite:///<project>/.trainflow/optuna.db
+    study_name: str | None = None  # None: derived from the data, config and space
+
+
 class PipelineConfig(_Section):
     """The whole pipeline configuration."""
 
@@ -208,6 +251,7 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
+    sweep: SweepConfig | None = None  # only `trainflow sweep` reads it
 
     @model_validator(mode="after")
     def _resolve_for_task(self) -> PipelineConfig:

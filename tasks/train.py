@@ -224,8 +224,13 @@ def fit(
     root: Path,
     key: str,
     track: bool = True,
+    callbacks: list[Any] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Run the stage without Prefect: fit into ``root`` (resuming from ``last.ckpt`` if there)."""
+    """Run the stage without Prefect: fit into ``root`` (resuming from ``last.ckpt`` if there).
+
+    ``callbacks`` join the stage's own (a sweep's pruning callback); ``tags`` go on the MLflow run.
+    """
     import torch
 
     done = root / "result.json"
@@ -255,13 +260,14 @@ def fit(
         logger = mlflow_logger(
             cfg.tracking,
             run_name=f"train-{key[:8]}",
-            tags={"trainflow.data_hash": data.content_hash, "trainflow.train_key": key},
+            tags={"trainflow.data_hash": data.content_hash, "trainflow.train_key": key,
+                  **(tags or {})},
             run_id=prior,  # continue the interrupted attempt's run
         )
         run_id = logger.run_id
         if run_id:
             run_id_file.write_text(run_id)
-    trainer = make_trainer(tc, root, logger)
+    trainer = make_trainer(tc, root, logger, callbacks=callbacks)
     ckpt = str(resume) if resume else None
     if dm is not None:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)

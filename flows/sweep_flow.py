@@ -1,0 +1,283 @@
+"""The sweep flow: an Optuna study whose trials are cached Prefect tasks, pruned by the
+Trainer, the best one promoted through the pipeline's own stages.
+
+One ``prepare_data`` serves every trial. Trials are asked from the study in rounds of
+``parallel``, run as Prefect tasks on a task runner (threads, processes or a Dask cluster),
+then told back: the sampler sees the same history whatever order the workers finish in, so a
+seeded sweep asks the same trials every time. The study lives in a database (SQLite in the
+project by default, any SQLAlchemy URL such as the team's PostgreSQL): rerunning the command
+continues it up to ``trials`` finished ones, and a trial the last run left running (killed) is
+asked again with the same parameters, so it resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+from flows.settings import configure_environment, home_dir, results_dir, stage_dir
+
+configure_environment()  # before prefect is imported: PREFECT_HOME inside the project
+
+from optuna.trial import TrialState  # noqa: E402
+from prefect import flow  # noqa: E402
+from pydantic import BaseModel, Field  # noqa: E402
+
+from flows.config import PipelineConfig  # noqa: E402
+from flows.pipeline import PipelineResult, _run  # noqa: E402
+from flows.sweep import (  # noqa: E402
+    check_space,
+    default_storage,
+    distributions,
+    study_name,
+    sweep_section,
+    with_params,
+)
+from tasks.evaluate import evaluate  # noqa: E402
+from tasks.export import export  # noqa: E402
+from tasks.prepare_data import prepare_data  # noqa: E402
+from tasks.register import promote, register  # noqa: E402
+from tasks.trial import TrialOutcome, trial_key  # noqa: E402
+from tasks.types import RegistryRef, StageError  # noqa: E402
+
+
+def open_study(cfg: PipelineConfig, storage: str, name: str) -> Any:
+    """Create or load the study; a trial a killed run left RUNNING is failed and re-queued."""
+    import optuna
+
+    from tasks.trial import make_pruner
+
+    sweep = sweep_section(cfg)
+    seed = cfg.trainer.seed
+    if sweep.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.startup_trials)
+    study = optuna.create_study(
+        storage=storage, study_name=name, sampler=sampler, pruner=make_pruner(sweep),
+        direction="minimize" if sweep.mode == "min" else "maximize", load_if_exists=True,
+    )
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # Its fit left a checkpoint under the same key: asking the same params resumes it.
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"resumes": t.number})
+    return study
+
+
+# ------------------------------------------------------------------------------- the flow
+
+
+def task_runner(parallel: int, dask_address: str | None = None) -> Any:
+    """Threads for one trial at a time, processes for several, a Dask cluster when named.
+
+    Several trials run in processes because each seeds torch's global RNG: threads would share it.
+    """
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=1) if parallel == 1 else ProcessPoolTaskRunner(
+        max_workers=parallel)
+
+
+class TrialRecord(BaseModel):
+    """How one trial went in this run: ``cached`` means its fit was served from cache."""
+
+    number: int
+    params: dict[str, Any]
+    value: float | None
+    state: str  # complete, pruned
+    epochs: int
+    cached: bool
+
+
+class SweepResult(BaseModel):
+    """What a sweep run did (returned by the flow, shown by the CLI)."""
+
+    study_name: str
+    storage: str
+    trials: list[TrialRecord] = Field(default_factory=list)  # the ones this run finished
+    finished: int = 0  # complete + pruned in the study
+    best_number: int | None = None
+    best_params: dict[str, Any] = Field(default_factory=dict)
+    best_value: float | None = None
+    parent_run_id: str | None = None
+    pipeline: PipelineResult
+
+
+def _tracking_client(cfg: PipelineConfig) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(cfg.tracking.uri, cfg.tracking.uri)
+
+
+def _parent_run(cfg: PipelineConfig, study: Any, name: str) -> str:
+    """The sweep's MLflow run (created once per study; a rerun continues it)."""
+    from flows.tracking import get_or_create_experiment
+
+    client = _tracking_client(cfg)
+    prior = study.user_attrs.get("mlflow_parent_run_id")
+    if prior:
+        return prior
+    exp = get_or_create_experiment(client, cfg.tracking.experiment, cfg.tracking.uri)
+    run = client.create_run(exp, run_name=name, tags={"trainflow.sweep": name})
+    sweep = sweep_section(cfg)
+    client.log_param(run.info.run_id, "sweep.space", json.dumps(
+        {k: v.model_dump(exclude_none=True) for k, v in sweep.space.items()}, sort_keys=True))
+    for k in ("objective", "mode", "sampler", "pruner"):
+        client.log_param(run.info.run_id, f"sweep.{k}", str(getattr(sweep, k)))
+    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+    return run.info.run_id
+
+
+def _finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _tell(study: Any, t: Any, outcome: TrialOutcome, cached: bool) -> None:
+    """Record the outcome; a cached trial's curve is replayed so the pruner sees its history."""
+    from optuna.trial import TrialState
+
+    if cached:
+        for step, value in sorted(outcome.curve.items()):
+            t.report(value, step)
+    if outcome.pruned:
+        study.tell(t, state=TrialState.PRUNED)
+    elif outcome.value is None:
+        study.tell(t, state=TrialState.FAIL)
+        raise StageError(f"sweep.objective: trial {t.number} never validated; set data.split.val")
+    else:
+        study.tell(t, outcome.value)
+
+
+def _log_trial(cfg: PipelineConfig, t: Any, outcome: TrialOutcome, name: str) -> None:
+    """The trial's child run: its parameters, number and state (curves came from the fit)."""
+    run_id = outcome.trained.mlflow_run_id
+    if not run_id:
+        return
+    client = _tracking_client(cfg)
+    for k, v in t.params.items():
+        client.log_param(run_id, f"sweep.{k}", str(v))
+    client.set_tag(run_id, "trainflow.trial", str(t.number))
+    client.set_tag(run_id, "trainflow.trial_state", "pruned" if outcome.pruned else "complete")
+
+
+def _log_summary(cfg: PipelineConfig, study: Any, run_id: str) -> None:
+    """Best params and value, and Optuna's history and importance plots, on the sweep's run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    client = _tracking_client(cfg)
+    best = study.best_trial
+    for k, v in best.params.items():
+        client.set_tag(run_id, f"best.{k}", str(v))
+    client.set_tag(run_id, "best.trial", str(best.number))
+    client.log_metric(run_id, "best_value", float(best.value))
+    plots = {"optuna/history.png": ovm.plot_optimization_history}
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) > 1:
+        plots["optuna/importances.png"] = ovm.plot_param_importances  # needs two to compare
+    for path, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental" warnings of optuna's matplotlib API
+            ax = plot(study)
+        fig = ax.figure
+        fig.tight_layout()
+        client.log_figure(run_id, fig, path)
+        plt.close(fig)
+
+
+def _tag_lineage(cfg: PipelineConfig, ref: RegistryRef, name: str, number: int, run: str) -> None:
+    client = _tracking_client(cfg)
+    for k, v in {"sweep": name, "trial": str(number), "sweep_run_id": run}.items():
+        client.set_model_version_tag(ref.name, ref.version, f"trainflow.{k}", v)
+
+
+@flow(name="sweep", log_prints=False)
+def sweep_flow(config: PipelineConfig, storage: str | None = None) -> SweepResult:
+    """Run the study to ``sweep.trials`` finished trials, then promote the best like ``run``."""
+    from prefect.runtime import flow_run
+
+    from tasks.trial import trial as trial_task
+
+    cfg = config
+    if cfg.tracking.uri is None:  # resolve once: every trial then uses the same store
+        from flows.tracking import resolve_tracking_uri
+
+        tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(None)})
+        cfg = cfg.model_copy(update={"tracking": tracking})
+    check_space(cfg)
+    sweep = sweep_section(cfg)
+    home = home_dir()
+    storage = storage or sweep.storage or default_storage(home)
+    name = study_name(cfg)
+    study = open_study(cfg, storage, name)
+    pipe = PipelineResult(home=home, flow_run_id=flow_run.get_id())
+    out = SweepResult(study_name=name, storage=storage, pipeline=pipe)
+    r = cfg.retries
+
+    data = _run("prepare_data", prepare_data, r.prepare_data, home, pipe, cfg.data, str(home))
+    pipe.data = data
+    out.parent_run_id = parent = _parent_run(cfg, study, name)
+    space = distributions(sweep)
+    runner_task = trial_task.with_options(result_storage=results_dir(home), persist_result=True)
+    # Rounds of `parallel` trials: asked together, told together, so the sampler's history at
+    # each ask does not depend on which worker finished first.
+    while (todo := sweep.trials - _finished(study)) > 0:
+        asked = [study.ask(space) for _ in range(min(sweep.parallel, todo))]
+        running = []
+        for t in asked:
+            tcfg = with_params(cfg, t.params)
+            t.set_user_attr("trial_key", trial_key(data, tcfg))
+            tags = {"mlflow.parentRunId": parent, "trainflow.sweep": name}
+            fut = runner_task.submit(data, tcfg, str(home), storage, name, t._trial_id, tags)
+            running.append((t, fut))
+        for t, fut in running:
+            fut.wait()
+            state = fut.state
+            try:
+                outcome = fut.result()
+            except BaseException:
+                study.tell(t, state=TrialState.FAIL)
+                raise
+            cached = state.name == "Cached"
+            _tell(study, t, outcome, cached)
+            _log_trial(cfg, t, outcome, name)
+            out.trials.append(TrialRecord(
+                number=t.number, params=t.params, value=outcome.value, epochs=outcome.epochs,
+                state="pruned" if outcome.pruned else "complete", cached=cached))
+    out.finished = _finished(study)
+
+    best = study.best_trial
+    out.best_number, out.best_params, out.best_value = best.number, best.params, best.value
+    _log_summary(cfg, study, parent)
+    outcome = TrialOutcome.model_validate_json(
+        (stage_dir("trial", home) / best.user_attrs["trial_key"] / "trial.json").read_text())
+    bcfg = with_params(cfg, best.params)
+    trained = pipe.trained = outcome.trained
+    report = pipe.report = _run("evaluate", evaluate, r.evaluate, home, pipe, trained, data, bcfg)
+    pipe.metrics = dict(report.metrics)
+    exported = pipe.exported = _run("export", export, r.export, home, pipe, trained, bcfg,
+                                    str(home))
+    if bcfg.registry.enabled:
+        registered = _run("register", register, r.registry, home, pipe, trained, report,
+                          exported, bcfg)
+        _tag_lineage(bcfg, registered, name, best.number, parent)
+        pipe.registered = _run("promote", promote, r.registry, home, pipe, registered, bcfg)
+    _tracking_client(cfg).set_terminated(parent)
+    return out
+
+
+def run_sweep(
+    cfg: PipelineConfig, storage: str | None = None, dask_address: str | None = None
+) -> SweepResult:
+    """Run the sweep flow on the task runner ``sweep.parallel`` and ``dask_address`` ask for."""
+    runner = task_runner(sweep_section(cfg).parallel, dask_address)
+    return sweep_flow.with_options(task_runner=runner)(cfg, storage)

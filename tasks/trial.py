@@ -1,0 +1,143 @@
+"""One sweep trial: fit a trial's resolved config, report the objective to its Optuna trial at
+each validation, and stop early when the study's pruner says so.
+
+The trial's outputs live in ``<home>/stages/trial/<key>/`` where ``key`` hashes what the train
+stage's key hashes (data, model and trainer sections, code) plus the objective and the pruner:
+a rerun of the same trial is served from cache, and a trial killed mid-fit resumes from its
+``last.ckpt`` like the train stage. A pruned fit lives in its own folder, never in the train
+stage's, so ``trainflow run`` with the same config never picks up a model cut short.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from pydantic import BaseModel, ConfigDict
+
+from flows.config import PipelineConfig, SweepConfig
+from tasks.train import fit
+from tasks.train import stage_key as train_key
+from tasks.types import DatasetRef, StageError, TrainResult, content_key
+from trainer.callbacks import Callback
+
+CODE_VERSION = "trial-1"
+
+
+class TrialOutcome(BaseModel):
+    """What a trial produced: the objective's best value, whether it was pruned, the fit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: float | None  # best objective over the validations (None: never validated)
+    pruned: bool
+    epochs: int  # epochs run
+    curve: dict[int, float]  # the objective at each validation, by epoch
+    trained: TrainResult
+    cache_key: str
+
+
+class OptunaPruning(Callback):
+    """Report ``monitor`` to an Optuna trial after each validation; stop when it should prune.
+
+    Lightning's integration raises ``TrialPruned`` from ``on_validation_end``; here the fit ends
+    cleanly instead (``trainer.should_stop``), so the checkpoint and the MLflow run are closed
+    as usual, and the caller tells Optuna the trial was pruned.
+    """
+
+    def __init__(self, trial: Any, monitor: str) -> None:
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned = False
+
+    def on_validation_end(self, trainer: Any, module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            logged = ", ".join(sorted(trainer.callback_metrics)) or "nothing"
+            raise StageError(
+                f"sweep.objective: {self.monitor!r} is not logged at validation "
+                f"(the model logs {logged}); pick one of those"
+            )
+        self.trial.report(float(value), step=int(trainer.current_epoch))
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.should_stop = True
+
+
+def make_pruner(sweep: SweepConfig) -> Any:
+    """The study's pruner: median over earlier trials at the same epoch, or none."""
+    import optuna
+
+    if sweep.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=sweep.warmup_epochs)
+
+
+def trial_key(data: DatasetRef, cfg: PipelineConfig) -> str:
+    """Cache key: the train stage's key for this config, plus the objective and the pruner."""
+    sw = cfg.sweep or SweepConfig()
+    return content_key(
+        {
+            "stage": "trial",
+            "code": CODE_VERSION,
+            "train": train_key(data, cfg.model, cfg.trainer),
+            "objective": [sw.objective, sw.mode],
+            "pruner": [sw.pruner, sw.warmup_epochs],
+        }
+    )
+
+
+def run_trial(
+    data: DatasetRef,
+    cfg: PipelineConfig,
+    root: Path,
+    key: str,
+    trial: Any,
+    tags: dict[str, str] | None = None,
+) -> TrialOutcome:
+    """Fit one trial into ``root`` without Prefect (resumes; a finished one is read back)."""
+    done = root / "trial.json"
+    if done.exists():
+        return TrialOutcome.model_validate_json(done.read_text())
+    sw = cfg.sweep or SweepConfig()
+    pruning = OptunaPruning(trial, sw.objective)
+    trained = fit(data, cfg, root, key, callbacks=[pruning], tags=tags)
+    curve = dict(trial.storage.get_trial(trial._trial_id).intermediate_values)
+    best = (min if sw.mode == "min" else max)(curve.values()) if curve else None
+    outcome = TrialOutcome(value=best, pruned=pruning.pruned, epochs=trained.epochs,
+                           curve=curve, trained=trained, cache_key=key)
+    tmp = done.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(outcome.model_dump_json(indent=1))
+    os.replace(tmp, done)
+    return outcome
+
+
+def _cache_key(context: object, params: dict) -> str:
+    return "trial-" + trial_key(params["data"], params["cfg"])
+
+
+@task(name="trial", cache_key_fn=_cache_key, persist_result=True)
+def trial(
+    data: DatasetRef,
+    cfg: PipelineConfig,
+    home: str,
+    storage: str,
+    study_name: str,
+    trial_id: int,
+    tags: dict[str, str],
+) -> TrialOutcome:
+    """Prefect task: one trial, reporting to the study in ``storage`` (any worker can reach it)."""
+    import optuna
+
+    from flows.settings import stage_dir
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=storage,
+                              pruner=make_pruner(cfg.sweep or SweepConfig()))
+    key = trial_key(data, cfg)
+    return run_trial(data, cfg, stage_dir("trial", Path(home)) / key, key,
+                     optuna.trial.Trial(study, trial_id), tags)
