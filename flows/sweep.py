@@ -32,10 +32,12 @@ def sweep_section(cfg: PipelineConfig) -> SweepConfig:
     return cfg.sweep
 
 
-def _probe_value(param: Any) -> Any:
+def _probe_values(param: Any) -> list[Any]:
+    """Values that stand for the whole range: every choice, or both ends."""
     if param.type == "categorical":
-        return param.choices[0]
-    return int(param.low) if param.type == "int" else float(param.low)
+        return list(param.choices)
+    cast = int if param.type == "int" else float
+    return [cast(param.low), cast(param.high)]
 
 
 def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
@@ -46,13 +48,15 @@ def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
 
 
 def check_space(cfg: PipelineConfig) -> None:
-    """Every space key must be a config key: apply each one (at its low end) and validate."""
+    """Every space key must be a config key: apply each one (each choice, both ends) and
+    validate it like a ``--set`` override."""
     sweep = sweep_section(cfg)
     for key, param in sweep.space.items():
         if key.split(".")[0] == "sweep":
             raise ConfigError(f"sweep.space.{key}: a sweep cannot search its own settings")
         try:
-            with_params(cfg, {key: _probe_value(param)})
+            for value in _probe_values(param):
+                with_params(cfg, {key: value})
         except ConfigError as err:
             raise ConfigError(f"sweep.space.{key}: not a usable config key ({err})") from None
 

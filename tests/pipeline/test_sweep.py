@@ -1,0 +1,118 @@
+"""``trainflow sweep`` on a real Prefect API, a real Optuna SQLite study and a real MLflow store:
+the best trial registered with its lineage, pruning, cached reruns, continuing an interrupted
+study, seeded reproducibility, trials on a Dask cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from flows.config import ConfigError, PipelineConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["retries.train.delays=[0]", "retries.evaluate.delays=[0]", "export.torchscript=false"]
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _cfg(*overrides: str) -> PipelineConfig:
+    return load_config(REPO / "configs" / "sweep.yaml", [*FAST, *overrides])
+
+
+def _sweep(cfg: PipelineConfig, **kwargs):  # noqa: ANN003, ANN202
+    from flows.sweep_flow import run_sweep
+
+    return run_sweep(cfg, **kwargs)
+
+
+def _study(result):  # noqa: ANN001, ANN202
+    import optuna
+
+    return optuna.load_study(study_name=result.study_name, storage=result.storage)
+
+
+def test_space_key_that_is_not_a_config_key_is_refused() -> None:
+    from flows.sweep import check_space
+
+    cfg = _cfg("sweep.space={trainer.lrr: {type: float, low: 0.1, high: 1}}")
+    with pytest.raises(ConfigError, match=r"sweep\.space\.trainer\.lrr: .*trainer\.lrr: unknown"):
+        check_space(cfg)
+    bad_type = _cfg("sweep.space={trainer.batch_size: {type: categorical, choices: [16, x]}}")
+    with pytest.raises(ConfigError, match=r"sweep\.space\.trainer\.batch_size"):
+        check_space(bad_type)
+    with pytest.raises(ConfigError, match=r"space\.model\.kwargs\.lr: float: needs low < high"):
+        _cfg("sweep.space={model.kwargs.lr: {type: float, low: 1, high: 0.1}}")
+
+
+def test_sweep_promotes_best_prunes_and_continues_without_retraining(project: Path) -> None:
+    import optuna
+    from mlflow import MlflowClient
+
+    from flows.sweep import distributions
+
+    # An interrupted sweep: 3 trials finished, a 4th left RUNNING by a killed process.
+    first = _sweep(_cfg("sweep.trials=3"))
+    assert [t.number for t in first.trials] == [0, 1, 2]
+    study = _study(first)
+    killed_params = study.ask(distributions(_cfg().sweep)).params
+
+    second = _sweep(_cfg("sweep.trials=6"))
+    assert second.study_name == first.study_name
+    assert not any(t.cached for t in second.trials), "a finished trial was run again"
+    assert second.trials[0].params == killed_params  # the killed trial is asked again first
+    assert second.finished == 6
+    trials = _study(second).get_trials()
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed one, re-asked
+    done = [t for t in trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(done) == 6 and all(t.intermediate_values for t in done)
+    pruned = [t for t in done if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "no trial was pruned"
+    for t in pruned:  # stopped before the last epoch (3)
+        assert max(t.intermediate_values) < 2
+    assert all(r.epochs < 3 for r in second.trials if r.state == "pruned")
+
+    # The best trial went through evaluate → export → register → promote, with its lineage.
+    reg = second.pipeline.registered
+    assert reg is not None and reg.promoted
+    best = _study(second).best_trial
+    assert second.best_number == best.number
+    client = MlflowClient()
+    tags = client.get_model_version(reg.name, reg.version).tags
+    assert tags["trainflow.sweep"] == second.study_name
+    assert tags["trainflow.trial"] == str(best.number)
+    assert tags["trainflow.sweep_run_id"] == second.parent_run_id
+    # One parent run (best params, plots) and a nested child run per finished trial.
+    parent = client.get_run(second.parent_run_id)
+    assert {f"best.{k}" for k in best.params} <= set(parent.data.tags)
+    arts = {a.path for a in client.list_artifacts(second.parent_run_id, "optuna")}
+    assert {"optuna/history.png", "optuna/importances.png"} <= arts
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{second.parent_run_id}'")
+    assert len(children) == 6
+    assert all("sweep.model.kwargs.lr" in c.data.params for c in children)
+    assert all("val_loss" in c.data.metrics for c in children)
+
+    # The same command again: nothing to train.
+    third = _sweep(_cfg("sweep.trials=6"))
+    assert third.trials == [] and third.finished == 6
+    assert third.best_number == second.best_number
+
+
+def test_seeded_sweep_is_reproducible(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    cfg = _cfg("sweep.trials=4", "registry.enabled=false", "export.onnx=false")
+    runs = []
+    for name in ("one", "two"):
+        monkeypatch.setenv("TRAINFLOW_PROJECT_DIR", str(tmp_path / name))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / name}/mlflow.db")
+        runs.append(_sweep(cfg))
+    a, b = runs
+    assert not any(t.cached for t in b.trials)  # fresh project: nothing cached
+    assert [(t.params, t.value, t.state) for t in a.trials] == [
+        (t.params, t.value, t.state) for t in b.trials]
+    wa = torch.load(a.pipeline.trained.checkpoint, weights_only=True)["state_dict"]
+    wb = torch.load(b.pipeline.trained.checkpoint, weights_only=True)["state_dict"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
