@@ -116,3 +116,24 @@ def test_seeded_sweep_is_reproducible(tmp_path: Path, monkeypatch) -> None:  # n
     wa = torch.load(a.pipeline.trained.checkpoint, weights_only=True)["state_dict"]
     wb = torch.load(b.pipeline.trained.checkpoint, weights_only=True)["state_dict"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_trials_on_a_dask_cluster_match_one_at_a_time(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from distributed import LocalCluster
+
+    # Order-independent: every trial a seeded random draw (startup_trials >= trials), no pruner
+    # (the median depends on which trials have reported when); parallel rounds ask the same.
+    cfg = _cfg("sweep.trials=4", "sweep.startup_trials=8", "sweep.pruner=none",
+               "registry.enabled=false", "export.onnx=false")
+    monkeypatch.setenv("TRAINFLOW_PROJECT_DIR", str(tmp_path / "one"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'one'}/mlflow.db")
+    one = _sweep(cfg)
+    monkeypatch.setenv("TRAINFLOW_PROJECT_DIR", str(tmp_path / "two"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'two'}/mlflow.db")
+    parallel = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"parallel": 2})})
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        two = _sweep(parallel, dask_address=cluster.scheduler_address)
+    assert not any(t.cached for t in two.trials)
+    assert two.best_params == one.best_params and two.best_value == one.best_value
+    assert [(t.params, t.value) for t in one.trials] == [(t.params, t.value) for t in two.trials]
