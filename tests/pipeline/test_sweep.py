@@ -137,3 +137,37 @@ def test_trials_on_a_dask_cluster_match_one_at_a_time(tmp_path: Path, monkeypatc
     assert not any(t.cached for t in two.trials)
     assert two.best_params == one.best_params and two.best_value == one.best_value
     assert [(t.params, t.value) for t in one.trials] == [(t.params, t.value) for t in two.trials]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_trial_killed_mid_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    import optuna
+
+    from flows.sweep import distributions, with_params
+    from tasks.prepare_data import prepare
+    from tasks.train import fit
+    from tasks.trial import run_trial, trial_key
+    from trainer.callbacks import Callback
+
+    class KillAfterFirstEpoch(Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:  # noqa: ANN001
+            if trainer.current_epoch == 1:  # epoch 0 and its checkpoints are done
+                raise _Killed
+
+    cfg = _cfg("tracking.uri=sqlite:///" + str(tmp_path / "mlflow.db"))
+    data = prepare(cfg.data, tmp_path / "data")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    t = study.ask(distributions(cfg.sweep))
+    tcfg = with_params(cfg, t.params)
+    key = trial_key(data, tcfg)
+    root = tmp_path / "trial" / key
+    with pytest.raises(_Killed):  # the first attempt dies after one epoch, leaving last.ckpt
+        fit(data, tcfg, root, key, track=False, callbacks=[KillAfterFirstEpoch()])
+    assert (root / "checkpoints" / "last.ckpt").exists() and not (root / "trial.json").exists()
+
+    outcome = run_trial(data, tcfg, root, key, t)
+    assert outcome.trained.resumed_from == root / "checkpoints" / "last.ckpt"
+    assert outcome.epochs == 3 and sorted(outcome.curve) == [1, 2]  # epoch 0 was not redone
