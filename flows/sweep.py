@@ -13,17 +13,20 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flows.config import ConfigError, PipelineConfig, SweepConfig, apply_overrides, validate_config
+if TYPE_CHECKING:  # the CLI imports this module: pydantic loads only when the command runs
+    from flows.config import PipelineConfig, SweepConfig
 
 # ------------------------------------------------------------------------- config → trials
 
 
 def sweep_section(cfg: PipelineConfig) -> SweepConfig:
     """The config's ``sweep:`` section; refused in one line when missing or empty."""
+    from flows.config import ConfigError
+
     if cfg.sweep is None or not cfg.sweep.space:
         raise ConfigError(
             "sweep.space: name at least one config key to search, e.g. "
@@ -42,6 +45,8 @@ def _probe_values(param: Any) -> list[Any]:
 
 def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
     """``cfg`` with each dotted key set to its value, validated like ``--set`` overrides."""
+    from flows.config import apply_overrides, validate_config
+
     raw = cfg.model_dump(mode="json")
     items = [f"{k}={json.dumps(v)}" for k, v in params.items()]
     return validate_config(apply_overrides(raw, items))
@@ -50,6 +55,8 @@ def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
 def check_space(cfg: PipelineConfig) -> None:
     """Every space key must be a config key: apply each one (each choice, both ends) and
     validate it like a ``--set`` override."""
+    from flows.config import ConfigError
+
     sweep = sweep_section(cfg)
     for key, param in sweep.space.items():
         if key.split(".")[0] == "sweep":
@@ -118,6 +125,7 @@ def sweep(
 ) -> None:
     """Tune with Optuna (cached, resumable trials), then promote the best like `run`."""
     from flows.cli import _fail, _load
+    from flows.config import ConfigError
 
     if config is None:
         config = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"

@@ -171,3 +171,19 @@ def test_a_trial_killed_mid_fit_resumes_from_its_checkpoint(tmp_path: Path) -> N
     outcome = run_trial(data, tcfg, root, key, t)
     assert outcome.trained.resumed_from == root / "checkpoints" / "last.ckpt"
     assert outcome.epochs == 3 and sorted(outcome.curve) == [1, 2]  # epoch 0 was not redone
+
+
+def test_cli_refuses_a_bad_space_key_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINFLOW_PROJECT_DIR": str(tmp_path)}
+    bad = "sweep.space={trainer.lrr: {type: float, low: 0.1, high: 1}}"
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", "--set", bad],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: sweep.space.trainer.lrr: not a usable config key "
+        "(trainer.lrr: unknown key (remove it or check the spelling))"]
+    assert not (tmp_path / ".trainflow").exists()  # refused before anything ran
