@@ -20,10 +20,9 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-_TMP = Path(tempfile.mkdtemp(prefix="trainflow-bench-sweep-"))
-os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))
 
 REPO = Path(__file__).resolve().parents[1]
+_TMP = Path()
 
 
 def _use_project(path: Path) -> None:
@@ -37,6 +36,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=3)
     args = ap.parse_args()
+    # Made here, not at import: worker processes re-import this module.
+    global _TMP
+    _TMP = Path(tempfile.mkdtemp(prefix="trainflow-bench-sweep-"))
+    os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))
 
     from flows.config import load_config
     from flows.sweep import with_params
