@@ -4,8 +4,9 @@ Prefect, no Optuna, no MLflow).
 
     PYTHONPATH=. .venv/bin/python bench/sweep.py [--trials 16] [--epochs 3]
 
-Each case runs in a fresh project folder (nothing cached); registry and export are off, so
-the figures are the trials plus one prepare and one evaluate. Prints a markdown table.
+Each case runs in a fresh project folder (nothing cached) after an unmeasured warm-up sweep
+(Prefect's local API start); registry and export are off, so the figures are the trials plus
+one prepare and one evaluate. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def main() -> None:
     rows = []
     direct_params = None
     try:
+        # Warm-up, not measured: Prefect's local API, the MLflow schema, the imports.
+        warm = load_config(REPO / "configs" / "sweep.yaml", [*base, "sweep.trials=1",
+                                                              "trainer.max_epochs=1"])
+        _use_project(_TMP / "warm-up")
+        run_sweep(warm)
         for parallel in (1, 2):
             for pruner in ("none", "median"):
                 cfg = load_config(REPO / "configs" / "sweep.yaml",
