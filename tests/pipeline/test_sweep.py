@@ -51,11 +51,13 @@ def test_sweep_promotes_best_prunes_and_continues_without_retraining(project: Pa
     from mlflow import MlflowClient
 
     from flows.sweep import distributions
+    from tasks.registry import lineage
 
     # An interrupted sweep: 3 trials finished, a 4th left RUNNING by a killed process.
     first = _sweep(_cfg("sweep.trials=3"))
     assert [t.number for t in first.trials] == [0, 1, 2]
     study = _study(first)
+    study.sampler = optuna.samplers.RandomSampler(seed=1)  # the killed trial's params, seeded
     killed_params = study.ask(distributions(_cfg().sweep)).params
 
     second = _sweep(_cfg("sweep.trials=6"))
@@ -74,9 +76,12 @@ def test_sweep_promotes_best_prunes_and_continues_without_retraining(project: Pa
         assert max(t.intermediate_values) < 2
     assert all(r.epochs < 3 for r in second.trials if r.state == "pruned")
 
-    # The best trial went through evaluate → export → register → promote, with its lineage.
+    # The best trial went through evaluate → export → register → promote, with its lineage;
+    # the gate chose the champion between it and the 3-trial sweep's best (version 1).
     reg = second.pipeline.registered
-    assert reg is not None and reg.promoted
+    assert reg is not None and reg.version == "2"
+    accs = {v: lineage(reg.name, v)["metrics"]["test_acc"] for v in ("1", "2")}
+    assert reg.promoted == (accs["2"] > accs["1"]), reg.decision
     best = _study(second).best_trial
     assert second.best_number == best.number
     client = MlflowClient()
