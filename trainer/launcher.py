@@ -253,6 +253,8 @@ class Launcher:
             "loopback": loopback,
             "threads": strategy.threads_per_rank,
             "nproc": strategy.devices,
+            # the caller's seed (torch.manual_seed(config seed) sets it): each rank derives its own
+            "seed": torch.initial_seed(),
         }
         extra: dict[str, Any] = {}
         if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}:
@@ -488,6 +490,26 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="trainflow-parent-watch", daemon=True).start()
 
 
+def seed_rank(base_seed: int, rank: int) -> int:
+    """Seed python, numpy and torch in a worker from the caller's seed, differently per rank.
+
+    Spawned workers start with fresh, random RNG states: without this, dropout (and anything else
+    drawing from the global generators) differs from one identical run to the next. Ranks get
+    distinct streams (dropout masks must not repeat across ranks); the weights are the same on
+    every rank anyway (the module comes from the caller, DDP broadcasts rank 0's at wrap).
+    Returns the seed used.
+    """
+    import random
+
+    import numpy as np
+
+    seed = (int(base_seed) + 1_000_003 * (rank + 1)) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    return seed
+
+
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, Tensor):
         return obj.detach().cpu()
@@ -563,6 +585,7 @@ def _worker_entry(payload: bytes, opts: dict[str, Any]) -> dict[str, Any] | None
             os.environ.setdefault("NCCL_SOCKET_IFNAME", ifname)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", opts["nproc"]))
     set_threads_per_rank(local_world, opts["threads"])
+    seed_rank(opts["seed"], int(os.environ.get("RANK", "0")))
     strategy = None
     try:
         function, args, kwargs, trainer, strategy = pickle.loads(payload)

@@ -273,3 +273,12 @@ class CountGradAllReduce(Callback):
         if trainer.is_global_zero:
             with open(self.path, "w") as f:
                 f.write(str(self.state["calls"]))
+
+
+class DropoutMLP(MLPModule):
+    """MLPModule with dropout: its masks come from each worker's global RNG."""
+
+    def __init__(self, d_in: int = 8, hidden: int = 16, n_cls: int = 3, lr: float = 0.1) -> None:
+        super().__init__(d_in, hidden, n_cls, lr)
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(0.5),
+                                 nn.Linear(hidden, n_cls))
