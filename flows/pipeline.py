@@ -23,6 +23,7 @@ from prefect.states import State  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
 from flows.config import PipelineConfig, StageRetry, load_config  # noqa: E402
+from flows.stage_cache import checked_cache_key  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.export import export  # noqa: E402
 from tasks.prepare_data import prepare_data  # noqa: E402
@@ -60,48 +61,41 @@ class PipelineResult(BaseModel):
     flow_run_id: str | None = None
 
 
-def _with_policy(task: Any, retry: StageRetry, home: Path) -> Any:
-    return task.with_options(
-        result_storage=results_dir(home),
-        persist_result=True,
-        retries=retry.retries,
-        retry_delay_seconds=list(retry.delays) or 0,
-        retry_condition_fn=retry_transient,
-    )
+def _with_policy(task: Any, retry: StageRetry, home: Path, store: str | None = None) -> Any:
+    """The stage task with our retry policy and a cache that is data (JSON records of our
+    stage types, checked before use: flows/stage_cache.py)."""
+    cached = task.cache_key_fn is not None
+    options: dict[str, Any] = {
+        "result_storage": results_dir(home),
+        "persist_result": cached,
+        "result_serializer": "json",
+        "retries": retry.retries,
+        "retry_delay_seconds": list(retry.delays) or 0,
+        "retry_condition_fn": retry_transient,
+    }
+    if cached:
+        options["cache_key_fn"] = checked_cache_key(task, results_dir(home), store)
+    return task.with_options(**options)
 
 
 def _run(
-    name: str, task: Any, retry: StageRetry, home: Path, result: PipelineResult, *args: Any
+    name: str, task: Any, retry: StageRetry, home: Path, result: PipelineResult, store: str,
+    *args: Any,
 ) -> Any:
-    """Run a stage; if its cached output's files are gone, run it again without the cache."""
+    """Run a stage; a cached output is served only if still true (flows/stage_cache.py)."""
     t0 = time.perf_counter()
-    state: State = _with_policy(task, retry, home)(*args, return_state=True)
+    state: State = _with_policy(task, retry, home, store)(*args, return_state=True)
     if not state.is_completed():
         result.stages[name] = StageRecord(
             state=state.name or "Failed", seconds=round(time.perf_counter() - t0, 3)
         )
     value = state.result()  # raises the stage's error: later stages do not run
-    if state.name == "Cached" and not _outputs_exist(value):
-        state = _with_policy(task, retry, home).with_options(refresh_cache=True)(
-            *args, return_state=True
-        )
-        value = state.result()
     result.stages[name] = StageRecord(
         state=state.name or state.type.value,
         seconds=round(time.perf_counter() - t0, 3),
         cache_key=getattr(value, "cache_key", None),
     )
     return value
-
-
-def _outputs_exist(value: Any) -> bool:
-    if isinstance(value, DatasetRef):
-        return all(s.path.exists() for s in value.splits.values())
-    for attr in ("checkpoint", "onnx", "torchscript"):
-        p = getattr(value, attr, None)
-        if isinstance(p, Path) and not p.exists():
-            return False
-    return True
 
 
 def _summary_markdown(cfg: PipelineConfig, result: PipelineResult) -> str:
@@ -152,27 +146,32 @@ def training_pipeline(
 
         tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(None)})
         cfg = cfg.model_copy(update={"tracking": tracking})
+    from flows.tracking import store_identity
+
     home = home_dir()
+    store = store_identity(cfg.tracking.uri)  # fails fast on a bad store; a new store: new keys
     result = PipelineResult(home=home, flow_run_id=flow_run.get_id())
     r = cfg.retries
 
     try:
-        data = _run("prepare_data", prepare_data, r.prepare_data, home, result, cfg.data, str(home))
+        data = _run(
+            "prepare_data", prepare_data, r.prepare_data, home, result, store, cfg.data, str(home)
+        )
         result.data = data
-        trained = _run("train", train, r.train, home, result, data, cfg, str(home))
+        trained = _run("train", train, r.train, home, result, store, data, cfg, str(home))
         result.trained = trained
-        report = _run("evaluate", evaluate, r.evaluate, home, result, trained, data, cfg)
+        report = _run("evaluate", evaluate, r.evaluate, home, result, store, trained, data, cfg)
         result.report = report
         result.metrics = dict(report.metrics)
-        exported = _run("export", export, r.export, home, result, trained, cfg, str(home))
+        exported = _run("export", export, r.export, home, result, store, trained, cfg, str(home))
         result.exported = exported
         if cfg.registry.enabled:
             registered = _run(
-                "register", register, r.registry, home, result, trained, report, exported, cfg,
-                data,
+                "register", register, r.registry, home, result, store,
+                trained, report, exported, cfg, data,
             )
             result.registered = _run(
-                "promote", promote, r.registry, home, result, registered, cfg
+                "promote", promote, r.registry, home, result, store, registered, cfg
             )
     finally:
         create_markdown_artifact(

@@ -52,4 +52,6 @@ def configure_environment(home: Path | None = None) -> Path:
         # on a loaded 2-core machine.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        # Results Prefect persists are JSON, never pickles: the project folder is data.
+        os.environ.setdefault("PREFECT_RESULTS_DEFAULT_SERIALIZER", "json")
     return home

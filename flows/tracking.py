@@ -36,10 +36,12 @@ __all__ = [
     "get_or_create_experiment",
     "project_dir",
     "resolve_tracking_uri",
+    "run_exists",
     "run_ui",
     "seed_sqlite_store",
     "sqlite_path",
     "start_server",
+    "store_identity",
     "store_template",
 ]
 
@@ -161,6 +163,31 @@ def _http_health(uri: str, timeout: float) -> None:
         ) from None
 
 
+_SEEN_FILES: dict[Path, tuple[int, int]] = {}
+
+
+def _forget_replaced_store(uri: str, db: Path) -> None:
+    """Drop MLflow's cached database engines for ``uri`` when its file was replaced (moved away,
+    a new store created) since this process last opened it: their pooled connections still point
+    at the old file, and writes through them fail ("readonly database")."""
+    try:
+        st = db.stat()
+    except OSError:
+        return
+    ident = (st.st_dev, st.st_ino)
+    if _SEEN_FILES.setdefault(db, ident) == ident:
+        return
+    _SEEN_FILES[db] = ident
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    for store in (TrackingStore, RegistryStore):
+        engines = getattr(store, "_engine_map", {})
+        for key in [k for k in engines if k == uri]:
+            with contextlib.suppress(Exception):
+                engines.pop(key).dispose()
+
+
 def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
     """Fail fast, before training, when the tracking store cannot be used.
 
@@ -185,6 +212,7 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
             )
         if not db.exists():
             seed_sqlite_store(db)
+        _forget_replaced_store(resolved, db)
         try:
             from mlflow import MlflowClient
 
@@ -208,6 +236,35 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> str:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingUnreachable(f"tracking URI {resolved} is unusable: {first}") from None
     return resolved
+
+
+def run_exists(uri: str | None, run_id: str) -> bool:
+    """Whether MLflow run ``run_id`` is in the store at ``uri`` (False when it was deleted or the
+    store is another one; errors other than "no such run" are raised)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    resolved = resolve_tracking_uri(uri)
+    try:
+        MlflowClient(resolved, resolved).get_run(run_id)
+    except MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(err, "error_code", "")):
+            return False
+        raise
+    return True
+
+
+def store_identity(uri: str | None) -> str:
+    """``<uri>#<creation time of the store's Default experiment>``: a new database at the same
+    URI (the old one moved away) has another identity. Opens (or creates) the store first, so an
+    unusable one fails here with :class:`TrackingUnreachable`, before any stage runs."""
+    resolved = check_reachable(uri)
+    from mlflow import MlflowClient
+
+    try:
+        return f"{resolved}#{MlflowClient(resolved, resolved).get_experiment('0').creation_time}"
+    except Exception:  # noqa: BLE001 - no Default experiment (a server's choice): the URI alone
+        return resolved
 
 
 # --------------------------------------------------------------------------- new SQLite stores

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,10 @@ def fit(
 
     done = root / "result.json"
     if done.exists():
-        return TrainResult.model_validate_json(done.read_text())
+        finished = TrainResult.model_validate_json(done.read_text())
+        if not (track and finished.mlflow_run_id and _run_gone(cfg, finished.mlflow_run_id)):
+            return finished
+        shutil.rmtree(root)  # its MLflow run is not in this store (moved, replaced): train anew
     root.mkdir(parents=True, exist_ok=True)
     tc = cfg.trainer
     if tc.num_threads:
@@ -298,6 +302,12 @@ def fit(
     tmp.write_text(result.model_dump_json(indent=1))
     os.replace(tmp, done)
     return result
+
+
+def _run_gone(cfg: PipelineConfig, run_id: str) -> bool:
+    from flows.tracking import run_exists
+
+    return not run_exists(cfg.tracking.uri, run_id)
 
 
 def _scalar(v: Any) -> bool:
