@@ -515,6 +515,7 @@ def register_model(
         _ensure_registered_model(client, name)
         existing = _find_version_by_hash(client, name, digest)
         if existing is not None:
+            _complete_registration(client, name, existing)  # a killed registration's last steps
             return RegisteredVersion(
                 name,
                 str(existing.version),
@@ -537,7 +538,7 @@ def register_model(
                     name, source=info.model_uri, run_id=rid, tags=version_tags,
                     description=description, model_id=info.model_id,
                 )
-                client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
+                _complete_registration(client, name, mv)
             return RegisteredVersion(
                 name, str(mv.version), rid, f"models:/{name}/{mv.version}", digest, True,
                 version_tags,
@@ -581,7 +582,7 @@ def register_model(
                 description=description,
                 model_id=info.model_id,
             )
-            client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
+            _complete_registration(client, name, mv)
     return RegisteredVersion(
         name, str(mv.version), rid, f"models:/{name}/{mv.version}", digest, True, version_tags
     )
@@ -649,6 +650,20 @@ def _pinned(package: str) -> str:
     from mlflow.utils.requirements_utils import _get_pinned_requirement
 
     return _get_pinned_requirement(package)
+
+
+REGISTRATION_TAG = f"{TAG_PREFIX}registration"
+
+
+def _complete_registration(client: Any, name: str, mv: Any) -> None:
+    """The last steps of registering ``mv``: alias ``challenger``, then a "complete" tag. A
+    version found without the tag was left by a killed registration: these steps finish it."""
+    if (mv.tags or {}).get(REGISTRATION_TAG) == "complete":
+        return
+    if mv.run_id:
+        _restore_run_status(client, mv.run_id)
+    client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
+    client.set_model_version_tag(name, str(mv.version), REGISTRATION_TAG, "complete")
 
 
 def _pip_requirements() -> list[str]:
@@ -736,17 +751,32 @@ def _open_run(
         rid = run.info.run_id
         return rid, lambda: None
     try:
-        info = client.get_run(run_id).info
+        run = client.get_run(run_id)
     except MlflowException:
         raise RegistryError(f"register_model.run_id: no run {run_id!r} in {uri}") from None
+    info = run.info
+    # Logging reopens the run (RUNNING); its status before is kept in a tag until restored, so
+    # a registration killed meanwhile does not leave the run RUNNING for good: the next one
+    # restores the status recorded by the killed one.
+    status = run.data.tags.get(_STATUS_TAG) or info.status
+    client.set_tag(run_id, _STATUS_TAG, status)
 
-    def restore() -> None:
-        if info.status == "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-        else:
-            client.set_terminated(run_id, status=info.status, end_time=info.end_time)
+    return run_id, lambda: _restore_run_status(client, run_id, info.end_time)
 
-    return run_id, restore
+
+_STATUS_TAG = f"{TAG_PREFIX}status_before_register"
+
+
+def _restore_run_status(client: Any, run_id: str, end_time: int | None = None) -> None:
+    """Put back the status recorded in the run's ``status_before_register`` tag, if any."""
+    status = client.get_run(run_id).data.tags.get(_STATUS_TAG)
+    if status is None:
+        return
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status=status, end_time=end_time)
+    client.delete_tag(run_id, _STATUS_TAG)
 
 
 # --------------------------------------------------------------------------- promote

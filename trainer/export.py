@@ -33,7 +33,9 @@ tuple/list of Tensors (positional arguments) or a dict of Tensors (keyword argum
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
+import io
 import json
 import logging
 import math
@@ -327,10 +329,14 @@ def _fsync(path: Path) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -714,6 +720,22 @@ class _FlatOutputs(nn.Module):
         return dict(_flatten_outputs(self.inner(*args, **kwargs)))
 
 
+@contextlib.contextmanager
+def _fresh_jit_types() -> Iterator[None]:
+    """Compile into a new compilation unit and type store: TorchScript numbers type names by
+    how many were compiled before in the process (``___torch_mangle_N``), so without this the
+    n-th export of one model in a process saves to other bytes than the first."""
+    from torch.jit import _recursive, _state
+
+    saved = _state._python_cu, _recursive.concrete_type_store
+    _state._python_cu = torch._C.CompilationUnit()
+    _recursive.concrete_type_store = _recursive.ConcreteTypeStore()
+    try:
+        yield
+    finally:
+        _state._python_cu, _recursive.concrete_type_store = saved
+
+
 def _traceable_outputs(out: Any) -> bool:
     if isinstance(out, Tensor):
         return True
@@ -752,7 +774,7 @@ def to_torchscript(
     if sample is not None:
         sample = _to(*sample, _module_device(module))
 
-    with _eval_mode(module), _jit_quietly(), _jit_scripting(module):
+    with _eval_mode(module), _jit_quietly(), _jit_scripting(module), _fresh_jit_types():
         if method == "script":
             try:
                 ts = torch.jit.script(module, **kwargs)
@@ -773,7 +795,9 @@ def to_torchscript(
                     target,
                     example_inputs=args or None,
                     example_kwarg_inputs=kw or None,
-                    **{"strict": False, **kwargs},
+                    # compiled into the fresh unit of _fresh_jit_types (stable type names)
+                    **{"strict": False, "_compilation_unit": torch.jit._state._python_cu,
+                       **kwargs},
                 )
             except Exception as e:
                 raise ExportError(f"{what}: torch.jit.trace failed: {_summary(e)}") from e
@@ -801,19 +825,40 @@ def to_torchscript(
         )
         metadata["outputs"] = outs
     text = json.dumps(metadata, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with _jit_quietly():
-            torch.jit.save(ts, tmp, _extra_files={METADATA_KEY: text})
-        _fsync(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # Saved to memory, not to the temp file: torch.jit.save names the archive's top folder after
+    # the file it writes, so a random temp name would make every export of one model differ.
+    buf = io.BytesIO()
+    with _jit_quietly():
+        torch.jit.save(ts, buf, _extra_files={METADATA_KEY: text})
+    _atomic_write_bytes(path, _stable_archive(buf.getvalue()))
     _atomic_write_text(_sidecar(path), text)
     return ts
+
+
+def _stable_archive(blob: bytes) -> bytes:
+    """The TorchScript archive rebuilt so that the same model always gives the same bytes.
+
+    Dropped: the ``*.debug_pkl`` records (the Python call stack at trace time, Prefect's frames
+    included: they differ from run to run and only serve error messages). Replaced: torch's
+    ``.data/serialization_id`` (a per-process counter) by a hash of the other records. Entries
+    keep their order and are stored uncompressed with a fixed timestamp, as torch writes them.
+    """
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(blob))
+    records = [(i.filename, src.read(i)) for i in src.infolist()
+               if not i.filename.endswith(".debug_pkl")]
+    digest = hashlib.sha256()
+    for name, data in records:
+        if not name.endswith("/.data/serialization_id"):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for name, data in records:
+            if name.endswith("/.data/serialization_id"):
+                data = str(int(digest.hexdigest(), 16)).zfill(len(data))[: len(data)].encode()
+            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- metadata
