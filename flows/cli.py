@@ -164,6 +164,7 @@ def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
 
 
 def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
+    _exit_on_signals()  # SIGTERM / SIGHUP: exit handlers stop Prefect's local API
     from flows.settings import configure_environment
 
     configure_environment()
@@ -182,6 +183,8 @@ def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
             result = training_pipeline(cfg)
     except (ConfigError, DataError, StageError) as err:
         _fail(str(err), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; run again to continue where it stopped", 130)
     except Exception as err:  # noqa: BLE001 - one line for the user; Prefect logged the trace
         _fail(f"{type(err).__name__}: {err}", 1)
     # The API stops at exit, after Prefect has sent the run's last logs and events to it.
@@ -250,22 +253,22 @@ def serve(
     """Serve the pipeline on a cron schedule (needs a Prefect server: PREFECT_API_URL)."""
     cfg = _load(config, set_)
     _check_data(cfg)
+    from flows.settings import configure_environment
+
+    configure_environment()
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError:
+        _fail(f"--cron: not a valid cron expression: {cron!r} (e.g. '0 2 * * *')")
     if not os.environ.get("PREFECT_API_URL"):
         _fail(
             "schedules need a Prefect server: start one with "
             "`prefect server start --host 127.0.0.1` and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (see deployments/README.md)"
         )
-    try:
-        from croniter import croniter
-
-        if not croniter.is_valid(cron):
-            _fail(f"--cron: not a valid cron expression: {cron!r}")
-    except ImportError:
-        pass
-    from flows.settings import configure_environment
-
-    configure_environment()
     from flows.pipeline import training_pipeline
 
     training_pipeline.serve(
@@ -277,7 +280,7 @@ def serve(
 
 @app.command()
 def ui(
-    port: Annotated[int, typer.Option(help="Port for the MLflow UI")] = 5000,
+    port: Annotated[int, typer.Option(help="Port for the MLflow UI", min=1, max=65535)] = 5000,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI")] = None,
 ) -> None:
@@ -288,11 +291,26 @@ def ui(
     )
     from flows import tracking
 
+    _exit_on_signals()  # SIGTERM / SIGHUP: stop the MLflow server too (run_ui's finally)
     try:
         code = tracking.run_ui(host=host, port=port, tracking_uri=tracking_uri)
     except tracking.TrackingUnreachable as err:
         _fail(str(err), 1)
     raise typer.Exit(code)
+
+
+def _exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end this process like Ctrl-C does (an exception, so ``finally`` blocks
+    and exit handlers run and stop the servers it started), not silently as by default."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, stop)
 
 
 TrackingOpt = Annotated[
@@ -374,15 +392,29 @@ def promote(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Move ALIAS to VERSION if it beats the current champion on METRIC."""
+    import math
+
+    from flows.config import check_alias, check_model_name
+
+    for what, check, value in (("NAME", check_model_name, name), ("--alias", check_alias, alias)):
+        try:
+            check(value)
+        except ValueError as err:
+            _fail(f"{what}: {err}")
+    if not version.isdigit() or int(version) < 1:
+        _fail(f"VERSION: must be a version number like 1 or 12 (got {version!r})")
     if mode not in ("max", "min"):
         _fail(f"--mode: must be max or min (got {mode!r})")
+    if not (math.isfinite(min_delta) and min_delta >= 0):
+        _fail(f"--min-delta: must be a finite number >= 0 (got {min_delta})")
+    from flows.tracking import TrackingUnreachable
     from tasks.registry import RegistryError
     from tasks.registry import promote as registry_promote
 
     try:
         d = registry_promote(name, version, metric, mode, min_delta, alias=alias,
                              tracking_uri=tracking_uri)
-    except RegistryError as err:
+    except (RegistryError, TrackingUnreachable, ValueError) as err:
         _fail(str(err), 1)
     verdict = f"promoted to @{d.alias}" if d.promoted else "not promoted"
     typer.echo(f"{d.name} v{d.version}: {verdict} ({d.reason})")

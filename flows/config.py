@@ -13,12 +13,22 @@ model, the evaluation metrics, the gate and its direction) and refused when it d
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 EXAMPLE_DATA = Path(__file__).resolve().parent.parent / "models" / "data" / "digits.parquet"
 
@@ -97,6 +107,34 @@ class ModelConfig(_Section):
     def _import_path(cls, v: str | None) -> str | None:
         return v if v is None else _check_import_path(v)
 
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs_taken(cls, kwargs: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Keyword arguments the class does not take, and negative sizes, are refused now, not
+        after data preparation (a class that cannot be imported is the train stage's error)."""
+        import importlib
+
+        if not info.data.get("class_path"):  # the default model is checked when it is resolved
+            return kwargs
+        mod, _, name = info.data["class_path"].partition(":")
+        try:
+            target = getattr(importlib.import_module(mod), name)
+            params = inspect.signature(target.__init__).parameters
+        except Exception:  # noqa: BLE001 - reported by the train stage with its own message
+            return kwargs
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(kwargs) - set(params) - {"self"})
+            if unknown:
+                taken = ", ".join(k for k in params if k != "self")
+                raise ValueError(f"{name} takes no {', '.join(unknown)} (takes {taken})")
+        for key, value in kwargs.items():
+            default = params[key].default if key in params else None
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0 \
+                    and isinstance(default, int) and not isinstance(default, bool) \
+                    and default > 0:
+                raise ValueError(f"{key} must be > 0 like its default {default} (got {value})")
+        return kwargs
+
 
 class CheckpointConfig(_Section):
     monitor: str = "val_loss"
@@ -148,7 +186,7 @@ def metric_key(name: str) -> str:
 class GateConfig(_Section):
     metric: str | None = None  # None: DEFAULT_GATES[data.task]
     mode: Literal["min", "max"] | None = None  # None: from the metric (min for errors)
-    min_delta: float = Field(0.0, ge=0)
+    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 class EvaluationConfig(_Section):
@@ -161,13 +199,50 @@ class EvaluationConfig(_Section):
 class ExportConfig(_Section):
     onnx: bool = True
     torchscript: bool = True
-    tolerance: float = Field(1e-4, gt=0)
+    tolerance: float = Field(1e-4, gt=0, allow_inf_nan=False)
+
+
+_ALIAS_RULE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is a legal registered model name, else ValueError stating the rule."""
+    from tasks.registry import NAME_RULE, NAME_RULE_TEXT  # stdlib-only at import
+
+    if not NAME_RULE.match(name):
+        raise ValueError(f"must be {NAME_RULE_TEXT} (got {name!r})")
+    return name
+
+
+def check_alias(alias: str) -> str:
+    """``alias`` if MLflow accepts it as a model alias, else ValueError stating the rule."""
+    if not _ALIAS_RULE.match(alias):
+        raise ValueError(
+            f"must be 1-255 letters, digits, '_' or '-' (got {alias!r})"
+        )
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ValueError(f"{alias!r} is reserved by MLflow (latest, v<number>); choose another")
+    return alias
 
 
 class RegistryConfig(_Section):
     enabled: bool = True
     model_name: str = Field("digits-mlp", min_length=1)
     alias: str = Field("champion", min_length=1)
+
+    @field_validator("model_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_model_name(v)
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        check_alias(v)
+        if v == "challenger":
+            raise ValueError("'challenger' is moved to every new version by register; "
+                             "choose another alias to promote to")
+        return v
 
 
 class TrackingConfig(_Section):

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows.children import die_with_parent
 from flows.tracking import free_port
 
 __all__ = ["EphemeralAPI", "start"]
@@ -228,6 +229,8 @@ def start() -> EphemeralAPI | None:
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent),
            "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "error", "--lifespan", "on"]
-    api = EphemeralAPI(subprocess.Popen(cmd, env=env), port, home, migrated=not current)
+    # Ends with this process even when it is SIGKILLed (no exit handler runs then).
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent())  # noqa: PLW1509
+    api = EphemeralAPI(proc, port, home, migrated=not current)
     atexit.register(api.stop)
     return api

@@ -9,7 +9,10 @@ Transient errors are retried with delays (``retries.<stage>``); config and data 
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +154,34 @@ def training_pipeline(
     home = home_dir()
     store = store_identity(cfg.tracking.uri)  # fails fast on a bad store; a new store: new keys
     result = PipelineResult(home=home, flow_run_id=flow_run.get_id())
-    r = cfg.retries
+    with _project_lock(home):
+        return _stages(cfg, home, store, result)
 
+
+@contextlib.contextmanager
+def _project_lock(home: Path) -> Iterator[None]:
+    """One pipeline run per project folder at a time: a second one waits, and says so (two at
+    once trained into the same stage folder and registered the same model twice). The lock is
+    the kernel's (flock): a killed holder releases it."""
+    from filelock import FileLock, Timeout
+
+    home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(home / "pipeline.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"another trainflow run is using {home.parent}; waiting for it to finish",
+              file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _stages(cfg: PipelineConfig, home: Path, store: str, result: PipelineResult) -> PipelineResult:
+    """Every stage in order; a failed one raises (its successors do not run)."""
+    r = cfg.retries
     try:
         data = _run(
             "prepare_data", prepare_data, r.prepare_data, home, result, store, cfg.data, str(home)

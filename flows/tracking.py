@@ -435,14 +435,19 @@ def start_server(
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+    if port:
+        _check_port_free(host, port)
     port = port or free_port(host)
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    from flows.children import die_with_parent
+
     proc = subprocess.Popen(
         _server_cmd(uri, host, port, workers),
         env=_server_env(),
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent(),  # noqa: PLW1509 - ends with us even after a SIGKILL
     )
     if log_path:
         out.close()  # type: ignore[union-attr]
@@ -466,6 +471,19 @@ def start_server(
     raise TrackingUnreachable(
         f"mlflow server on {server.url} did not answer /health within {startup_timeout:.0f}s"
     )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on (mlflow server would exit 0 without a word)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise TrackingUnreachable(
+                f"port {port} on {host} is taken ({exc.strerror}): stop what uses it or choose "
+                "another with --port"
+            ) from None
 
 
 @contextlib.contextmanager

@@ -94,6 +94,8 @@ def build_module(model: ModelConfig, data: DatasetRef) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise StageError(f"model.kwargs: {cls.__name__} does not take them: {err}") from None
+    except Exception as err:  # noqa: BLE001 - bad values: retrying builds the same model
+        raise StageError(f"model.kwargs: {cls.__name__}({kwargs}) failed: {err}") from None
 
 
 def check_output(module: Any, x: Any, data: DatasetRef, class_path: str) -> None:
@@ -255,8 +257,7 @@ def fit(
             "val"
         ].rows else None
 
-    last = root / "checkpoints" / "last.ckpt"
-    resume = last if last.exists() else None
+    resume = _resume_point(root / "checkpoints")
     run_id_file = root / "mlflow_run_id"
     logger = None
     if track:
@@ -278,7 +279,7 @@ def fit(
     else:
         trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
 
-    best = trainer.checkpoint_callback.best_model_path or str(last)
+    best = trainer.checkpoint_callback.best_model_path or str(root / "checkpoints" / "last.ckpt")
     best_path = Path(best)
     if not best_path.exists():
         raise StageError(f"train: no checkpoint was written in {root / 'checkpoints'}")
@@ -302,6 +303,26 @@ def fit(
     tmp.write_text(result.model_dump_json(indent=1))
     os.replace(tmp, done)
     return result
+
+
+def _resume_point(folder: Path) -> Path | None:
+    """``last.ckpt`` when it reads back; a corrupt one (truncated by a kill, disk full) is moved
+    aside with a warning and the best checkpoint, if readable, is resumed from instead."""
+    from trainer.checkpoint import CheckpointError, load_checkpoint
+
+    for name in ("last.ckpt", "best.ckpt"):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            load_checkpoint(path)
+            return path
+        except CheckpointError as err:
+            aside = path.with_name(f"{name}.corrupt")
+            os.replace(path, aside)
+            warnings.warn(f"{err}; moved to {aside.name}, resuming from the last good state",
+                          stacklevel=2)
+    return None
 
 
 def _run_gone(cfg: PipelineConfig, run_id: str) -> bool:

@@ -6,6 +6,7 @@ a content hash travels with every path, so a file rewritten in place is never mi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from collections.abc import Mapping
@@ -122,12 +123,38 @@ _PERMANENT: tuple[type[BaseException], ...] = (
 )
 
 
+# OSErrors that no retry fixes: disk full, quota, read-only file system, no permission.
+_PERMANENT_ERRNOS = frozenset(
+    getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT")
+    if hasattr(errno, n)
+)
+# Messages of errors from libraries (SQLite through MLflow/SQLAlchemy, our own checks) that say
+# the same: a full disk, a read-only or corrupt store, a corrupt checkpoint, an unusable store.
+_PERMANENT_TEXT = (
+    "database or disk is full", "readonly database", "read-only file system",
+    "database disk image is malformed", "file is not a database", "no space left",
+    "cannot be read as a trainflow checkpoint", "is not a trainflow checkpoint",
+    "cannot open the mlflow store", "is not writable",
+)
+_PERMANENT_NAMES = ("CheckpointError", "TrackingUnreachable", "ConfigError")
+
+
+def _permanent(exc: BaseException) -> bool:
+    if isinstance(exc, _PERMANENT) or type(exc).__name__ in _PERMANENT_NAMES:
+        return True
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(t in text for t in _PERMANENT_TEXT)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether an error may go away on retry (I/O, timeouts, lost workers) or not (config, data)."""
+    """Whether an error may go away on retry (network, a locked database, lost workers) or not
+    (config, data, disk full, read-only, corrupt files, an unusable store)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, _PERMANENT):
+        if _permanent(exc):
             return False
         exc = exc.__cause__  # an error raised "from" a permanent one is permanent too
     return True
