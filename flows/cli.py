@@ -280,17 +280,23 @@ def serve(
 
 @app.command()
 def ui(
-    port: Annotated[int, typer.Option(help="Port for the MLflow UI", min=1, max=65535)] = 5000,
+    port: Annotated[int, typer.Option(help="Port for the MLflow UI")] = 5000,
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI")] = None,
 ) -> None:
     """Open the MLflow UI on the embedded store; prints how to open the Prefect UI."""
+    if not 1 <= port <= 65535:
+        _fail(f"--port: must be 1-65535 (got {port})")
+    from flows import tracking
+
+    try:
+        tracking.check_port_free(host, port)
+    except tracking.TrackingUnreachable as err:
+        _fail(str(err), 1)
     typer.echo(
         "Prefect UI: run `prefect server start --host 127.0.0.1` and open http://127.0.0.1:4200 "
         "(with PREFECT_API_URL=http://127.0.0.1:4200/api set, runs are recorded there)."
     )
-    from flows import tracking
-
     _exit_on_signals()  # SIGTERM / SIGHUP: stop the MLflow server too (run_ui's finally)
     try:
         code = tracking.run_ui(host=host, port=port, tracking_uri=tracking_uri)
@@ -339,6 +345,16 @@ def export_cmd(
         first = (onnx or torchscript).resolve()
         first.parent.mkdir(parents=True, exist_ok=True)
         out = Path(tempfile.mkdtemp(prefix=".export-", dir=first.parent))
+        try:  # the temp folder goes whatever happens (a failed export left it behind, empty)
+            _export_into(checkpoint, out, cfg, targets)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    else:
+        _export_into(checkpoint, out, cfg, targets)
+
+
+def _export_into(checkpoint: Path, out: Path, cfg, targets: dict) -> None:  # noqa: ANN001
+    """Export into ``out``; then move the files to their named ``targets`` if any."""
     from tasks.export import run_export
     from tasks.prepare_data import file_sha256
     from tasks.types import StageError, TrainResult
@@ -356,24 +372,18 @@ def export_cmd(
     )
     try:
         ref = run_export(trained, cfg, out.resolve(), "cli")
-    except StageError as err:
-        if onnx or torchscript:
-            shutil.rmtree(out, ignore_errors=True)
+    except (StageError, CheckpointError) as err:
         _fail(str(err), 1)
     written = {"onnx": ref.onnx, "torchscript": ref.torchscript}
-    try:
-        for kind, target in targets.items():
-            if target is not None and written[kind] is not None:
-                target.resolve().parent.mkdir(parents=True, exist_ok=True)
-                # a rename on one file system: the target appears whole or not at all
-                for suffix in ("", ".json"):
-                    src = Path(f"{written[kind]}{suffix}")
-                    if src.exists():
-                        os.replace(src, f"{target.resolve()}{suffix}")
-                written[kind] = target
-    finally:
-        if onnx or torchscript:
-            shutil.rmtree(out, ignore_errors=True)
+    for kind, target in targets.items():
+        if target is not None and written[kind] is not None:
+            target.resolve().parent.mkdir(parents=True, exist_ok=True)
+            # a rename on one file system: the target appears whole or not at all
+            for suffix in ("", ".json"):
+                src = Path(f"{written[kind]}{suffix}")
+                if src.exists():
+                    os.replace(src, f"{target.resolve()}{suffix}")
+            written[kind] = target
     for p in written.values():
         if p is not None:
             typer.echo(f"wrote {p}")

@@ -31,6 +31,7 @@ __all__ = [
     "MLflowServer",
     "artifact_root_for",
     "cache_dir",
+    "check_port_free",
     "check_reachable",
     "default_tracking_uri",
     "get_or_create_experiment",
@@ -436,7 +437,7 @@ def start_server(
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     if port:
-        _check_port_free(host, port)
+        check_port_free(host, port)
     port = port or free_port(host)
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     from flows.children import die_with_parent
@@ -473,7 +474,7 @@ def start_server(
     )
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Refuse a port another process listens on (mlflow server would exit 0 without a word)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
