@@ -124,3 +124,21 @@ def test_ui_leaves_no_process_behind(tmp_path: Path, sig: int) -> None:
             assert c.connect_ex(("127.0.0.1", port)) != 0  # nobody listens there any more
     finally:
         proc.kill()
+
+
+def test_two_runs_in_one_folder_train_once_and_register_one_version(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    small = ["trainer.max_epochs=2", "model.kwargs={hidden: 16}", "export.torchscript=false"]
+    cmd = [sys.executable, "-m", "flows.cli", "run", *sum((["--set", s] for s in small), [])]
+    procs = [subprocess.Popen(cmd, env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    uri = f"sqlite:///{tmp_path / '.trainflow' / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    versions = client.search_model_versions("name = 'digits-mlp'")
+    assert [str(v.version) for v in versions] == ["1"]
+    exp = client.get_experiment_by_name("trainflow")
+    assert len(client.search_runs([exp.experiment_id])) == 1  # one training run
+    assert len(list((tmp_path / ".trainflow" / "stages" / "train").iterdir())) == 1
