@@ -142,3 +142,26 @@ def test_two_runs_in_one_folder_train_once_and_register_one_version(tmp_path: Pa
     exp = client.get_experiment_by_name("trainflow")
     assert len(client.search_runs([exp.experiment_id])) == 1  # one training run
     assert len(list((tmp_path / ".trainflow" / "stages" / "train").iterdir())) == 1
+
+
+def test_a_second_run_waits_for_the_first_and_says_so(tmp_path: Path) -> None:
+    from flows.pipeline import _project_lock
+
+    home = tmp_path / ".trainflow"
+    small = ["trainer.max_epochs=1", "model.kwargs={hidden: 16}", "registry.enabled=false"]
+    cmd = [sys.executable, "-m", "flows.cli", "run", *sum((["--set", s] for s in small), [])]
+    lines: list[str] = []
+    with _project_lock(home):  # a run in progress holds the project
+        proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        import threading
+
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader.start()
+        _wait_for(lambda: any("another trainflow run is using" in ln for ln in lines)
+                  or proc.poll() is not None, 240, "the second run to reach the lock")
+        assert proc.poll() is None, "".join(lines)
+        assert not (home / "stages").exists()  # it waits: no stage ran
+    assert proc.wait(timeout=600) == 0
+    reader.join(timeout=10)
+    assert (home / "stages" / "train").exists(), "".join(lines)
