@@ -9,14 +9,11 @@ Transient errors are retried with delays (``retries.<stage>``); config and data 
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flows.settings import configure_environment, home_dir, results_dir
+from flows.settings import configure_environment, home_dir, project_lock, results_dir
 
 configure_environment()  # before prefect is imported: PREFECT_HOME inside the project
 
@@ -154,29 +151,8 @@ def training_pipeline(
     home = home_dir()
     store = store_identity(cfg.tracking.uri)  # fails fast on a bad store; a new store: new keys
     result = PipelineResult(home=home, flow_run_id=flow_run.get_id())
-    with _project_lock(home):
+    with project_lock(home):  # one pipeline run per project folder at a time
         return _stages(cfg, home, store, result)
-
-
-@contextlib.contextmanager
-def _project_lock(home: Path) -> Iterator[None]:
-    """One pipeline run per project folder at a time: a second one waits, and says so (two at
-    once trained into the same stage folder and registered the same model twice). The lock is
-    the kernel's (flock): a killed holder releases it."""
-    from filelock import FileLock, Timeout
-
-    home.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(home / "pipeline.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"another trainflow run is using {home.parent}; waiting for it to finish",
-              file=sys.stderr, flush=True)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _stages(cfg: PipelineConfig, home: Path, store: str, result: PipelineResult) -> PipelineResult:

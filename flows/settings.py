@@ -11,8 +11,10 @@ never override that. ``PREFECT_HOME`` is only set when the user has not set it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 STATE_DIR = ".trainflow"
@@ -55,3 +57,44 @@ def configure_environment(home: Path | None = None) -> Path:
         # Results Prefect persists are JSON, never pickles: the project folder is data.
         os.environ.setdefault("PREFECT_RESULTS_DEFAULT_SERIALIZER", "json")
     return home
+
+
+_HELD: dict[Path, object] = {}  # project home -> this process's lock on it
+
+
+def hold_project_lock(home: Path | None = None) -> None:
+    """Take ``<home>/pipeline.lock`` for the rest of this process (waiting, and saying so, while
+    another process holds it). The kernel releases it when the process ends, however it ends.
+
+    Two pipeline runs at once in one project trained into the same stage folder and registered
+    the same model twice; the CLI takes it before starting Prefect's local API on the project's
+    database, so a second ``trainflow run`` touches nothing until the first has exited.
+    """
+    from filelock import FileLock, Timeout
+
+    home = (home or home_dir()).resolve()
+    if home in _HELD:
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(home / "pipeline.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"another trainflow run is using {home.parent}; waiting for it to finish",
+              file=sys.stderr, flush=True)
+        lock.acquire()
+    _HELD[home] = lock
+
+
+@contextlib.contextmanager
+def project_lock(home: Path | None = None) -> Iterator[None]:
+    """The project lock for a block (a no-op where this process already holds it)."""
+    home = (home or home_dir()).resolve()
+    if home in _HELD:
+        yield
+        return
+    hold_project_lock(home)
+    try:
+        yield
+    finally:
+        _HELD.pop(home).release()  # type: ignore[attr-defined]

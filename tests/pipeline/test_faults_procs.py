@@ -145,13 +145,13 @@ def test_two_runs_in_one_folder_train_once_and_register_one_version(tmp_path: Pa
 
 
 def test_a_second_run_waits_for_the_first_and_says_so(tmp_path: Path) -> None:
-    from flows.pipeline import _project_lock
+    from flows.settings import project_lock
 
     home = tmp_path / ".trainflow"
     small = ["trainer.max_epochs=1", "model.kwargs={hidden: 16}", "registry.enabled=false"]
     cmd = [sys.executable, "-m", "flows.cli", "run", *sum((["--set", s] for s in small), [])]
     lines: list[str] = []
-    with _project_lock(home):  # a run in progress holds the project
+    with project_lock(home):  # a run in progress holds the project
         proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         import threading
