@@ -159,19 +159,21 @@ def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
     interactive = sys.stderr.isatty()
     cfg = _load(config, set_)
     _check_data(cfg)
+    _exit_on_signals()  # SIGTERM / SIGHUP: exit handlers stop Prefect's local API
+    from flows.settings import hold_project_lock
+
+    try:  # before the log file takes stderr: a waiting run says so on the terminal
+        hold_project_lock()  # one run per project folder, until this process exits
+    except KeyboardInterrupt:
+        _fail("interrupted while waiting for the other run", 130)
     with _logs_to_file("run"):
         _run_pipeline(cfg, interactive)
 
 
 def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
-    _exit_on_signals()  # SIGTERM / SIGHUP: exit handlers stop Prefect's local API
-    from flows.settings import configure_environment, hold_project_lock
+    from flows.settings import configure_environment
 
     configure_environment()
-    try:
-        hold_project_lock()  # one run per project folder, until this process exits
-    except KeyboardInterrupt:
-        _fail("interrupted while waiting for the other run", 130)
     if interactive and _VERBOSE:  # the bar needs the terminal's stderr
         os.environ.setdefault("TRAINFLOW_PROGRESS", "1")  # a progress bar while training
     from flows import ephemeral
