@@ -214,6 +214,14 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def name_from_path(path: Path) -> str:
+    """A registry model name made from a data file's stem (``wine.csv`` -> ``wine``): characters
+    the registry refuses become '-', a leading one that is not a letter or digit is dropped."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)
+    name = re.sub(r"^[^A-Za-z0-9]+", "", name)[:128].rstrip("-")
+    return name or "model"
+
+
 def check_alias(alias: str) -> str:
     """``alias`` if MLflow accepts it as a model alias, else ValueError stating the rule."""
     if not _ALIAS_RULE.match(alias):
@@ -227,13 +235,13 @@ def check_alias(alias: str) -> str:
 
 class RegistryConfig(_Section):
     enabled: bool = True
-    model_name: str = Field("digits-mlp", min_length=1)
+    model_name: str | None = Field(None, min_length=1)  # None: from data.path's stem
     alias: str = Field("champion", min_length=1)
 
     @field_validator("model_name")
     @classmethod
-    def _name(cls, v: str) -> str:
-        return check_model_name(v)
+    def _name(cls, v: str | None) -> str | None:
+        return v if v is None else check_model_name(v)
 
     @field_validator("alias")
     @classmethod
@@ -334,6 +342,8 @@ class PipelineConfig(_Section):
         task = self.data.task
         if self.model.class_path is None:
             self.model.class_path = DEFAULT_MODELS[task]
+        if self.registry.model_name is None:
+            self.registry.model_name = name_from_path(self.data.path)
         ev = self.evaluation
         if ev.metrics is None:
             ev.metrics = list(DEFAULT_METRICS[task])

@@ -24,8 +24,12 @@ def test_default_yaml_matches_builtin_defaults() -> None:
     assert from_file.data.path == builtin.data.path
     assert from_file.data.path.exists()
     # Sections that feed cache keys are the same whether read from the file or built in.
-    for section in ("data", "evaluation", "export", "registry", "tracking"):
+    for section in ("data", "evaluation", "export", "tracking"):
         assert getattr(from_file, section).digest() == getattr(builtin, section).digest(), section
+    # the example names its model; built in, the name comes from the data file (digits.parquet)
+    assert (from_file.registry.model_name, builtin.registry.model_name) == ("digits-mlp", "digits")
+    assert from_file.registry.model_dump(exclude={"model_name"}) == builtin.registry.model_dump(
+        exclude={"model_name"})
     # ... except the example's model and its fixed 15 epochs: a config without `model:` gets the
     # built-in tabular model for data.task, trained with early stopping.
     assert from_file.model.class_path == "models.digits:DigitsMLP"
@@ -34,6 +38,21 @@ def test_default_yaml_matches_builtin_defaults() -> None:
     differ = {"max_epochs", "early_stopping"}
     assert from_file.trainer.model_dump(exclude=differ) == builtin.trainer.model_dump(
         exclude=differ)
+
+
+@pytest.mark.parametrize(
+    ("data_file", "name"),
+    [("wine.csv", "wine"), ("my sales (2024).parquet", "my-sales-2024"),
+     ("_private.csv", "private"), ("v1.2_data.csv", "v1.2_data"), ("___.csv", "model")],
+)
+def test_registry_name_defaults_to_the_data_files_stem(tmp_path: Path, data_file: str,
+                                                       name: str) -> None:
+    from flows.config import check_model_name
+
+    cfg = load_config(_write(tmp_path, f"data: {{path: '{data_file}'}}\n"))
+    assert cfg.registry.model_name == name == check_model_name(name)
+    named = load_config(_write(tmp_path, "data: {path: wine.csv}\nregistry: {model_name: w}\n"))
+    assert named.registry.model_name == "w"  # a name the config gives is kept
 
 
 @pytest.mark.parametrize(
