@@ -152,6 +152,26 @@ def dataloader(
                       drop_last=drop_last)
 
 
+def _unlogged_monitor(err: KeyError, trainer: Any, cfg: PipelineConfig) -> str:
+    """One line naming the config key whose monitor the module never logs (EarlyStopping's or
+    ModelCheckpoint's KeyError), what it does log and the fix; else the error is re-raised."""
+    tc = cfg.trainer
+    watched = [("ModelCheckpoint(", "trainer.checkpoint.monitor", tc.checkpoint.monitor, None)]
+    if tc.early_stopping is not None:
+        watched.insert(0, ("EarlyStopping(", "trainer.early_stopping.monitor",
+                           tc.early_stopping.monitor, "trainer.early_stopping: null"))
+    text = str(err.args[0]) if err.args else ""
+    logged = sorted(k for k in trainer.callback_metrics if k not in ("epoch", "step"))
+    for source, key, monitor, off in watched:
+        if text.startswith(source) and monitor not in trainer.callback_metrics:
+            fix = f"set {key} to one of them" + (f" (or {off})" if off else "")
+            return (
+                f"{key}: {monitor!r} is not logged by {cfg.model.class_path}; it logs "
+                f"{', '.join(logged) or 'nothing'}; {fix}"
+            )
+    raise err
+
+
 def make_trainer(
     cfg: TrainerConfig,
     root: Path,
@@ -274,10 +294,13 @@ def fit(
             run_id_file.write_text(run_id)
     trainer = make_trainer(tc, root, logger, callbacks=callbacks)
     ckpt = str(resume) if resume else None
-    if dm is not None:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-    else:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+    try:
+        if dm is not None:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        else:
+            trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+    except KeyError as err:
+        raise StageError(_unlogged_monitor(err, trainer, cfg)) from err
 
     best = trainer.checkpoint_callback.best_model_path or str(root / "checkpoints" / "last.ckpt")
     best_path = Path(best)

@@ -99,3 +99,18 @@ def test_verbose_shows_the_logs(tmp_path: Path) -> None:
     assert "Traceback" in res.stderr or "prepare_data" in res.stderr  # Prefect's own lines
     assert last_line(res.stderr) == "error: data.path: table.csv holds no rows"
     assert not (tmp_path / ".trainflow" / "logs").exists()
+
+
+def test_early_stopping_on_a_key_the_module_never_logs_is_named(tmp_path: Path) -> None:
+    config = make_project(tmp_path, "classification", "tiny-es")
+    module = tmp_path / "tiny_models.py"
+    module.write_text(module.read_text().replace('self.log("val_loss"', 'self.log("val_ce"'))
+    # the checkpoint follows what is logged; early stopping keeps its default monitor, val_loss
+    res = trainflow(tmp_path, "run", str(config), "--set", "trainer.checkpoint.monitor=val_ce",
+                    "--set", "trainer.max_epochs=2")
+    assert res.returncode != 0
+    line = last_line(res.stderr)
+    assert line.startswith("error: trainer.early_stopping.monitor: 'val_loss' is not logged by "
+                           "tiny_models:TinyClassifier"), res.stderr[-3000:]
+    assert "val_ce" in line and "KeyError" not in line
+    _assert_nothing_left(tmp_path)
