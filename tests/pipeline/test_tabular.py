@@ -69,6 +69,7 @@ def test_classifier_on_a_csv_with_a_config_of_three_keys(project: Path) -> None:
         assert m[key] == pytest.approx(value, abs=1e-5), key
     assert result.report.gate_metric == "test_acc"
     assert result.registered is not None and result.registered.promoted is True
+    assert result.registered.name == "wine"  # no registry.model_name: the data file's stem
     assert result.exported.onnx is not None and result.exported.onnx.exists()
 
 
