@@ -1,14 +1,20 @@
-"""Trainer vs a hand-written PyTorch loop: time per optimizer step (printed table).
+"""Trainer (and Lightning) vs a hand-written PyTorch loop: time per optimizer step (table).
 
-    .venv/bin/python bench/trainer_loop.py                 # the CPU cases of issue 2
+    .venv/bin/python bench/trainer_loop.py                 # the CPU cases (targets: issue 12)
     .venv/bin/python bench/trainer_loop.py --quick         # tiny counts, a smoke run
     .venv/bin/python bench/trainer_loop.py --device cuda   # + a small bf16-mixed transformer
 
-Each repeat runs the hand loop then the Trainer on fresh copies of the same model, alternating;
-the table shows medians over the repeats and the ratio of the medians. torch.set_num_threads(1)
-(CPU). Batches are pre-built tensors in a list (on the device, one epoch of all the steps),
-so the figures compare loop overhead, not data loading; the Trainer's time is its whole
-fit() call (setup included).
+Each repeat runs the hand loop, then the Trainer, then pytorch-lightning's Trainer on fresh
+copies of the same model, alternating; the table shows medians over the repeats and the ratios
+of the medians to the hand loop's (the target applies to our Trainer's ratio; Lightning's is for
+comparison, "n/a" when neither ``lightning`` nor ``pytorch_lightning`` is installed).
+torch.set_num_threads(1) (CPU). Batches are pre-built tensors in a list (on the device, one epoch
+of all the steps), so the figures compare loop overhead, not data loading; each Trainer's time is
+its whole fit() call (setup included). Both Trainers get logger=False, no checkpointing, no
+sanity validation and enable_model_summary=False (neither prints a model summary); with the bar
+on, each draws a rich progress bar into a buffer (ours: ProgressBar, Lightning: RichProgressBar).
+Lightning runs max_epochs=1 over the `steps` batches (the same list, wrapped in a plain
+iterable, as Lightning reads a bare list as several dataloaders); ours runs max_steps=steps.
 """
 
 from __future__ import annotations
@@ -16,14 +22,24 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import logging
 import os
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
 
 from trainer import Trainer, TrainModule
+
+try:  # pytorch-lightning, for comparison only
+    import lightning.pytorch as pl
+except ImportError:
+    try:
+        import pytorch_lightning as pl
+    except ImportError:
+        pl = None
 
 
 class Net(TrainModule):
@@ -45,6 +61,34 @@ class Net(TrainModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+if pl is not None:
+    # quiet its "GPU available: ..." info lines and fit-time warnings so the table stays readable
+    logging.getLogger(pl.__name__).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(lightning|pytorch_lightning|lightning_fabric)")
+
+    class PLNet(pl.LightningModule):
+        """``Net`` as a Lightning module: the same step, logging and optimizer."""
+
+        def __init__(self, net: nn.Module, lr: float, log: bool) -> None:
+            super().__init__()
+            self.net = net
+            self.lr = lr
+            self.do_log = log
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            if self.do_log:
+                self.log("loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
 class TokenClassifier(nn.Module):
@@ -122,7 +166,7 @@ def trainer_loop(net, batches, steps, lr, device, amp, log, bar) -> float:
     trainer = Trainer(max_steps=steps, accelerator="cuda" if device.startswith("cuda") else "cpu",
                       devices=1, precision="bf16-mixed" if amp else "32-true", logger=False,
                       enable_checkpointing=False, enable_progress_bar=bar, callbacks=callbacks,
-                      num_sanity_val_steps=0)
+                      num_sanity_val_steps=0, enable_model_summary=False)
     sync(device)
     t0 = time.perf_counter()
     trainer.fit(module, batches)
@@ -130,20 +174,68 @@ def trainer_loop(net, batches, steps, lr, device, amp, log, bar) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+class Batches:
+    """The batch list as one iterable: Lightning takes a bare list for a list of dataloaders."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def lightning_loop(net, batches, steps, lr, device, amp, log, bar) -> float:
+    """pytorch-lightning's Trainer on the same module and batches (one epoch of `steps`)."""
+    assert len(batches) == steps
+    module = PLNet(net, lr, log)
+    loader = Batches(batches)
+    callbacks = []
+    if bar:
+        # a real bar, drawn into a buffer as ours is
+        callbacks.append(pl.callbacks.RichProgressBar(
+            console_kwargs={"file": io.StringIO(), "force_terminal": True}))
+    trainer = pl.Trainer(max_epochs=1, accelerator="cuda" if device.startswith("cuda") else "cpu",
+                         devices=1, precision="bf16-mixed" if amp else "32-true", logger=False,
+                         enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=bar, callbacks=callbacks, num_sanity_val_steps=0)
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.fit(module, loader)
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    assert trainer.global_step == steps, (trainer.global_step, steps)
+    return elapsed / steps
+
+
 def run_case(name, make_net, batches, steps, lr, device, amp, log, bar, repeats, target):
     batches = (batches * (steps // len(batches) + 1))[:steps]  # one epoch of `steps` batches
     base = make_net().to(device)
     hand_loop(copy.deepcopy(base), batches, max(steps // 10, 5), lr, device, amp)  # warm up
-    trainer_loop(copy.deepcopy(base), batches, max(steps // 10, 5), lr, device, amp, log, bar)
-    hs, ts = [], []
+    warm = max(steps // 10, 5)
+    trainer_loop(copy.deepcopy(base), batches, warm, lr, device, amp, log, bar)
+    if pl is not None:
+        lightning_loop(copy.deepcopy(base), batches[:warm], warm, lr, device, amp, log, bar)
+    hs, ts, ls = [], [], []
     for _ in range(repeats):
         hs.append(hand_loop(copy.deepcopy(base), batches, steps, lr, device, amp))
         ts.append(trainer_loop(copy.deepcopy(base), batches, steps, lr, device, amp, log, bar))
+        if pl is not None:
+            ls.append(lightning_loop(copy.deepcopy(base), batches, steps, lr, device, amp, log,
+                                     bar))
     h, t = statistics.median(hs), statistics.median(ts)
     ratio = t / h
     ok = "yes" if target is None or ratio <= target else "NO"
+    if ls:
+        lt = statistics.median(ls)
+        pl_time, pl_ratio = f"{lt * 1e6:>9.1f}", f"{lt / h:>5.3f}"
+    else:
+        pl_time, pl_ratio = f"{'n/a':>9}", f"{'n/a':>5}"
     print(f"| {name:<44} | {steps:>5} | {h * 1e6:>9.1f} | {t * 1e6:>9.1f} | {ratio:>5.3f} | "
-          f"{'' if target is None else f'<= {target:.2f}':>7} | {ok:>3} |", flush=True)
+          f"{'' if target is None else f'<= {target:.2f}':>7} | {ok:>3} | {pl_time} | {pl_ratio} |",
+          flush=True)
     return ratio
 
 
@@ -168,16 +260,17 @@ def main() -> None:
     except (OSError, StopIteration):
         pass
     card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else cpu_name
-    print(f"torch {torch.__version__}, device {dev} ({card}), threads "
+    pl_version = f"pytorch-lightning {pl.__version__}" if pl is not None else "no lightning"
+    print(f"torch {torch.__version__}, {pl_version}, device {dev} ({card}), threads "
           f"{torch.get_num_threads()}, cores {os.cpu_count()}, repeats {args.repeats} (median)")
     print("| case                                         | steps | hand µs/step | trainer µs/step "
-          "| ratio | target | ok |")
-    print("|---|---:|---:|---:|---:|---:|:-:|")
+          "| ratio | target | ok | lightning µs/step | lightning ratio |")
+    print("|---|---:|---:|---:|---:|---:|:-:|---:|---:|")
     small = make_batches("dense", 64, 50, dev, 32)
     run_case("MLP 32-64-10, batch 64, no logging", lambda: mlp([32, 64, 10]), small,
-             args.steps, 0.01, dev, False, False, False, args.repeats, 1.05)
+             args.steps, 0.01, dev, False, False, False, args.repeats, 1.03)
     run_case("  + self.log(on_step, on_epoch, prog_bar), bar on", lambda: mlp([32, 64, 10]),
-             small, args.steps, 0.01, dev, False, True, True, args.repeats, 1.15)
+             small, args.steps, 0.01, dev, False, True, True, args.repeats, 1.10)
     large = make_batches("dense", 256, 10, dev, 784)
     run_case("MLP 784-1024-1024-10, batch 256", lambda: mlp([784, 1024, 1024, 10]), large,
              args.large_steps, 0.01, dev, False, False, False, args.repeats, 1.02)
