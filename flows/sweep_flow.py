@@ -213,6 +213,9 @@ def sweep_flow(config: PipelineConfig, storage: str | None = None) -> SweepResul
 
         tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(None)})
         cfg = cfg.model_copy(update={"tracking": tracking})
+    from flows.tracking import store_identity
+
+    store = store_identity(cfg.tracking.uri)  # part of the keys of the stages writing to it
     check_space(cfg)
     sweep = sweep_section(cfg)
     home = home_dir()
@@ -223,7 +226,9 @@ def sweep_flow(config: PipelineConfig, storage: str | None = None) -> SweepResul
     out = SweepResult(study_name=name, storage=storage, pipeline=pipe)
     r = cfg.retries
 
-    data = _run("prepare_data", prepare_data, r.prepare_data, home, pipe, cfg.data, str(home))
+    data = _run(
+        "prepare_data", prepare_data, r.prepare_data, home, pipe, store, cfg.data, str(home)
+    )
     pipe.data = data
     out.parent_run_id = parent = _parent_run(cfg, study, name)
     space = distributions(sweep)
@@ -262,15 +267,22 @@ def sweep_flow(config: PipelineConfig, storage: str | None = None) -> SweepResul
         (stage_dir("trial", home) / best.user_attrs["trial_key"] / "trial.json").read_text())
     bcfg = with_params(cfg, best.params)
     trained = pipe.trained = outcome.trained
-    report = pipe.report = _run("evaluate", evaluate, r.evaluate, home, pipe, trained, data, bcfg)
+    report = pipe.report = _run(
+        "evaluate", evaluate, r.evaluate, home, pipe, store, trained, data, bcfg
+    )
     pipe.metrics = dict(report.metrics)
-    exported = pipe.exported = _run("export", export, r.export, home, pipe, trained, bcfg,
-                                    str(home))
+    exported = pipe.exported = _run(
+        "export", export, r.export, home, pipe, store, trained, bcfg, str(home)
+    )
     if bcfg.registry.enabled:
-        registered = _run("register", register, r.registry, home, pipe, trained, report,
-                          exported, bcfg)
+        registered = _run(
+            "register", register, r.registry, home, pipe, store, trained, report, exported,
+            bcfg, data,
+        )
         _tag_lineage(bcfg, registered, name, best.number, parent)
-        pipe.registered = _run("promote", promote, r.registry, home, pipe, registered, bcfg)
+        pipe.registered = _run(
+            "promote", promote, r.registry, home, pipe, store, registered, bcfg
+        )
     _tracking_client(cfg).set_terminated(parent)
     return out
 
