@@ -65,7 +65,7 @@ def run_direct(cfg, base: Path, name: str) -> tuple[float, dict[str, float]]:  #
 
 def bench_flow_vs_direct(overrides: list[str], base: Path, repeat: int) -> list[tuple[str, str]]:
     from flows import ephemeral
-    from flows.config import load_config
+    from tasks.config import load_config
 
     api = ephemeral.start()  # before anything imports prefect, as `trainflow run` does
     cfg = load_config(REPO / "configs" / "default.yaml", overrides)
@@ -213,7 +213,7 @@ def make_parquet(path: Path, size_mb: float, features: int = 32, seed: int = 0) 
 
 
 def bench_prepare(size_mb: float, base: Path) -> dict[str, float]:
-    from flows.config import DataConfig
+    from tasks.config import DataConfig
     from tasks.prepare_data import prepare
 
     src = base / "big.parquet"

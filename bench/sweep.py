@@ -42,9 +42,9 @@ def main() -> None:
     _TMP = Path(tempfile.mkdtemp(prefix="trainflow-bench-sweep-"))
     os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))
 
-    from flows.config import load_config
     from flows.sweep import with_params
     from flows.sweep_flow import run_sweep
+    from tasks.config import load_config
     from tasks.prepare_data import prepare
     from tasks.train import fit
 

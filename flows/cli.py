@@ -76,7 +76,7 @@ def _logs_to_file(command: str) -> Iterator[None]:
     if _VERBOSE or _LOG is not None:
         yield
         return
-    from flows.settings import home_dir
+    from tasks.settings import home_dir
 
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = home_dir() / "logs" / f"{command}-{stamp}-{os.getpid()}.log"
@@ -137,7 +137,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(config: Path | None, overrides: list[str] | None):  # -> PipelineConfig
-    from flows.config import ConfigError, load_config
+    from tasks.config import ConfigError, load_config
 
     if config is None:
         default = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -160,7 +160,7 @@ def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
     cfg = _load(config, set_)
     _check_data(cfg)
     _exit_on_signals()  # SIGTERM / SIGHUP: exit handlers stop Prefect's local API
-    from flows.settings import hold_project_lock
+    from tasks.settings import hold_project_lock
 
     try:  # before the log file takes stderr: a waiting run says so on the terminal
         hold_project_lock()  # one run per project folder, until this process exits
@@ -171,7 +171,7 @@ def run(config: ConfigArg = None, set_: SetOpt = None) -> None:
 
 
 def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
-    from flows.settings import configure_environment
+    from tasks.settings import configure_environment
 
     configure_environment()
     if interactive and _VERBOSE:  # the bar needs the terminal's stderr
@@ -179,8 +179,8 @@ def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
     from flows import ephemeral
 
     api = ephemeral.start()  # Prefect's local API starts on the other core during the imports
-    from flows.config import ConfigError
     from flows.pipeline import training_pipeline
+    from tasks.config import ConfigError
     from tasks.types import DataError, StageError
 
     _preload(cfg)
@@ -259,7 +259,7 @@ def serve(
     """Serve the pipeline on a cron schedule (needs a Prefect server: PREFECT_API_URL)."""
     cfg = _load(config, set_)
     _check_data(cfg)
-    from flows.settings import configure_environment
+    from tasks.settings import configure_environment
 
     configure_environment()
     from prefect.client.schemas.schedules import CronSchedule
@@ -410,7 +410,7 @@ def promote(
     """Move ALIAS to VERSION if it beats the current champion on METRIC."""
     import math
 
-    from flows.config import check_alias, check_model_name
+    from tasks.config import check_alias, check_model_name
 
     for what, check, value in (("NAME", check_model_name, name), ("--alias", check_alias, alias)):
         try:

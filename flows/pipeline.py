@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.settings import configure_environment, home_dir, project_lock, results_dir
+from tasks.settings import configure_environment, home_dir, project_lock, results_dir
 
 configure_environment()  # before prefect is imported: PREFECT_HOME inside the project
 
@@ -22,8 +22,8 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.states import State  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
-from flows.config import PipelineConfig, StageRetry, load_config  # noqa: E402
 from flows.stage_cache import checked_cache_key  # noqa: E402
+from tasks.config import PipelineConfig, StageRetry, load_config  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.export import export  # noqa: E402
 from tasks.prepare_data import prepare_data  # noqa: E402
@@ -136,7 +136,7 @@ def training_pipeline(
     if isinstance(config, PipelineConfig):
         cfg = config
         if overrides:
-            from flows.config import apply_overrides, validate_config
+            from tasks.config import apply_overrides, validate_config
 
             cfg = validate_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
     else:

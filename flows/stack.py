@@ -35,8 +35,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.settings import home_dir
 from flows.tracking import free_port
+from tasks.settings import home_dir
 
 app = typer.Typer(
     help="Team mode: PostgreSQL + Prefect server + MLflow server + a worker, on this machine.",

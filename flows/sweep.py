@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:  # the CLI imports this module: pydantic loads only when the command runs
-    from flows.config import PipelineConfig, SweepConfig
+    from tasks.config import PipelineConfig, SweepConfig
 
 # ------------------------------------------------------------------------- config → trials
 
 
 def sweep_section(cfg: PipelineConfig) -> SweepConfig:
     """The config's ``sweep:`` section; refused in one line when missing or empty."""
-    from flows.config import ConfigError
+    from tasks.config import ConfigError
 
     if cfg.sweep is None or not cfg.sweep.space:
         raise ConfigError(
@@ -45,7 +45,7 @@ def _probe_values(param: Any) -> list[Any]:
 
 def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
     """``cfg`` with each dotted key set to its value, validated like ``--set`` overrides."""
-    from flows.config import apply_overrides, validate_config
+    from tasks.config import apply_overrides, validate_config
 
     raw = cfg.model_dump(mode="json")
     items = [f"{k}={json.dumps(v)}" for k, v in params.items()]
@@ -55,7 +55,7 @@ def with_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
 def check_space(cfg: PipelineConfig) -> None:
     """Every space key must be a config key: apply each one (each choice, both ends) and
     validate it like a ``--set`` override."""
-    from flows.config import ConfigError
+    from tasks.config import ConfigError
 
     sweep = sweep_section(cfg)
     for key, param in sweep.space.items():
@@ -125,7 +125,7 @@ def sweep(
 ) -> None:
     """Tune with Optuna (cached, resumable trials), then promote the best like `run`."""
     from flows.cli import _fail, _load
-    from flows.config import ConfigError
+    from tasks.config import ConfigError
 
     if config is None:
         config = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
@@ -140,7 +140,7 @@ def sweep(
         _fail(str(err))
     if not cfg.data.path.exists():
         _fail(f"data.path: file not found: {cfg.data.path}")
-    from flows.settings import configure_environment
+    from tasks.settings import configure_environment
 
     configure_environment()
     if sys.stderr.isatty():

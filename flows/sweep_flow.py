@@ -16,7 +16,7 @@ import json
 import warnings
 from typing import Any
 
-from flows.settings import configure_environment, home_dir, results_dir, stage_dir
+from tasks.settings import configure_environment, home_dir, results_dir, stage_dir
 
 configure_environment()  # before prefect is imported: PREFECT_HOME inside the project
 
@@ -24,7 +24,6 @@ from optuna.trial import TrialState  # noqa: E402
 from prefect import flow  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
-from flows.config import PipelineConfig  # noqa: E402
 from flows.pipeline import PipelineResult, _run  # noqa: E402
 from flows.sweep import (  # noqa: E402
     check_space,
@@ -34,6 +33,7 @@ from flows.sweep import (  # noqa: E402
     sweep_section,
     with_params,
 )
+from tasks.config import PipelineConfig  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.export import export  # noqa: E402
 from tasks.prepare_data import prepare_data  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import task
 
-from flows.config import PipelineConfig, metric_key
+from tasks.config import PipelineConfig, metric_key
 from tasks.imports import build_datamodule
 from tasks.train import dataloader, import_class, make_trainer, mlflow_logger
 from tasks.types import DatasetRef, EvalReport, StageError, TrainResult, content_key
@@ -136,7 +136,7 @@ def run_evaluation(
     metrics = {k: v for k, v in logged.items() if k == "test_loss"}
     metrics.update(computed.values)
     gate = cfg.evaluation.gate
-    if gate.metric not in metrics:  # flows/config.py refuses this; a config built otherwise
+    if gate.metric not in metrics:  # tasks/config.py refuses this; a config built otherwise
         raise StageError(
             f"evaluation.gate.metric: {gate.metric!r} is not among the computed metrics "
             f"({', '.join(sorted(metrics))}); add it to evaluation.metrics"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prefect import task
 
-from flows.config import PipelineConfig
+from tasks.config import PipelineConfig
 from tasks.prepare_data import file_sha256
 from tasks.train import import_class
 from tasks.types import ExportRef, StageError, TrainResult, content_key
@@ -77,7 +77,7 @@ def _cache_key(context: object, params: dict) -> str:
 @task(name="export", cache_key_fn=_cache_key, persist_result=True)
 def export(trained: TrainResult, cfg: PipelineConfig, home: str) -> ExportRef:
     """Prefect task: ONNX + TorchScript, verified against eager PyTorch."""
-    from flows.settings import stage_dir
+    from tasks.settings import stage_dir
 
     key = stage_key(trained, cfg)
     return run_export(trained, cfg, stage_dir("export", Path(home)) / key, key)

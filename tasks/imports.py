@@ -1,7 +1,7 @@
 """The user's own code: ``module:Class`` paths from the config, found beside the config first.
 
 A config file's folder goes to the front of ``sys.path`` when the config is loaded
-(flows/config.py), so ``model.class_path: my_models:Net`` finds ``my_models.py`` next to the
+(tasks/config.py), so ``model.class_path: my_models:Net`` finds ``my_models.py`` next to the
 YAML without PYTHONPATH; DDP workers get the same ``sys.path`` (spawned processes start with
 the parent's). The train
 stage's cache key hashes the source files of the classes it uses (:func:`code_version`), so
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.types import DatasetRef, StageError
 
 if TYPE_CHECKING:
-    from flows.config import TrainerConfig
+    from tasks.config import TrainerConfig
 
 
 def use_code_dir(folder: str | Path) -> None:

@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from prefect import task
 
-from flows.config import DataConfig
+from tasks.config import DataConfig
 from tasks.schema import build_schema, write_schema
 from tasks.types import DataError, DatasetRef, SplitRef, content_key
 
@@ -424,6 +424,6 @@ def _cache_key(context: object, params: dict) -> str:
 @task(name="prepare_data", cache_key_fn=_cache_key, persist_result=True)
 def prepare_data(cfg: DataConfig, home: str) -> DatasetRef:
     """Prefect task: validate, split and write the data; returns a content-hashed DatasetRef."""
-    from flows.settings import stage_dir
+    from tasks.settings import stage_dir
 
     return prepare(cfg, stage_dir("prepare_data", Path(home)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.config import PipelineConfig
+from tasks.config import PipelineConfig
 from tasks.types import (
     DatasetRef,
     EvalReport,

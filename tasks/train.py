@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from flows.config import ModelConfig, PipelineConfig, TrackingConfig, TrainerConfig
+from tasks.config import ModelConfig, PipelineConfig, TrackingConfig, TrainerConfig
 from tasks.imports import build_datamodule, code_version, import_class
 from tasks.prepare_data import file_sha256, load_split
 from tasks.types import DatasetRef, StageError, TrainResult, content_key
@@ -369,7 +369,7 @@ def _cache_key(context: object, params: dict) -> str:
 @task(name="train", cache_key_fn=_cache_key, persist_result=True)
 def train(data: DatasetRef, cfg: PipelineConfig, home: str) -> TrainResult:
     """Prefect task: fit the model; resumes an interrupted attempt with the same key."""
-    from flows.settings import stage_dir
+    from tasks.settings import stage_dir
 
     key = stage_key(data, cfg.model, cfg.trainer, cfg.data.datamodule)
     return fit(data, cfg, stage_dir("train", Path(home)) / key, key)

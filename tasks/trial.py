@@ -17,7 +17,7 @@ from typing import Any
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from flows.config import PipelineConfig, SweepConfig
+from tasks.config import PipelineConfig, SweepConfig
 from tasks.train import fit
 from tasks.train import stage_key as train_key
 from tasks.types import DatasetRef, StageError, TrainResult, content_key
@@ -133,7 +133,7 @@ def trial(
     """Prefect task: one trial, reporting to the study in ``storage`` (any worker can reach it)."""
     import optuna
 
-    from flows.settings import stage_dir
+    from tasks.settings import stage_dir
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=storage,

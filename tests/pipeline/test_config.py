@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.config import ConfigError, PipelineConfig, apply_overrides, load_config
+from tasks.config import ConfigError, PipelineConfig, apply_overrides, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def test_default_yaml_matches_builtin_defaults() -> None:
 )
 def test_registry_name_defaults_to_the_data_files_stem(tmp_path: Path, data_file: str,
                                                        name: str) -> None:
-    from flows.config import check_model_name
+    from tasks.config import check_model_name
 
     cfg = load_config(_write(tmp_path, f"data: {{path: '{data_file}'}}\n"))
     assert cfg.registry.model_name == name == check_model_name(name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from flows.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["trainer.max_epochs=1", "model.kwargs={hidden: 16}", "export.torchscript=false",
@@ -77,8 +77,8 @@ def _prepare_only(cfg: PipelineConfig) -> str:
     from prefect import flow
 
     from flows.pipeline import _with_policy
-    from flows.settings import home_dir
     from tasks.prepare_data import prepare_data
+    from tasks.settings import home_dir
 
     @flow
     def only_prepare() -> str:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.config import load_config
+from tasks.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "data" / "digits.parquet"

@@ -145,7 +145,7 @@ def test_two_runs_in_one_folder_train_once_and_register_one_version(tmp_path: Pa
 
 
 def test_a_second_run_waits_for_the_first_and_says_so(tmp_path: Path) -> None:
-    from flows.settings import project_lock
+    from tasks.settings import project_lock
 
     home = tmp_path / ".trainflow"
     small = ["trainer.max_epochs=1", "model.kwargs={hidden: 16}", "registry.enabled=false"]

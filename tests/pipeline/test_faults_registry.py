@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from flows.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["trainer.max_epochs=1", "model.kwargs={hidden: 16}",

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from flows.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "data" / "digits.parquet"
@@ -144,7 +144,7 @@ def test_cache_traps_are_closed(project: Path, tmp_path: Path, monkeypatch) -> N
         @flow
         def only_prepare() -> str:
             from flows.pipeline import _with_policy
-            from flows.settings import home_dir
+            from tasks.settings import home_dir
 
             st = _with_policy(prep.prepare_data, stage_only.retries.prepare_data, home_dir())(
                 stage_only.data, str(home_dir()), return_state=True)
@@ -163,7 +163,7 @@ def test_cache_traps_are_closed(project: Path, tmp_path: Path, monkeypatch) -> N
     monkeypatch.undo()
     # The key is a function of content only: another process computes the same one.
     key_here = prep._cache_key(None, {"cfg": stage_only.data})
-    code = ("from pathlib import Path; from flows.config import DataConfig; "
+    code = ("from pathlib import Path; from tasks.config import DataConfig; "
             "import tasks.prepare_data as p; "
             f"print(p._cache_key(None, {{'cfg': DataConfig(path=Path({str(data)!r}))}}))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -229,8 +229,8 @@ def test_train_killed_mid_run_resumes_from_its_checkpoint(project: Path) -> None
     cfg = _cfg(*overrides)
     code = (
         "from pathlib import Path\n"
-        "from flows.config import load_config\n"
-        "from flows.settings import home_dir, stage_dir\n"
+        "from tasks.config import load_config\n"
+        "from tasks.settings import home_dir, stage_dir\n"
         "from tasks.prepare_data import prepare\n"
         "from tasks import train as T\n"
         f"cfg = load_config(Path({str(REPO / 'configs' / 'default.yaml')!r}), "

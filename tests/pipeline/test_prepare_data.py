@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from flows.config import DataConfig
+from tasks.config import DataConfig
 from tasks.prepare_data import load_split, prepare
 from tasks.types import DataError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.config import ConfigError, PipelineConfig, load_config
+from tasks.config import ConfigError, PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["retries.train.delays=[0]", "retries.evaluate.delays=[0]", "export.torchscript=false"]

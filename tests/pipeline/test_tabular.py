@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from flows.config import ConfigError, load_config
+from tasks.config import ConfigError, load_config
 from tasks.prepare_data import load_split
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
