@@ -181,7 +181,7 @@ def bench_log_batch(uri: str, calls: int) -> float:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from flows.tracking import get_or_create_experiment
+    from trainer.loggers.mlflow_store import get_or_create_experiment
 
     client = MlflowClient(uri, uri)
     run = client.create_run(get_or_create_experiment(client, "bench-log-batch", uri))

@@ -78,7 +78,7 @@ def bench_flow_vs_direct(overrides: list[str], base: Path, repeat: int) -> list[
     rows.append(("stages called directly, first run in the process (imports)", f"{first:.2f} s"))
 
     t0 = time.perf_counter()
-    from flows.tracking import store_template
+    from trainer.loggers.mlflow_store import store_template
 
     had = any(Path(p).is_file() for p in [_template_path()] if p)
     store_template()
@@ -160,7 +160,7 @@ def _server_cpu(api) -> float:  # noqa: ANN001
 
 
 def _template_path() -> str | None:
-    from flows.tracking import _schema_key, cache_dir
+    from trainer.loggers.mlflow_store import _schema_key, cache_dir
 
     key = _schema_key()
     return str(cache_dir() / f"mlflow-store-{key}.db") if key else None

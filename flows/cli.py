@@ -213,7 +213,7 @@ def _preload(cfg) -> None:  # noqa: ANN001
     with contextlib.suppress(Exception):  # an unusable store is reported by the stage itself
         from mlflow import MlflowClient
 
-        from flows.tracking import check_reachable
+        from trainer.loggers.mlflow_store import check_reachable
 
         uri = check_reachable(cfg.tracking.uri)  # opens (or creates) the store once
         if cfg.registry.enabled:
@@ -423,9 +423,9 @@ def promote(
         _fail(f"--mode: must be max or min (got {mode!r})")
     if not (math.isfinite(min_delta) and min_delta >= 0):
         _fail(f"--min-delta: must be a finite number >= 0 (got {min_delta})")
-    from flows.tracking import TrackingUnreachable
     from tasks.registry import RegistryError
     from tasks.registry import promote as registry_promote
+    from trainer.loggers.mlflow_store import TrackingUnreachable
 
     try:
         d = registry_promote(name, version, metric, mode, min_delta, alias=alias,

@@ -142,11 +142,11 @@ def training_pipeline(
     else:
         cfg = load_config(config, overrides)
     if cfg.tracking.uri is None:  # resolve once: every stage then uses the same store
-        from flows.tracking import resolve_tracking_uri
+        from trainer.loggers.mlflow_store import resolve_tracking_uri
 
         tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(None)})
         cfg = cfg.model_copy(update={"tracking": tracking})
-    from flows.tracking import store_identity
+    from trainer.loggers.mlflow_store import store_identity
 
     home = home_dir()
     store = store_identity(cfg.tracking.uri)  # fails fast on a bad store; a new store: new keys

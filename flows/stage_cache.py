@@ -11,9 +11,9 @@ outputs or no longer describes the world:
 * a record whose files are gone or changed (content hashes), whose MLflow run or model version
   is missing from the store, or that was written against another store, is stale.
 
-The store's identity (``flows.tracking.store_identity``: its URI and when its first experiment
-was created, which differs for a new database at the same path) is part of the keys of the
-stages that write to it.
+The store's identity (``trainer/loggers/mlflow_store.py::store_identity``: its URI and when its
+first experiment was created, which differs for a new database at the same path) is part of
+the keys of the stages that write to it.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def _tracking_client(cfg: PipelineConfig) -> Any:
 
 def _parent_run(cfg: PipelineConfig, study: Any, name: str) -> str:
     """The sweep's MLflow run (created once per study; a rerun continues it)."""
-    from flows.tracking import get_or_create_experiment
+    from trainer.loggers.mlflow_store import get_or_create_experiment
 
     client = _tracking_client(cfg)
     prior = study.user_attrs.get("mlflow_parent_run_id")
@@ -209,11 +209,11 @@ def sweep_flow(config: PipelineConfig, storage: str | None = None) -> SweepResul
 
     cfg = config
     if cfg.tracking.uri is None:  # resolve once: every trial then uses the same store
-        from flows.tracking import resolve_tracking_uri
+        from trainer.loggers.mlflow_store import resolve_tracking_uri
 
         tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(None)})
         cfg = cfg.model_copy(update={"tracking": tracking})
-    from flows.tracking import store_identity
+    from trainer.loggers.mlflow_store import store_identity
 
     store = store_identity(cfg.tracking.uri)  # part of the keys of the stages writing to it
     check_space(cfg)

@@ -237,7 +237,7 @@ _default_flow_run_id = flow_run_id
 
 
 def _uri(tracking_uri: str | None) -> str:
-    from flows.tracking import check_reachable
+    from trainer.loggers.mlflow_store import check_reachable
 
     return check_reachable(tracking_uri)
 
@@ -249,7 +249,7 @@ def _client(uri: str) -> Any:
 
 
 def _lock_path(uri: str) -> Path:
-    from flows.tracking import sqlite_path
+    from trainer.loggers.mlflow_store import sqlite_path
 
     db = sqlite_path(uri)
     if db is not None:
@@ -263,8 +263,8 @@ def registry_lock(uri: str, timeout: float = 120.0, name: str | None = None) -> 
     """Exclusive lock for registry writes of model ``name`` on ``uri``, shared by every writer:
     a Prefect global concurrency limit with a Prefect server, else a file lock beside the SQLite
     store (tasks/promotion_lock.py)."""
-    from flows.tracking import sqlite_path
     from tasks.promotion_lock import LockTimeout, hold
+    from trainer.loggers.mlflow_store import sqlite_path
 
     try:  # LockTimeout comes only from taking the lock: the body raises RegistryError
         with hold(name, _lock_path(uri), sqlite_path(uri) is not None, timeout):
@@ -743,7 +743,7 @@ def _open_run(
     """A run to log into, and a function that puts its status back afterwards."""
     from mlflow.exceptions import MlflowException
 
-    from flows.tracking import get_or_create_experiment
+    from trainer.loggers.mlflow_store import get_or_create_experiment
 
     if run_id is None:
         eid = get_or_create_experiment(client, experiment, uri)

@@ -2,8 +2,8 @@
 
 Everything the embedded defaults write lands in ``<project>/.trainflow/``: Prefect's home (its
 SQLite database for the ephemeral API), persisted task results (the cache), stage outputs
-(prepared data, checkpoints, exports) and the MLflow store (flows/tracking.py). The project folder
-is ``$TRAINFLOW_PROJECT_DIR`` when set, else the current working directory.
+(prepared data, checkpoints, exports) and the MLflow store (trainer/loggers/mlflow_store.py).
+The project folder is ``$TRAINFLOW_PROJECT_DIR`` when set, else the current working directory.
 
 A user's own Prefect server is used when ``PREFECT_API_URL`` (or a Prefect profile) says so; we
 never override that. ``PREFECT_HOME`` is only set when the user has not set it.

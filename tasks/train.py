@@ -349,7 +349,7 @@ def _resume_point(folder: Path) -> Path | None:
 
 
 def _run_gone(cfg: PipelineConfig, run_id: str) -> bool:
-    from flows.tracking import run_exists
+    from trainer.loggers.mlflow_store import run_exists
 
     return not run_exists(cfg.tracking.uri, run_id)
 

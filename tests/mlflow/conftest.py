@@ -55,7 +55,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> list[Export]:
 @pytest.fixture(scope="session")
 def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One real SQLite MLflow store for the session (tests use distinct names in it)."""
-    from flows.tracking import check_reachable
+    from trainer.loggers.mlflow_store import check_reachable
 
     root = tmp_path_factory.mktemp("mlflow")
     return check_reachable(f"sqlite:///{root}/mlflow.db")

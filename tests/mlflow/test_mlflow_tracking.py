@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.tracking import (
+from trainer.loggers.mlflow_store import (
     TrackingUnreachable,
     check_reachable,
     default_tracking_uri,

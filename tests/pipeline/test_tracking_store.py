@@ -26,7 +26,11 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_new_stores_are_copies_of_one_template(cache: Path, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from flows.tracking import check_reachable, get_or_create_experiment, seed_sqlite_store
+    from trainer.loggers.mlflow_store import (
+        check_reachable,
+        get_or_create_experiment,
+        seed_sqlite_store,
+    )
 
     a, b = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
     uri_a = check_reachable(f"sqlite:///{a}")
@@ -55,7 +59,7 @@ def test_new_stores_are_copies_of_one_template(cache: Path, tmp_path: Path) -> N
 
 
 def test_template_can_be_turned_off(cache: Path, tmp_path: Path, monkeypatch) -> None:
-    from flows.tracking import check_reachable, store_template
+    from trainer.loggers.mlflow_store import check_reachable, store_template
 
     monkeypatch.setenv("TRAINFLOW_STORE_TEMPLATE", "0")
     assert store_template() is None
@@ -64,7 +68,7 @@ def test_template_can_be_turned_off(cache: Path, tmp_path: Path, monkeypatch) ->
 
 
 def test_unwritable_cache_falls_back_to_mlflow(tmp_path: Path, monkeypatch) -> None:
-    from flows.tracking import check_reachable
+    from trainer.loggers.mlflow_store import check_reachable
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -214,7 +214,7 @@ class MLflowLogger(Logger):
     def tracking_uri(self) -> str:
         """The resolved tracking URI."""
         if self._tracking_uri is None:
-            from flows.tracking import resolve_tracking_uri
+            from trainer.loggers.mlflow_store import resolve_tracking_uri
 
             self._tracking_uri = resolve_tracking_uri(self._tracking_uri_arg)
         return self._tracking_uri
@@ -235,7 +235,7 @@ class MLflowLogger(Logger):
     def check(self) -> str:
         """Fail fast (``TrackingUnreachable``) if the tracking store cannot be used; returns the
         URI. Called on the first log; call it yourself before a long setup."""
-        from flows.tracking import check_reachable
+        from trainer.loggers.mlflow_store import check_reachable
 
         self._tracking_uri = check_reachable(self.tracking_uri)
         return self._tracking_uri
@@ -246,7 +246,7 @@ class MLflowLogger(Logger):
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        from flows.tracking import get_or_create_experiment
+        from trainer.loggers.mlflow_store import get_or_create_experiment
 
         uri = self.check()
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
