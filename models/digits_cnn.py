@@ -15,9 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from models.classifier import Classifier
 from trainer.datamodule import DataModule
-from trainer.metrics import Accuracy, F1Score
-from trainer.module import TrainModule
 
 
 class DigitsImages(DataModule):
@@ -55,11 +54,11 @@ class DigitsImages(DataModule):
         return self._loader("test", False)
 
 
-class DigitsCNN(TrainModule):
+class DigitsCNN(Classifier):
     """Two 3x3 convolutions, a pooling step and a linear head; scales the pixels itself."""
 
     def __init__(self, num_classes: int = 10, channels: int = 16, lr: float = 3e-3) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         self.save_hyperparameters()
         self.net = nn.Sequential(
             nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
@@ -69,37 +68,11 @@ class DigitsCNN(TrainModule):
             nn.Linear(channels * 16, num_classes),
         )
         self.lr = lr
-        self.loss_fn = nn.CrossEntropyLoss()
-        self.val_acc = Accuracy(task="multiclass", num_classes=num_classes)
-        self.test_acc = Accuracy(task="multiclass", num_classes=num_classes)
-        self.test_f1 = F1Score(task="multiclass", num_classes=num_classes, average="macro")
         self.example_input_array = torch.zeros(2, 1, 8, 8)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of [n, 1, 8, 8] raw pixel counts."""
         return self.net(x / 16)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = self.loss_fn(self(x), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", self.loss_fn(logits, y), on_epoch=True, sync_dist=True)
-        self.val_acc.update(logits, y)
-        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("test_loss", self.loss_fn(logits, y), on_epoch=True, sync_dist=True)
-        self.test_acc.update(logits, y)
-        self.test_f1.update(logits, y)
-        self.log("test_acc", self.test_acc, on_epoch=True)
-        self.log("test_f1", self.test_f1, on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
