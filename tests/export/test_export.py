@@ -11,19 +11,20 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from trainer import export as ex
 from trainer.export import (
     ExportError,
     ExportFallbackWarning,
     ExportMismatch,
     TorchScriptDeprecationWarning,
     UnsupportedOpError,
+    jit_warning,
     output_names,
     read_metadata,
     to_onnx,
     to_torchscript,
     verify,
 )
+from trainer.export.report import OutputStats, compare
 
 
 # --------------------------------------------------------------------------- test models
@@ -115,6 +116,9 @@ def _trained(model: nn.Module) -> nn.Module:
 
 
 MODELS = {"mlp": MLP, "cnn": SmallCNN, "dict": TwoInDictOut, "lstm": LSTMNet}
+# Which exporter "auto" picks: plain layers trace cleanly (fast path); the LSTM's trace warns
+# (it reads tensors into Python bools), so it goes to dynamo.
+EXPORTER = {"mlp": "legacy", "cnn": "legacy", "dict": "legacy", "lstm": "dynamo"}
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +141,8 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("key", list(MODELS))
 def test_export_both_ways_and_verify(exported, key):
     model, info, d = exported[key]
-    assert info.exporter == "dynamo"
+    assert info.exporter == EXPORTER[key]
+    assert read_metadata(info.path)["exporter_reason"].startswith("auto: the TorchScript-based")
     assert info.opset >= 17
     assert info.path.exists() and not (d / "model.onnx.data").exists()  # single file
     report = verify(model, onnx_path=info.path, torchscript_path=d / "model.pt")
@@ -191,7 +196,10 @@ def test_metadata_in_file_and_sidecar(exported):
     model, info, d = exported["dict"]
     meta = read_metadata(info.path)
     assert meta["model_class"].endswith(":TwoInDictOut")
-    assert meta["exporter"] == "dynamo" and meta["opset"] == info.opset
+    assert meta["exporter"] == "legacy" and meta["opset"] == info.opset
+    assert meta["exporter_reason"] == (
+        "auto: the TorchScript-based exporter traced the model without a warning"
+    )
     assert meta["trainflow_version"] and meta["torch_version"] == torch.__version__
     assert meta["inputs"] == [
         {"name": "feats", "shape": ["batch", 5], "dtype": "float32"},
@@ -199,7 +207,7 @@ def test_metadata_in_file_and_sidecar(exported):
     ]
     assert meta["outputs"] == ["logits", "extra.0", "extra.1"]
     props = {p.key: p.value for p in onnx.load(str(info.path)).metadata_props}
-    assert props["trainflow.exporter"] == "dynamo"
+    assert props["trainflow.exporter"] == "legacy"
     assert json.loads((d / "model.onnx.json").read_text()) == meta
     ts_meta = read_metadata(d / "model.pt")
     assert ts_meta["exporter"] == "torchscript-script"
@@ -269,25 +277,27 @@ def test_missing_sample_error(tmp_path):
 def test_unsupported_op_error_and_atomic_write(tmp_path):
     target = tmp_path / "svd.onnx"
     target.write_bytes(b"previous export")
-    with pytest.warns(ExportFallbackWarning, match="dynamo exporter failed"):
-        with pytest.raises(UnsupportedOpError) as err:
-            to_onnx(SVDNet(), target)
+    with pytest.raises(UnsupportedOpError) as err:  # both exporters tried, both named
+        to_onnx(SVDNet(), target)
     assert "svd" in err.value.op
+    assert "legacy exporter:" in str(err.value) and "dynamo exporter:" in str(err.value)
     msg = str(err.value)
     assert "method='trace'" in msg and "opset" in msg and err.value.op in msg
     # the failed export neither replaced nor half-wrote the file, and left no temporaries
     assert target.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["svd.onnx"]
     # a fresh path stays absent (legacy exporter alone: the same error, faster)
-    with pytest.raises(UnsupportedOpError, match="linalg_svd"):
+    with pytest.raises(UnsupportedOpError, match="linalg_svd") as err:
         to_onnx(SVDNet(), tmp_path / "new.onnx", exporter="legacy")
+    assert "dynamo exporter:" not in str(err.value)
     assert not (tmp_path / "new.onnx").exists() and not (tmp_path / "new.onnx.json").exists()
     # TorchScript handles it
     assert isinstance(to_torchscript(SVDNet(), method="trace"), torch.jit.ScriptModule)
 
 
 def test_fallback_to_legacy_records_exporter(tmp_path):
-    """A model torch.export cannot capture (data-dependent branch) falls back with a warning."""
+    """A data-dependent branch: the trace warns, torch.export cannot capture it either, so the
+    traced export is kept with a warning (and recorded as such)."""
 
     class Branchy(nn.Module):
         def __init__(self) -> None:
@@ -302,10 +312,12 @@ def test_fallback_to_legacy_records_exporter(tmp_path):
             return y
 
     model = Branchy()
-    with pytest.warns(ExportFallbackWarning, match="falling back to the legacy"):
+    with pytest.warns(ExportFallbackWarning, match="warned.*dynamo exporter failed.*traced"):
         info = to_onnx(model, tmp_path / "b.onnx")
     assert info.exporter == "legacy" and info.fallback_reason
-    assert read_metadata(info.path)["exporter"] == "legacy"
+    meta = read_metadata(info.path)
+    assert meta["exporter"] == "legacy" and "TracerWarning" in meta["exporter_reason"]
+    assert "dynamo exporter failed" in meta["exporter_reason"]
     assert verify(model, onnx_path=info.path).ok
 
 
@@ -329,7 +341,7 @@ def test_bad_arguments(tmp_path):
 
 # --------------------------------------------------------------------------- warnings
 def test_torchscript_deprecation_warning_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "_TS_WARNED", False)
+    monkeypatch.setattr(jit_warning, "_warned", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
@@ -367,7 +379,7 @@ def _train_module_net():
 def test_train_module_to_onnx(tmp_path):
     net = _train_module_net()
     info = net.to_onnx(tmp_path / "net.onnx")
-    assert info.exporter == "dynamo" and net.training
+    assert info.exporter == "legacy" and net.training
     assert read_metadata(info.path)["model_class"].endswith(".Net")
     report = verify(net, onnx_path=info.path)
     assert report.ok and report.batch_sizes == [1, 7, 64]
@@ -386,6 +398,8 @@ def test_opset_external_data_and_mode_restore(tmp_path):
     model.train()
     model.bn.eval()  # a mixed-mode module: each submodule gets its own flag back
     info = to_onnx(model, tmp_path / "big.onnx", opset=18, external_data=True)
+    assert info.exporter == "dynamo"  # the only exporter that writes external data
+    assert info.reason == "auto: external data (only the dynamo exporter writes it)"
     assert model.training and model.drop.training and not model.bn.training
     assert info.opset == 18 and read_metadata(info.path)["opset"] == 18
     assert info.external_data == tmp_path / "big.onnx.data" and info.external_data.exists()
@@ -398,15 +412,15 @@ def test_opset_external_data_and_mode_restore(tmp_path):
 
 
 def test_compare_nan_and_shape():
-    same = ex.OutputStats("onnx", "y")
+    same = OutputStats("onnx", "y")
     nan = float("nan")
-    ex._compare(same, torch.tensor([1.0, nan]), torch.tensor([1.0, nan]), 2, 1e-5, 1e-4)
+    compare(same, torch.tensor([1.0, nan]), torch.tensor([1.0, nan]), 2, 1e-5, 1e-4)
     assert same.ok and same.max_abs == 0
-    new_nan = ex.OutputStats("onnx", "y")
-    ex._compare(new_nan, torch.tensor([1.0, nan]), torch.tensor([1.0, 2.0]), 2, 1e-5, 1e-4)
+    new_nan = OutputStats("onnx", "y")
+    compare(new_nan, torch.tensor([1.0, nan]), torch.tensor([1.0, 2.0]), 2, 1e-5, 1e-4)
     assert not new_nan.ok and new_nan.max_abs == float("inf") and new_nan.mismatched == 1
-    shape = ex.OutputStats("onnx", "y")
-    ex._compare(shape, torch.zeros(2, 3), torch.zeros(3, 2), 2, 1e-5, 1e-4)
+    shape = OutputStats("onnx", "y")
+    compare(shape, torch.zeros(2, 3), torch.zeros(3, 2), 2, 1e-5, 1e-4)
     assert not shape.ok and "shape" in shape.note
 
 
