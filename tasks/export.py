@@ -1,5 +1,9 @@
 """Stage 4: export the best checkpoint to ONNX and TorchScript and check both against eager.
 
+The ONNX exporter is chosen per model by trainer.export (the fast TorchScript-based one for a
+model it traces without a warning, like the demo MLP: the stage takes well under a second;
+dynamo otherwise); the file's metadata says which and why.
+
 Files go to ``<home>/stages/export/<key>/`` (``model.onnx``, ``model.ts``); the key hashes the
 checkpoint's content, the export section and the code version. A mismatch beyond
 ``export.tolerance`` fails the stage without retries.
@@ -12,11 +16,10 @@ from pathlib import Path
 from prefect import task
 
 from tasks.config import PipelineConfig
-from tasks.prepare_data import file_sha256
 from tasks.train import import_class
 from tasks.types import ExportRef, StageError, TrainResult, content_key
 
-CODE_VERSION = "export-1"
+CODE_VERSION = "export-2"  # 2: the ONNX exporter is chosen per model (other bytes)
 
 
 def stage_key(trained: TrainResult, cfg: PipelineConfig) -> str:
@@ -33,7 +36,9 @@ def stage_key(trained: TrainResult, cfg: PipelineConfig) -> str:
 
 def run_export(trained: TrainResult, cfg: PipelineConfig, root: Path, key: str) -> ExportRef:
     """Run the stage without Prefect."""
+    # imported here: `trainer` imports torch, which the cached path of a run never needs
     from trainer.export import ExportError, to_onnx, to_torchscript, verify
+    from trainer.fileio import file_sha256
 
     if not (cfg.export.onnx or cfg.export.torchscript):
         return ExportRef(checkpoint_sha256=trained.checkpoint_sha256, cache_key=key,
