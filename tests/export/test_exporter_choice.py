@@ -96,7 +96,16 @@ def test_each_exporter_writes_the_same_bytes_twice(tmp_path, exporter):
     assert _sha(a.path) == _sha(b.path)
 
 
-def test_legacy_exporter_refuses_external_data(tmp_path):
-    with pytest.raises(ExportError, match="exporter='legacy' cannot write external data"):
-        to_onnx(Recurrent(), tmp_path / "x.onnx", exporter="legacy", external_data=True)
-    assert list(tmp_path.iterdir()) == []
+def test_dynamo_only_options_are_honoured_or_refused(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 2))
+    sample = torch.randn(3, 4)
+    info = to_onnx(model, tmp_path / "o.onnx", input_sample=sample, optimize=False)
+    assert info.exporter == "dynamo"  # the fast path would have dropped optimize=False
+    assert info.reason == "auto: dynamo-only options given (optimize)"
+    with pytest.raises(ExportError, match="exporter='legacy' cannot take external data"):
+        to_onnx(model, tmp_path / "x.onnx", input_sample=sample, exporter="legacy",
+                external_data=True)
+    with pytest.raises(ExportError, match="exporter='legacy' cannot take optimize"):
+        to_onnx(model, tmp_path / "x.onnx", input_sample=sample, exporter="legacy",
+                optimize=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.onnx", "o.onnx.json"]

@@ -5,8 +5,9 @@ its file only when the trace raised no warning at all: a tracer warning (a tenso
 Python bool/float/int, an LSTM's batch) means the graph may be specialised to the sample, so
 the model goes to the dynamo exporter, which captures such code or refuses it. A plain stack
 of layers (the demo MLP) thus exports in ≈ 0.1 s instead of 1–7 s. When the legacy exporter
-fails (an op it cannot translate), or external data is asked for (weights > 1.5 GiB, or
-``external_data=True``), dynamo is used; when dynamo fails after a warned trace,
+fails (an op it cannot translate), or the call needs what only dynamo does (external data
+for weights > 1.5 GiB or ``external_data=True``; ``optimize``, ``report``, ``verify``,
+``custom_translation_table``), dynamo is used; when dynamo fails after a warned trace,
 the traced file is used with an :class:`ExportFallbackWarning` (``verify`` then checks it on
 fresh batch sizes). ``exporter="legacy"`` / ``"dynamo"`` use that one alone.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from trainer.export.errors import ExportError, ExportFallbackWarning
 from trainer.export.exporters import (
+    DYNAMO_ONLY,
     OnnxJob,
     export_dynamo,
     export_legacy,
@@ -43,16 +45,21 @@ class Choice:
 
 def run_exporters(job: OnnxJob, workdir: Path, name: str) -> Choice:
     """Export ``job`` into ``workdir/<exporter>/<name>`` as the policy above says."""
-    if job.exporter == "legacy" and job.external_data:
+    dynamo_only = [k for k in DYNAMO_ONLY if k in job.extra]
+    if job.exporter == "legacy" and (job.external_data or dynamo_only):
+        what = ", ".join(dynamo_only) or "external data"
         raise ExportError(
-            f"{job.what}: exporter='legacy' cannot write external data; pass "
-            "exporter='dynamo' (or 'auto'), or external_data=False for weights < 2 GiB"
+            f"{job.what}: exporter='legacy' cannot take {what} (dynamo exporter only); pass "
+            "exporter='dynamo' (or 'auto'), or leave it out"
         )
     with quiet_torch_onnx():
         if job.exporter != "auto":
             return _only(job, job.exporter, workdir, name, f"requested: exporter={job.exporter!r}")
         if job.external_data:  # the TorchScript-based exporter has no external_data option
             reason = "auto: external data (only the dynamo exporter writes it)"
+            return _only(job, "dynamo", workdir, name, reason)
+        if dynamo_only:  # honoured, not dropped: only dynamo reads them
+            reason = f"auto: dynamo-only options given ({', '.join(dynamo_only)})"
             return _only(job, "dynamo", workdir, name, reason)
         return _auto(job, workdir, name)
 

@@ -36,6 +36,10 @@ _TORCH_NOISE = (
 )
 
 
+# torch.onnx.export options only the dynamo exporter reads
+DYNAMO_ONLY = ("optimize", "report", "verify", "custom_translation_table")
+
+
 @dataclass
 class OnnxJob:
     """One ONNX export in progress: what every step of ``to_onnx`` reads."""
@@ -104,12 +108,7 @@ def export_legacy(job: OnnxJob, f: Path) -> None:
         tensors = [*job.args, *job.kwargs.values()]
         dynamic_axes = {n: {0: BATCH_AXIS} for n, t in zip(job.input_names, tensors) if t.dim() > 0}
     legacy_args: tuple[Any, ...] = (*job.args, job.kwargs) if job.kwargs else tuple(job.args)
-    # options only the dynamo exporter knows
-    extra = {
-        k: v
-        for k, v in job.extra.items()
-        if k not in ("optimize", "report", "verify", "custom_translation_table")
-    }
+    extra = {k: v for k, v in job.extra.items() if k not in DYNAMO_ONLY}  # choice.py checks
     with jit_scripting(job.module):
         torch.onnx.export(
             job.module,
