@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.accelerator import cuda_rng_state, set_cuda_rng_state
+
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
@@ -91,8 +93,9 @@ def collect_rng_states() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = cuda_rng_state()
+    if cuda is not None:
+        states["cuda"] = cuda
     return states
 
 
@@ -113,5 +116,5 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         )
     if "torch" in states:
         torch.set_rng_state(states["torch"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+    if "cuda" in states:
+        set_cuda_rng_state(states["cuda"])

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trainer.accelerator import Accelerator
+
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 _ALIASES = {
     "32": "32-true", 32: "32-true", "32-true": "32-true",
@@ -34,18 +36,21 @@ def normalize_precision(value: Any) -> str:
 
 
 class Precision:
-    """Autocast context and loss scaling for one device type.
+    """Autocast context and loss scaling on one accelerator.
 
     ``autocast`` is None for 32-true so the loop can skip the context entirely. ``scaler`` is
-    always a GradScaler, enabled only for 16-mixed on CUDA: a disabled one passes losses and
-    steps through unchanged, so callers never branch on it. For the '*-true' precisions
-    ``true_dtype`` is the dtype of weights and inputs, and ``autocast`` is a context making it
-    the default dtype.
+    always a GradScaler, enabled only for 16-mixed where the accelerator supports it (CUDA): a
+    disabled one passes losses and steps through unchanged, so callers never branch on it. For
+    the '*-true' precisions ``true_dtype`` is the dtype of weights and inputs, and ``autocast``
+    is a context making it the default dtype.
     """
 
-    def __init__(self, precision: str, device: torch.device) -> None:
+    def __init__(self, precision: str, accelerator: Accelerator) -> None:
         self.precision = normalize_precision(precision)
-        self.device_type = torch.device(device).type
+        self.accelerator = accelerator
+        if self.precision == "16-mixed" and not accelerator.supports_fp16_scaler:
+            raise ValueError(f"Trainer(precision='16-mixed'): float16 autocast needs CUDA "
+                             f"(accelerator is {accelerator.name!r}); use 'bf16-mixed'")
         self.true_dtype: torch.dtype | None = _TRUE_DTYPES.get(self.precision)
         if self.true_dtype is not None:
             self.dtype = self.true_dtype
@@ -53,8 +58,7 @@ class Precision:
             self.dtype = None
         else:
             self.dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
-        enabled = self.precision == "16-mixed" and self.device_type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda" if enabled else "cpu", enabled=enabled)
+        self.scaler = accelerator.grad_scaler(self.precision)
 
     def autocast(self) -> contextlib.AbstractContextManager | None:
         """A fresh autocast context, or None for full precision."""
@@ -62,7 +66,7 @@ class Precision:
             return None
         if self.true_dtype is not None:
             return _default_dtype(self.true_dtype)
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return self.accelerator.autocast(self.dtype)
 
     def context(self) -> contextlib.AbstractContextManager:
         ctx = self.autocast()

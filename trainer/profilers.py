@@ -105,9 +105,7 @@ class PyTorchProfiler(Profiler):
             yield
 
     def start_stage(self, trainer: Any, stage: str) -> None:
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if trainer.strategy.root_device.type == "cuda":
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        activities = trainer.strategy.accelerator.profiler_activities()
         self._prof = torch.profiler.profile(activities=activities)
         self._prof.__enter__()
 

@@ -34,6 +34,12 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from trainer.accelerator import (
+    Accelerator,
+    CPUAccelerator,
+    accelerator_for,
+    select_accelerator,
+)
 from trainer.environment import cluster_env, set_threads_per_rank
 
 log = logging.getLogger(__name__)
@@ -45,9 +51,11 @@ class Strategy:
     """Base: the single-process behaviour; distributed strategies override what differs."""
 
     launcher: Any = None  # a Launcher when worker processes must be started, else None
+    accelerator: Accelerator = CPUAccelerator()  # set from the device in __init__
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.root_device = torch.device(device)
+        self.accelerator: Accelerator = accelerator_for(self.root_device)
 
     global_rank: int = 0
     local_rank: int = 0
@@ -136,10 +144,11 @@ class _TrainingStepForward(nn.Module):
 
 
 class DDPStrategy(Strategy):
-    """Distributed data parallel: one process per device, gloo on CPU, NCCL on CUDA.
+    """Distributed data parallel: one process per device, the accelerator's backend between
+    them (gloo on CPU, NCCL on CUDA).
 
     Args:
-        accelerator: 'cpu', 'cuda' or 'auto'.
+        accelerator: 'cpu', 'cuda', 'auto' or an Accelerator.
         devices: processes per node.
         num_nodes: nodes (machines); >1 is normally started by torchrun/SLURM (docs/ddp.md).
         timeout: collective timeout (seconds or timedelta): a rank stuck in a collective longer
@@ -157,7 +166,7 @@ class DDPStrategy(Strategy):
 
     def __init__(
         self,
-        accelerator: str = "auto",
+        accelerator: str | Accelerator = "auto",
         devices: int = 2,
         num_nodes: int = 1,
         timeout: float | timedelta | None = None,
@@ -171,13 +180,7 @@ class DDPStrategy(Strategy):
         threads_per_rank: int | None = None,
         shutdown_timeout: float = 10.0,
     ) -> None:
-        if accelerator == "auto":
-            accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-        if accelerator not in ("cpu", "cuda"):
-            raise ValueError(
-                "DDPStrategy(accelerator=...): must be 'cpu', 'cuda' or 'auto' "
-                f"(got {accelerator!r})"
-            )
+        accel = _ddp_accelerator(accelerator)
         if int(devices) < 1:
             raise ValueError(f"DDPStrategy(devices=...): must be >= 1 (got {devices!r})")
         if int(num_nodes) < 1:
@@ -186,16 +189,16 @@ class DDPStrategy(Strategy):
             raise ValueError(
                 f"DDPStrategy(backend=...): must be 'gloo' or 'nccl' (got {backend!r})"
             )
-        if backend == "nccl" and accelerator != "cuda":
+        if backend == "nccl" and accel.backend != "nccl":
             raise ValueError(
                 "DDPStrategy(backend='nccl') needs accelerator='cuda'; use 'gloo' on CPU"
             )
-        super().__init__("cpu")
-        self.accelerator = accelerator
+        super().__init__("cpu")  # the rank's own device is known in setup_environment
+        self.accelerator = accel
         self.devices = int(devices)
         self.num_nodes = int(num_nodes)
         self.timeout = _parse_timeout(timeout)
-        self.backend = backend or ("nccl" if accelerator == "cuda" else "gloo")
+        self.backend = backend or accel.backend
         self.find_unused_parameters = find_unused_parameters
         self.use_distributed_sampler = use_distributed_sampler
         self.rdzv_endpoint = rdzv_endpoint
@@ -250,13 +253,11 @@ class DDPStrategy(Strategy):
                 f"WORLD_SIZE={self.world_size}: make devices x num_nodes match the launcher "
                 f"(torchrun --nproc-per-node x --nnodes, or SLURM's tasks)"
             )
-        if self.accelerator == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError("DDPStrategy(accelerator='cuda'): CUDA is not available here")
-            self.root_device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(self.root_device)
-        else:
-            self.root_device = torch.device("cpu")
+        if not self.accelerator.is_available():
+            raise RuntimeError(f"DDPStrategy(accelerator={self.accelerator.name!r}): not "
+                               "available in this process")
+        self.root_device = self.accelerator.device(self.local_rank)
+        self.accelerator.setup_device(self.root_device)
         if not self._launched_worker and env["source"] == "slurm":
             os.environ.setdefault("RANK", str(self.global_rank))
             os.environ.setdefault("WORLD_SIZE", str(self.world_size))
@@ -265,9 +266,8 @@ class DDPStrategy(Strategy):
             set_threads_per_rank(env["local_world_size"], self.threads_per_rank)
         if dist.is_initialized():
             return
-        kwargs: dict[str, Any] = {}
-        if self.backend == "nccl":
-            kwargs["device_id"] = self.root_device
+        kwargs = self.accelerator.init_kwargs(self.root_device) if (
+            self.backend == self.accelerator.backend) else {}
         dist.init_process_group(
             backend=self.backend,
             init_method="env://",
@@ -326,7 +326,7 @@ class DDPStrategy(Strategy):
     def _wrap(self, module: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
-        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        device_ids = self.accelerator.device_ids(self.root_device)
         return DistributedDataParallel(
             module, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
         )
@@ -438,7 +438,7 @@ class DDPStrategy(Strategy):
             tensor = torch.tensor(tensor)
         orig_device = tensor.device
         out = tensor.detach().clone()
-        if self.backend == "nccl" and out.device.type != "cuda":
+        if self.backend == "nccl" and out.device.type != self.root_device.type:  # device only
             out = out.to(self.root_device)
         if op == "mean" and not out.is_floating_point():
             out = out.float()
@@ -466,8 +466,8 @@ class DDPStrategy(Strategy):
     def barrier(self, name: str | None = None) -> None:
         if not self.is_distributed:
             return
-        if self.backend == "nccl":
-            dist.barrier(device_ids=[self.root_device.index])
+        if self.backend == self.accelerator.backend:
+            dist.barrier(**self.accelerator.barrier_kwargs(self.root_device))
         else:
             dist.barrier()
 
@@ -547,8 +547,22 @@ def _slice(obj: Any, start: int, stop: int) -> Any:
     return type(obj)(_slice(v, start, stop) for v in obj)
 
 
+def _ddp_accelerator(accelerator: str | Accelerator) -> Accelerator:
+    # (availability is checked in the worker, where the device is taken)
+    if isinstance(accelerator, Accelerator):
+        return accelerator
+    if accelerator == "auto":
+        return select_accelerator("auto")
+    if accelerator not in ("cpu", "cuda"):
+        raise ValueError(
+            "DDPStrategy(accelerator=...): must be 'cpu', 'cuda' or 'auto' "
+            f"(got {accelerator!r})"
+        )
+    return accelerator_for(accelerator)
+
+
 def select_strategy(
-    strategy: str | Strategy, accelerator: str, devices: int | str, num_nodes: int
+    strategy: str | Strategy, accelerator: str | Accelerator, devices: int | str, num_nodes: int
 ) -> Strategy:
     """Turn the Trainer's flags into a Strategy: 'auto' is one device for 1, DDP otherwise.
 
@@ -557,23 +571,14 @@ def select_strategy(
     """
     if isinstance(strategy, Strategy):
         return strategy
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    if accelerator not in ("cpu", "cuda"):
-        raise ValueError(
-            f"Trainer(accelerator=...): must be 'cpu', 'cuda' or 'auto' (got {accelerator!r})"
-        )
-    if accelerator == "cuda" and not torch.cuda.is_available():
-        raise ValueError("Trainer(accelerator='cuda'): no CUDA device here; use 'cpu' or 'auto'")
+    accel = select_accelerator(accelerator)
     env = cluster_env()
     if devices == "auto":
         if env is not None:
             n_devices = env["local_world_size"]
             num_nodes = max(int(num_nodes), env["world_size"] // max(1, n_devices))
-        elif accelerator == "cuda":
-            n_devices = torch.cuda.device_count()
         else:
-            n_devices = 1
+            n_devices = accel.auto_device_count()
     else:
         try:
             n_devices = int(devices)
@@ -585,10 +590,7 @@ def select_strategy(
             raise ValueError(f"Trainer(devices=...): must be >= 1 (got {devices!r})")
     if int(num_nodes) < 1:
         raise ValueError(f"Trainer(num_nodes=...): must be >= 1 (got {num_nodes!r})")
-    if accelerator == "cuda" and n_devices > torch.cuda.device_count():
-        raise ValueError(
-            f"Trainer(devices={n_devices}): only {torch.cuda.device_count()} CUDA device(s) here"
-        )
+    accel.check_device_count(n_devices)
     if not isinstance(strategy, str):
         raise TypeError(
             f"Trainer(strategy=...): a name or a Strategy (got {type(strategy).__name__})"
@@ -596,15 +598,15 @@ def select_strategy(
     name = strategy.lower()
     if name in ("auto", "single_device") and n_devices == 1 and num_nodes == 1:
         if env is not None and env["world_size"] > 1 and name == "auto":
-            return DDPStrategy(accelerator, devices=1, num_nodes=env["world_size"])
-        return SingleDeviceStrategy("cuda:0" if accelerator == "cuda" else "cpu")
+            return DDPStrategy(accel, devices=1, num_nodes=env["world_size"])
+        return SingleDeviceStrategy(accel.device(0))
     if name == "single_device":
         raise ValueError(
             f"Trainer(strategy='single_device') runs one process: got devices={n_devices}, "
             f"num_nodes={num_nodes}; use strategy='ddp' or devices=1"
         )
     if name in ("auto", "ddp", "ddp_spawn"):
-        return DDPStrategy(accelerator, devices=n_devices, num_nodes=int(num_nodes))
+        return DDPStrategy(accel, devices=n_devices, num_nodes=int(num_nodes))
     raise ValueError(
         f"Trainer(strategy=...): unknown strategy {strategy!r}; "
         "use 'auto', 'single_device' or 'ddp'"

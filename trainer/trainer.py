@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from trainer.accelerator import Accelerator
 from trainer.callbacks import (
     HOOK_NAMES,
     Callback,
@@ -121,7 +122,7 @@ class Trainer:
     def __init__(
         self,
         *,
-        accelerator: str = "auto",
+        accelerator: str | Accelerator = "auto",
         strategy: str | Strategy = "auto",
         devices: int | str = "auto",
         num_nodes: int = 1,
@@ -169,10 +170,10 @@ class Trainer:
                 msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise TypeError(f"Trainer(): unknown flag(s) {', '.join(msgs)}")
         # ---- validate every flag
-        if accelerator not in ("auto", "cpu", "cuda", "gpu"):
+        if not isinstance(accelerator, Accelerator) and accelerator not in (
+                "auto", "cpu", "cuda", "gpu"):
             raise ValueError(f"Trainer(accelerator=...): must be 'auto', 'cpu' or 'cuda' "
                              f"(got {accelerator!r})")
-        accelerator = "cuda" if accelerator == "gpu" else accelerator
         self.precision = normalize_precision(precision)
         if fast_dev_run is not False:
             _check_int("fast_dev_run", fast_dev_run, 1, allow=(True,))
@@ -234,7 +235,6 @@ class Trainer:
         _check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
 
         # ---- store
-        self.accelerator = accelerator
         self.devices = devices
         self.num_nodes = num_nodes
         self.fast_dev_run = fast_dev_run
@@ -280,10 +280,8 @@ class Trainer:
             self.limit_train_batches = self.limit_val_batches = overfit_batches
 
         self.strategy = select_strategy(strategy, accelerator, devices, num_nodes)
-        self.precision_plugin = Precision(self.precision, self.strategy.root_device)
-        if self.precision == "16-mixed" and self.strategy.root_device.type == "cpu":
-            raise ValueError("Trainer(precision='16-mixed'): float16 autocast needs CUDA; use "
-                             "'bf16-mixed' on CPU")
+        self.accelerator: Accelerator = self.strategy.accelerator
+        self.precision_plugin = Precision(self.precision, self.accelerator)
         self.callbacks = self._build_callbacks(callbacks, enable_checkpointing,
                                                enable_progress_bar)
         if max_time is not None:
@@ -293,7 +291,7 @@ class Trainer:
             self.callbacks = sorted([*self.callbacks, Timer(max_time)],
                                     key=lambda c: isinstance(c, ModelCheckpoint))
         if sync_batchnorm and self.strategy.world_size > 1 and (
-                self.strategy.root_device.type == "cpu"):
+                not self.accelerator.supports_sync_batchnorm):
             raise ValueError("Trainer(sync_batchnorm=True): torch's SyncBatchNorm synchronizes "
                              "on CUDA devices only; use accelerator='cuda' or drop the flag")
         self.loggers = self._build_loggers(logger)

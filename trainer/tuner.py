@@ -231,8 +231,7 @@ class Tuner:
             except BaseException as e:
                 if not _is_oom(e):
                     raise
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                trial.strategy.accelerator.empty_cache()
                 return False
             return True
 
