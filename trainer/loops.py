@@ -169,6 +169,8 @@ class FitContext:
     log_train_step: Callable[[], None]  # on_step values to the loggers
     update_epoch_metrics: Callable[..., Any]
     check_watched_nonfinite: Callable[[], None]
+    live: Callable[[Results | None], contextlib.AbstractContextManager]  # callback_metrics' source
+    reload_loaders: Callable[[], tuple[Any, list[Any]]]  # reload_dataloaders_every_n_epochs
     restart_rng: dict[str, Any] | None = None  # RNG states to restore after a mid-epoch skip
 
 
@@ -246,7 +248,7 @@ class FitLoop:
                 break
             t.should_stop = False if t.current_epoch < t.min_epochs else t.should_stop
             if reload_every and t.current_epoch - loaded_at >= reload_every:
-                dl, val_dls = t._reload_fit_loaders()
+                dl, val_dls = self.ctx.reload_loaders()
                 loaded_at = t.current_epoch
             self.run_epoch(dl, val_dls)
             t.current_epoch += 1
@@ -339,8 +341,7 @@ class FitLoop:
 
         if batch_idx >= n_batches and not exhaust:  # resumed after the last batch
             iterator = ()
-        t._live_results = res
-        with logging_as(m, res, "train_batch"):
+        with ctx.live(res), logging_as(m, res, "train_batch"):
             for batch in iterator:
                 self.batch_idx = batch_idx
                 if transfer is not None:
@@ -400,7 +401,6 @@ class FitLoop:
                     opt.step_schedulers("epoch", epoch + 1, plateau=False)
         self.batches_consumed = batch_idx
         self.grads_pending = False  # the next epoch's first batch starts a new window
-        t._live_results = None
         ctx.check_watched_nonfinite()
         self._end_epoch(outputs if keep_outputs else None, resumed_end)
 
@@ -464,32 +464,39 @@ def _takes_dataloader_idx(fn: Any) -> bool:
     return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 3
 
 
-def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: list[float],
-                   results: Any, sanity: bool = False) -> list[list[Any]]:
+@dataclasses.dataclass
+class EvalContext:
+    """What one evaluation pass (validate, test, predict) takes from the Trainer."""
+
+    module: Any
+    overrides: set[str]  # module methods the user wrote
+    hook_callers: Callable[[str], list[Callable[..., Any]]]  # a hook's callbacks, then module
+    transfer: Callable[[Any, torch.device, int], Any] | None  # batch to device, with its hooks
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager]  # the precision's context
+    live: Callable[[Results | None], contextlib.AbstractContextManager]  # callback_metrics
+    log_step: Callable[[str, Results], None] | None  # on_step values to the loggers, or None
+
+
+def run_evaluation(ctx: EvalContext, stage: str, dataloaders: list[Any], limits: list[float],
+                   results: Results | None) -> list[list[Any]]:
     """One pass over each loader with ``{stage}_step``; returns the kept step outputs."""
-    t = trainer
-    m = t.lightning_module
+    m = ctx.module
     prefix = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
     short = {"validate": "val", "test": "test", "predict": "predict"}[stage]
     step_fn = getattr(m, f"{prefix}_step")
     step_end = getattr(m, f"{prefix}_step_end") if (
-        f"{prefix}_step_end" in t._module_overrides) else None
-    keep = stage == "predict" or f"{prefix}_epoch_end" in t._module_overrides
-    batch_start = t._hook_callers(f"on_{prefix}_batch_start")
-    batch_end = t._hook_callers(f"on_{prefix}_batch_end")
-    device = t.strategy.root_device
-    transfer = t._transfer_fn
-    autocast = t.precision_plugin.context
+        f"{prefix}_step_end" in ctx.overrides) else None
+    keep = stage == "predict" or f"{prefix}_epoch_end" in ctx.overrides
+    batch_start = ctx.hook_callers(f"on_{prefix}_batch_start")
+    batch_end = ctx.hook_callers(f"on_{prefix}_batch_end")
+    device, transfer, autocast = ctx.device, ctx.transfer, ctx.autocast
     multi = len(dataloaders) > 1
     takes_idx = _takes_dataloader_idx(step_fn)
-    # on_step values go to the loggers after each batch, as Lightning does (not in the sanity
-    # check, never for predict), at the stage's own batch count
-    log_steps = (results is not None and not (sanity or t.sanity_checking) and stage != "predict"
-                 and t.is_global_zero and bool(t.loggers))
+    log_step = ctx.log_step if results is not None else None
     all_outputs: list[list[Any]] = []
-    t._live_results = results
     batches = logging_as(m, results, f"{short}_batch") if results is not None else _NULL_CONTEXT
-    with torch.no_grad(), batches:
+    with torch.no_grad(), ctx.live(results), batches:
         for dl_idx, dl in enumerate(dataloaders):
             outputs: list[Any] = []
             if results is not None:
@@ -515,12 +522,11 @@ def run_evaluation(trainer: Any, stage: str, dataloaders: list[Any], limits: lis
                     outputs.append(out if stage == "predict" else detach_output(out))
                 for f in batch_end:
                     f(out, batch, batch_idx, dl_idx)
-                if log_steps:
-                    t._log_eval_step(stage, results)
+                if log_step is not None:
+                    log_step(stage, results)
                 if batch_idx + 1 >= limit:
                     break
             all_outputs.append(outputs)
     if results is not None:
         results.dataloader_suffix = ""
-    t._live_results = None
     return all_outputs

@@ -7,12 +7,13 @@ runs; the precision plugin (trainer.precision) how the numbers are computed.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -43,6 +44,7 @@ from trainer.compiled import compiled_methods, unwrap_compiled
 from trainer.eval_table import print_results
 from trainer.loggers.csv import CSVLogger
 from trainer.loops import (
+    EvalContext,
     FitContext,
     FitLoop,
     NonFiniteLossError,
@@ -456,6 +458,16 @@ class Trainer:
                 return c
         return None
 
+    @contextlib.contextmanager
+    def _results_live(self, results: Results | None) -> Iterator[None]:
+        """Within: ``results`` is what callback_metrics and training/validating read; what was
+        live before comes back after (a validation inside a training epoch hands back to it)."""
+        prev, self._live_results = self._live_results, results
+        try:
+            yield
+        finally:
+            self._live_results = prev
+
     def _live_step_values(self, which: str = "all") -> dict[str, Tensor]:
         live = self._live_results
         if live is None:
@@ -844,6 +856,7 @@ class Trainer:
             val_enabled=self._val_enabled, log_train_step=self._log_train_step,
             update_epoch_metrics=self._update_epoch_metrics,
             check_watched_nonfinite=self._check_watched_nonfinite,
+            live=self._results_live, reload_loaders=self._reload_fit_loaders,
             restart_rng=self._restart_rng)
         with logging_as(model, self._train_results, "train_epoch"):
             self._call_hook("on_train_start")
@@ -911,6 +924,17 @@ class Trainer:
         for mod, training in modes.items():
             mod.training = training
 
+    def _eval_context(self, stage: str, log: bool) -> EvalContext:
+        """What run_evaluation needs; on_step values go to the loggers after each batch, as
+        Lightning does (when ``log``: not in the sanity check, never for predict; rank zero)."""
+        log_steps = (log and not self.sanity_checking and stage != "predict"
+                     and self.is_global_zero and bool(self.loggers))
+        return EvalContext(
+            module=self.lightning_module, overrides=self._module_overrides,
+            hook_callers=self._hook_callers, transfer=self._transfer_fn,
+            device=self.strategy.root_device, autocast=self.precision_plugin.context,
+            live=self._results_live, log_step=self._log_eval_step if log_steps else None)
+
     def _eval_pass(self, stage: str, dls: list[Any], limits: list[float],
                    log: bool) -> dict[str, Tensor]:
         m = self.lightning_module
@@ -920,7 +944,7 @@ class Trainer:
         with logging_as(m, res, f"{'val' if stage == 'validate' else stage}_epoch"):
             self._call_hook(f"on_{prefix}_start")
             self._call_hook(f"on_{prefix}_epoch_start")
-            outputs = run_evaluation(self, stage, dls, limits, res)
+            outputs = run_evaluation(self._eval_context(stage, log), stage, dls, limits, res)
             if f"{prefix}_epoch_end" in self._module_overrides:
                 getattr(m, f"{prefix}_epoch_end")(outputs[0] if len(outputs) == 1 else outputs)
             self._call_hook(f"on_{prefix}_epoch_end")
@@ -968,7 +992,8 @@ class Trainer:
         with logging_as(model, Results("predict"), "predict_step"):  # self.log refuses here
             self._call_hook("on_predict_start")
             self._call_hook("on_predict_epoch_start")
-            outputs = run_evaluation(self, "predict", dls, limits, None)
+            outputs = run_evaluation(self._eval_context("predict", False), "predict", dls,
+                                     limits, None)
             self._call_hook("on_predict_epoch_end")
             self._call_hook("on_predict_end")
         for mod, training in modes.items():
