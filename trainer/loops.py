@@ -328,7 +328,15 @@ class FitLoop:
         batch_start, batch_end = ctx.batch_start, ctx.batch_end
         module_batch_start = "on_train_batch_start" in ctx.overrides
         accum = t.accumulate_grad_batches
-        step_scheds = any(c.interval == "step" for c in t.lr_scheduler_configs)
+        # step-interval schedulers step where Lightning steps them: at the end of each
+        # accumulation window, counting the epoch's batches (batch_idx + 1) against their
+        # frequency; the others right after the optimizer step, ReduceLROnPlateau ones after
+        # the validation that may run on that batch (they watch its metrics)
+        step_scheds = automatic and any(
+            c.interval == "step" and not c.reduce_on_plateau for c in t.lr_scheduler_configs)
+        plateau_scheds = automatic and any(
+            c.interval == "step" and c.reduce_on_plateau for c in t.lr_scheduler_configs)
+        last = True  # (manual optimization: every batch ends a "window")
         max_steps = t.max_steps if t.max_steps != -1 else math.inf
         log_every = t.log_every_n_steps if t.loggers and t.is_global_zero else 0
         no_sync = t.strategy.no_sync if t.strategy.world_size > 1 and accum > 1 else None
@@ -364,10 +372,10 @@ class FitLoop:
                     self.grads_pending = not last and opt.backward_in_window
                     if stepped:
                         t.global_step += 1
-                        if step_scheds:
-                            opt.step_schedulers("step", t.global_step)
                         if log_every and t.global_step % log_every == 0:
                             ctx.log_train_step()
+                    if last and step_scheds:
+                        opt.step_schedulers("step", batch_idx + 1, plateau=False)
                 else:
                     before = t.global_step
                     out = run_step(batch, batch_idx)
@@ -389,6 +397,8 @@ class FitLoop:
                 if val_every and (
                         self.batches_total if val_across else batch_idx) % val_every == 0:
                     ctx.validate(val_dls)
+                if last and plateau_scheds:
+                    opt.step_schedulers("step", batch_idx, plateau=True)
                 if (batch_idx >= n_batches and not exhaust) or t.global_step >= max_steps or (
                         t.should_stop and epoch + 1 >= t.min_epochs):
                     break
@@ -396,7 +406,8 @@ class FitLoop:
             else:  # the loader ran out (not a break): one of unknown length may end mid-window
                 if automatic and self.grads_pending and opt.finish_window(batch_idx - 1):
                     t.global_step += 1
-                    opt.step_schedulers("step", t.global_step)
+                    opt.step_schedulers("step", batch_idx, plateau=False)
+                    opt.step_schedulers("step", batch_idx, plateau=True)
                 if epoch_scheds_due:
                     opt.step_schedulers("epoch", epoch + 1, plateau=False)
         self.batches_consumed = batch_idx

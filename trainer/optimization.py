@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -326,6 +327,9 @@ class Optimization:
                             f"ReduceLROnPlateau monitors {c.monitor!r}, which was not logged "
                             f"(logged: {sorted(metrics)}); self.log({c.monitor!r}, ...) or "
                             "set 'strict': False in the lr_scheduler dict")
+                    warnings.warn(f"ReduceLROnPlateau monitors {c.monitor!r}, which is not "
+                                  "logged yet ('strict': False): this scheduler step is "
+                                  "skipped", RuntimeWarning, stacklevel=2)
                     continue
                 metric = float(metrics[c.monitor])
             if self._scheduler_hook is not None:
