@@ -404,17 +404,27 @@ class Trainer:
         """Optimizer steps this fit will take (for OneCycleLR's ``total_steps`` in
         configure_optimizers): this rank's training batches per epoch (limit_train_batches and
         the DDP share applied) over accumulate_grad_batches, times max_epochs, capped by
-        max_steps; inf for endless training."""
+        max_steps; inf for endless training. Outside fit, before any fit in this process, it
+        loads the attached module's (or datamodule's) train_dataloader(), as Lightning does."""
         if self.max_epochs == math.inf:
             return math.inf if self.max_steps == -1 else self.max_steps
-        if self.state_stage != "fit":
-            raise RuntimeError("Trainer.estimated_stepping_batches: known once fit has its "
-                               "training loader (read it in configure_optimizers or later)")
         per_epoch = self.num_training_batches
+        if self.state_stage != "fit" and not per_epoch:
+            per_epoch = self._training_batches_outside_fit()
         if per_epoch == math.inf:  # a loader without a length: only max_steps bounds it
             return math.inf if self.max_steps == -1 else self.max_steps
         steps = math.ceil(per_epoch / self.accumulate_grad_batches) * max(self.max_epochs, 1)
         return steps if self.max_steps == -1 else min(steps, self.max_steps)
+
+    def _training_batches_outside_fit(self) -> float:
+        if self.lightning_module is None:
+            raise RuntimeError("Trainer.estimated_stepping_batches: no module attached yet; read "
+                               "it in configure_optimizers, or after fit/validate/test/predict")
+        dls = self._loaders("fit", None, self.datamodule)
+        if not dls:
+            raise RuntimeError("Trainer.estimated_stepping_batches: no training data: the "
+                               "module (or datamodule) has no train_dataloader()")
+        return limit_batches(sized_len(dls[0]), self.limit_train_batches)
 
     @property
     def training(self) -> bool:

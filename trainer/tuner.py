@@ -180,7 +180,8 @@ class Tuner:
                 num_training: int = 100, mode: str = "exponential",
                 early_stop_threshold: float | None = 4.0, update_attr: bool = True,
                 attr_name: str = "") -> LRFinder:
-        """Sweep the learning rate over ``num_training`` steps; see the module docstring."""
+        """Sweep the learning rate over ``num_training`` steps (fewer if the Trainer's
+        max_epochs ends the fit first); see the module docstring."""
         if mode not in ("exponential", "linear"):
             raise ValueError(f"lr_find(mode=...): must be 'exponential' or 'linear' "
                              f"(got {mode!r})")
@@ -192,8 +193,15 @@ class Tuner:
         attr = _lr_attr(model, attr_name) if update_attr else None
         finder = LRFinder(mode, min_lr, max_lr, num_training)
         sweep = _LRSweep(finder, early_stop_threshold)
-        trial = self._trial_trainer([sweep], max_steps=num_training, limit_val_batches=0,
-                                    on_nonfinite_loss="ignore")
+        # Lightning runs the sweep in the Trainer's own fit loop: its epochs, training batches
+        # and validation schedule hold, validation included (at most num_training batches)
+        t = self.trainer
+        trial = self._trial_trainer(
+            [sweep], max_steps=num_training, on_nonfinite_loss="ignore",
+            max_epochs=-1 if t.max_epochs == math.inf else t.max_epochs,
+            limit_train_batches=t.limit_train_batches, limit_val_batches=num_training,
+            val_check_interval=t.val_check_interval,
+            check_val_every_n_epoch=t.check_val_every_n_epoch)
         with _weights_restored(model):
             trial.fit(model, train_dataloaders, val_dataloaders, datamodule)
         lr = finder.suggestion()

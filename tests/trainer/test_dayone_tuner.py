@@ -57,7 +57,7 @@ def _trainer() -> Trainer:
 def test_lr_find_suggests_a_plausible_rate_and_restores_weights():
     m = Reg()
     before = flat(m).clone()
-    trainer = _trainer()
+    trainer = Trainer(logger=False, enable_progress_bar=False)  # 1000 epochs of one batch
     finder = Tuner(trainer).lr_find(m, min_lr=1e-5, max_lr=10.0)
     lrs, losses = finder.results["lr"], finder.results["loss"]
     assert 50 < len(lrs) <= 100 and lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
@@ -78,8 +78,8 @@ def test_lr_find_suggests_a_plausible_rate_and_restores_weights():
 
 def test_lr_find_linear_mode_and_update_attr_off():
     m = Reg(lr=0.123)
-    finder = Tuner(_trainer()).lr_find(m, min_lr=1e-3, max_lr=0.5, num_training=20,
-                                       mode="linear", update_attr=False)
+    finder = Tuner(Trainer(max_epochs=20, logger=False, enable_progress_bar=False)).lr_find(
+        m, min_lr=1e-3, max_lr=0.5, num_training=20, mode="linear", update_attr=False)
     lrs = finder.results["lr"]
     assert lrs[1] - lrs[0] == pytest.approx(lrs[2] - lrs[1])  # evenly spaced
     assert m.hparams.lr == 0.123
