@@ -4,10 +4,16 @@
     .venv/bin/python bench/trainer_loop.py --quick         # tiny counts, a smoke run
     .venv/bin/python bench/trainer_loop.py --device cuda   # + a small bf16-mixed transformer
 
-Each repeat runs the hand loop, then the Trainer, then pytorch-lightning's Trainer on fresh
-copies of the same model, alternating; the table shows medians over the repeats and the ratios
-of the medians to the hand loop's (the target applies to our Trainer's ratio; Lightning's is for
-comparison, "n/a" when neither ``lightning`` nor ``pytorch_lightning`` is installed).
+Protocol (so a target of a few percent can be decided on a loaded machine): each repeat runs the
+hand loop, our Trainer and pytorch-lightning's Trainer once each on fresh copies of the same
+model, the order rotating from repeat to repeat (hand/ours/pl, ours/pl/hand, pl/hand/ours, ...),
+so a slow spell of the machine falls on each in turn. Each repeat gives a paired ratio (ours /
+hand of the same repeat, Lightning / hand); the table shows the median of those ratios over the
+repeats (>= 15 by default) with a 95 % bootstrap interval of that median (2000 resamples, fixed
+seed), and a verdict per target: "met" when the whole interval is at or below the target,
+"missed" when it is wholly above, "undecided" when it straddles it (run more repeats, or on a
+quieter machine). The µs/step columns are medians over the repeats. Lightning is for comparison,
+"n/a" when neither ``lightning`` nor ``pytorch_lightning`` is installed.
 torch.set_num_threads(1) (CPU). Batches are pre-built tensors in a list (on the device, one epoch
 of all the steps), so the figures compare loop overhead, not data loading; each Trainer's time is
 its whole fit() call (setup included). Both Trainers get logger=False, no checkpointing, no
@@ -24,6 +30,7 @@ import copy
 import io
 import logging
 import os
+import random
 import statistics
 import time
 import warnings
@@ -210,46 +217,65 @@ def lightning_loop(net, batches, steps, lr, device, amp, log, bar) -> float:
     return elapsed / steps
 
 
+def median_interval(xs: list[float], resamples: int = 2000, seed: int = 0
+                    ) -> tuple[float, float, float]:
+    """The median of ``xs`` and a 95 % percentile-bootstrap interval of it."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(resamples))
+    return statistics.median(xs), meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+
+
+def verdict(lo: float, hi: float, target: float | None) -> str:
+    if target is None:
+        return ""
+    return "met" if hi <= target else "missed" if lo > target else "undecided"
+
+
 def run_case(name, make_net, batches, steps, lr, device, amp, log, bar, repeats, target):
     batches = (batches * (steps // len(batches) + 1))[:steps]  # one epoch of `steps` batches
     base = make_net().to(device)
-    hand_loop(copy.deepcopy(base), batches, max(steps // 10, 5), lr, device, amp)  # warm up
     warm = max(steps // 10, 5)
-    trainer_loop(copy.deepcopy(base), batches, warm, lr, device, amp, log, bar)
+    runners = {
+        "hand": lambda b, n: hand_loop(copy.deepcopy(base), b, n, lr, device, amp),
+        "ours": lambda b, n: trainer_loop(copy.deepcopy(base), b, n, lr, device, amp, log, bar),
+    }
     if pl is not None:
-        lightning_loop(copy.deepcopy(base), batches[:warm], warm, lr, device, amp, log, bar)
-    hs, ts, ls = [], [], []
-    for _ in range(repeats):
-        hs.append(hand_loop(copy.deepcopy(base), batches, steps, lr, device, amp))
-        ts.append(trainer_loop(copy.deepcopy(base), batches, steps, lr, device, amp, log, bar))
-        if pl is not None:
-            ls.append(lightning_loop(copy.deepcopy(base), batches, steps, lr, device, amp, log,
-                                     bar))
-    h, t = statistics.median(hs), statistics.median(ts)
-    ratio = t / h
-    ok = "yes" if target is None or ratio <= target else "NO"
-    if ls:
-        lt = statistics.median(ls)
-        pl_time, pl_ratio = f"{lt * 1e6:>9.1f}", f"{lt / h:>5.3f}"
+        runners["pl"] = lambda b, n: lightning_loop(copy.deepcopy(base), b, n, lr, device, amp,
+                                                    log, bar)
+    for run in runners.values():  # warm up (imports, allocator, first-call caches)
+        run(batches[:warm], warm)
+    names = list(runners)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[:r % len(names)]:  # rotated order
+            times[k].append(runners[k](batches, steps))
+    hand = times["hand"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ours_ratio, lo, hi = median_interval([t / h for t, h in zip(times["ours"], hand)])
+    if "pl" in times:
+        pl_ratio, pl_lo, pl_hi = median_interval([t / h for t, h in zip(times["pl"], hand)])
+        pl_cols = f"{med['pl'] * 1e6:>9.1f} | {pl_ratio:.3f} [{pl_lo:.3f}, {pl_hi:.3f}]"
     else:
-        pl_time, pl_ratio = f"{'n/a':>9}", f"{'n/a':>5}"
-    print(f"| {name:<44} | {steps:>5} | {h * 1e6:>9.1f} | {t * 1e6:>9.1f} | {ratio:>5.3f} | "
-          f"{'' if target is None else f'<= {target:.2f}':>7} | {ok:>3} | {pl_time} | {pl_ratio} |",
-          flush=True)
-    return ratio
+        pl_cols = f"{'n/a':>9} | n/a"
+    tgt = "" if target is None else f"<= {target:.2f}"
+    print(f"| {name:<44} | {steps:>5} | {med['hand'] * 1e6:>9.1f} | {med['ours'] * 1e6:>9.1f} | "
+          f"{ours_ratio:.3f} [{lo:.3f}, {hi:.3f}] | {tgt:>7} | {verdict(lo, hi, target):>9} | "
+          f"{pl_cols} |", flush=True)
+    return ours_ratio
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=15,
+                    help="rotations of hand/ours/Lightning per case (>= 15 for a verdict)")
     ap.add_argument("--steps", type=int, default=2000, help="steps of the small MLP cases")
     ap.add_argument("--large-steps", type=int, default=300, help="steps of the 784-1024 MLP")
     ap.add_argument("--quick", action="store_true", help="tiny counts (a smoke run)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.quick:
-        args.repeats, args.steps, args.large_steps = 2, 100, 10
+        args.repeats, args.steps, args.large_steps = 3, 100, 10
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     dev = args.device
@@ -262,9 +288,10 @@ def main() -> None:
     card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else cpu_name
     pl_version = f"pytorch-lightning {pl.__version__}" if pl is not None else "no lightning"
     print(f"torch {torch.__version__}, {pl_version}, device {dev} ({card}), threads "
-          f"{torch.get_num_threads()}, cores {os.cpu_count()}, repeats {args.repeats} (median)")
+          f"{torch.get_num_threads()}, cores {os.cpu_count()}, {args.repeats} rotated repeats; "
+          "ratios: median of the per-repeat ratios [95 % bootstrap interval]")
     print("| case                                         | steps | hand µs/step | trainer µs/step "
-          "| ratio | target | ok | lightning µs/step | lightning ratio |")
+          "| ratio [95 %] | target | verdict | lightning µs/step | lightning ratio [95 %] |")
     print("|---|---:|---:|---:|---:|---:|:-:|---:|---:|")
     small = make_batches("dense", 64, 50, dev, 32)
     run_case("MLP 32-64-10, batch 64, no logging", lambda: mlp([32, 64, 10]), small,
