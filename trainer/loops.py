@@ -71,7 +71,10 @@ def batch_output(out: Any, accumulate: int, automatic: bool) -> dict[str, Any]:
     when training_step returned None)."""
     if out is None:
         return {}
-    extra = dict(out) if isinstance(out, Mapping) else {"loss": out}
+    if type(out) is Tensor:  # the usual loss tensor (no ABC check per batch)
+        extra = {"loss": out}
+    else:
+        extra = dict(out) if isinstance(out, Mapping) else {"loss": out}
     if automatic:
         loss = extra.get("loss")
         if loss is None:
@@ -364,10 +367,11 @@ class FitLoop:
                     first = accum == 1 or batch_idx % accum == 0
                     last = accum == 1 or (batch_idx + 1) % accum == 0 or (
                         batch_idx + 1 == n_batches)
-                    # DDP skips the gradient all-reduce only when forward AND backward of a
-                    # micro-step run inside no_sync, so it wraps the whole closure.
-                    with no_sync(m) if no_sync is not None and not last else _NULL_CONTEXT:
+                    if no_sync is None or last:
                         stepped = opt.training_batch(batch, batch_idx, first, last)
+                    else:  # DDP skips the gradient all-reduce only when forward AND backward
+                        with no_sync(m):  # of a micro-step run inside no_sync
+                            stepped = opt.training_batch(batch, batch_idx, first, last)
                     out = opt.output
                     self.grads_pending = not last and opt.backward_in_window
                     if stepped:

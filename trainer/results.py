@@ -270,6 +270,8 @@ class Results:
 
 def extract_batch_size(batch: Any) -> int:
     """Length of the first tensor found in the batch (1 if none), as Lightning does."""
+    if type(batch) in (tuple, list) and batch and type(batch[0]) is Tensor:  # (x, y): no walk
+        return batch[0].shape[0] if batch[0].ndim else 1
     if isinstance(batch, Tensor):
         return batch.shape[0] if batch.ndim else 1
     if isinstance(batch, str):
