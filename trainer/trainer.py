@@ -2,7 +2,8 @@
 
 The Trainer owns the bookkeeping (flags, hooks, optimizers, logged values, checkpoints); the
 loops in trainer.loops do the iterating; the strategy (trainer.strategy) says where the work
-runs; the precision plugin (trainer.precision) how the numbers are computed.
+runs, on which kind of device (trainer.accelerator); the precision plugin (trainer.precision) how
+the numbers are computed.
 """
 
 from __future__ import annotations
