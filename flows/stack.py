@@ -37,6 +37,7 @@ import typer
 
 from flows.tracking import free_port
 from tasks.settings import home_dir
+from trainer.fileio import atomic_write
 
 app = typer.Typer(
     help="Team mode: PostgreSQL + Prefect server + MLflow server + a worker, on this machine.",
@@ -73,13 +74,9 @@ def read_state() -> dict[str, Any] | None:
 
 
 def _write_state(state: dict[str, Any]) -> None:
-    path = _state_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    # it holds the database password: readable by the owner only
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(_state_path(), "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # it holds the database password: the owner's only
         json.dump(state, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _start_time(pid: int) -> str | None:
@@ -127,8 +124,8 @@ def _pg_start(pg: Path, port: int) -> str:
             )
     if not (data / "PG_VERSION").exists():
         password = secrets.token_urlsafe(18)
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(pwfile, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
             f.write(password + "\n")
         if os.geteuid() == 0:
             shutil.chown(pwfile, "postgres", "postgres")

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.environment import set_threads_per_rank
+from trainer.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from trainer.strategy import DDPStrategy
@@ -569,9 +570,7 @@ def _write_error(error_dir: str, exc: BaseException) -> None:
     }
     path = os.path.join(error_dir, f"error-rank{rank}.json")
     with contextlib.suppress(OSError):
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(path + ".tmp", path)
+        atomic_write_text(path, json.dumps(record))
 
 
 def _worker_entry(payload: bytes, opts: dict[str, Any]) -> dict[str, Any] | None:

@@ -17,18 +17,10 @@ from typing import Any
 
 import yaml
 
+from trainer.fileio import atomic_write_text
 from trainer.loggers.base import Logger, rank_zero_only
 
 __all__ = ["CSVLogger"]
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _plain(value: Any) -> Any:
@@ -123,7 +115,7 @@ class CSVLogger(Logger):
         self.hparams.update(params)
         os.makedirs(self.log_dir, exist_ok=True)
         text = yaml.safe_dump(_plain(self.hparams), sort_keys=False)
-        _atomic_write_text(os.path.join(self.log_dir, self.HPARAMS_FILE), text)
+        atomic_write_text(os.path.join(self.log_dir, self.HPARAMS_FILE), text)
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -164,7 +156,7 @@ class CSVLogger(Logger):
             writer.writeheader()
             writer.writerows(old_rows)
             writer.writerows(self._rows)
-            _atomic_write_text(path, buf.getvalue())
+            atomic_write_text(path, buf.getvalue())
             self._columns = columns
         else:
             with open(path, "a", encoding="utf-8", newline="") as f:

@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
+from trainer.fileio import atomic_write_text
 from trainer.loggers.base import global_rank, rank_zero_only
-from trainer.loggers.csv import CSVLogger, _atomic_write_text, _plain
+from trainer.loggers.csv import CSVLogger, _plain
 
 __all__ = ["TensorBoardLogger"]
 
@@ -98,7 +99,7 @@ class TensorBoardLogger(CSVLogger):
             params = vars(params)
         self.hparams.update(params)
         os.makedirs(self.log_dir, exist_ok=True)
-        _atomic_write_text(os.path.join(self.log_dir, self.HPARAMS_FILE),
+        atomic_write_text(os.path.join(self.log_dir, self.HPARAMS_FILE),
                            yaml.safe_dump(_plain(self.hparams), sort_keys=False))
         if metrics is None and self.default_hp_metric:
             metrics = {"hp_metric": -1}
