@@ -35,7 +35,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.tracking import free_port
+from flows.tracking import TrackingUnreachable, reserved_port
 from tasks.settings import home_dir
 from trainer.fileio import atomic_write
 
@@ -227,12 +227,13 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"host": host, "project": str(home_dir().parent), "pieces": {}}
+    ports = contextlib.ExitStack()  # each port held from here until its server answers
     try:
         if database_url is None:
-            pg_port = pg_port or free_port()
+            pg_port = ports.enter_context(reserved_port("127.0.0.1", pg_port))
             state["pg"] = {"dir": str(root / "pg"), "port": pg_port}
             _write_state(state)  # from here on, `down` can clean up even if `up` dies
-            password = _pg_start(root / "pg", pg_port)
+            password = _pg_start(root / "pg", pg_port)  # returns once it accepts connections
             database_url = f"postgresql://postgres:{password}@127.0.0.1:{pg_port}"
         parts = urllib.parse.urlsplit(database_url)
         if not parts.scheme.startswith("postgresql") or not parts.netloc:
@@ -240,6 +241,8 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
                              f"{database_url!r}")
         server = parts.netloc  # the databases are ours: 'prefect' and 'mlflow'
         _write_state(state)
+        for port in (prefect_port, mlflow_port):  # the port a user named, held or refused
+            ports.enter_context(reserved_port(host, port))
         env = _base_env()
         h = _url_host(host)
         api = f"http://{h}:{prefect_port}/api"
@@ -266,6 +269,7 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
         _write_state(state)
         _wait_healthy("prefect", state["pieces"]["prefect"], timeout)
         _wait_healthy("mlflow", state["pieces"]["mlflow"], timeout)
+        ports.close()
         if worker:
             client_env = dict(env, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=mlflow_url,
                               TRAINFLOW_PROJECT_DIR=state["project"])
@@ -282,9 +286,12 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
                                   POOL], client_env, logs)
             state["pieces"]["worker"] = {**w, "pool": POOL}
             _write_state(state)
-    except BaseException:
+    except BaseException as err:
+        ports.close()
         with contextlib.suppress(Exception):
             down()
+        if isinstance(err, TrackingUnreachable):  # a port is taken: the message names the fix
+            raise StackError(f"stack: {err}") from None
         raise
     return state
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.tracking import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
