@@ -1,6 +1,7 @@
 """MLflow servers we start: ``trainflow ui`` on the embedded store, and ``mlflow server`` for
 tests and the team stack. The store itself (URIs, reachability, experiments) is
-``trainer/loggers/mlflow_store.py``.
+``trainer/loggers/mlflow_store.py``. The ports of the servers we start are held from the moment
+they are chosen (:func:`reserved_port`, :func:`listening_socket`), never picked and let go.
 """
 
 from __future__ import annotations
