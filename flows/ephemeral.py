@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.children import die_with_parent
-from flows.tracking import free_port
+from flows.tracking import listening_socket
 
 __all__ = ["EphemeralAPI", "start"]
 
@@ -225,12 +225,15 @@ def start() -> EphemeralAPI | None:
 
     spec = importlib.util.find_spec("prefect")  # finds the package without importing it
     assert spec is not None and spec.origin is not None
-    port = free_port()
+    sock = listening_socket("127.0.0.1")  # bound once, here; uvicorn serves on it (--fd)
+    port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent),
-           "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+           "--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno()),
+           "--log-level", "error", "--lifespan", "on"]
     # Ends with this process even when it is SIGKILLed (no exit handler runs then).
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent())  # noqa: PLW1509
+    with sock:
+        proc = subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),),
+                                preexec_fn=die_with_parent())  # noqa: PLW1509
     api = EphemeralAPI(proc, port, home, migrated=not current)
     atexit.register(api.stop)
     return api

@@ -35,8 +35,9 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.tracking import free_port
+from flows.tracking import TrackingUnreachable, reserved_port
 from tasks.settings import home_dir
+from trainer.fileio import atomic_write
 
 app = typer.Typer(
     help="Team mode: PostgreSQL + Prefect server + MLflow server + a worker, on this machine.",
@@ -73,13 +74,9 @@ def read_state() -> dict[str, Any] | None:
 
 
 def _write_state(state: dict[str, Any]) -> None:
-    path = _state_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    # it holds the database password: readable by the owner only
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(_state_path(), "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # it holds the database password: the owner's only
         json.dump(state, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _start_time(pid: int) -> str | None:
@@ -127,8 +124,8 @@ def _pg_start(pg: Path, port: int) -> str:
             )
     if not (data / "PG_VERSION").exists():
         password = secrets.token_urlsafe(18)
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(pwfile, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
             f.write(password + "\n")
         if os.geteuid() == 0:
             shutil.chown(pwfile, "postgres", "postgres")
@@ -230,12 +227,13 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"host": host, "project": str(home_dir().parent), "pieces": {}}
+    ports = contextlib.ExitStack()  # each port held from here until its server answers
     try:
         if database_url is None:
-            pg_port = pg_port or free_port()
+            pg_port = ports.enter_context(reserved_port("127.0.0.1", pg_port))
             state["pg"] = {"dir": str(root / "pg"), "port": pg_port}
             _write_state(state)  # from here on, `down` can clean up even if `up` dies
-            password = _pg_start(root / "pg", pg_port)
+            password = _pg_start(root / "pg", pg_port)  # returns once it accepts connections
             database_url = f"postgresql://postgres:{password}@127.0.0.1:{pg_port}"
         parts = urllib.parse.urlsplit(database_url)
         if not parts.scheme.startswith("postgresql") or not parts.netloc:
@@ -243,6 +241,8 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
                              f"{database_url!r}")
         server = parts.netloc  # the databases are ours: 'prefect' and 'mlflow'
         _write_state(state)
+        for port in (prefect_port, mlflow_port):  # the port a user named, held or refused
+            ports.enter_context(reserved_port(host, port))
         env = _base_env()
         h = _url_host(host)
         api = f"http://{h}:{prefect_port}/api"
@@ -269,6 +269,7 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
         _write_state(state)
         _wait_healthy("prefect", state["pieces"]["prefect"], timeout)
         _wait_healthy("mlflow", state["pieces"]["mlflow"], timeout)
+        ports.close()
         if worker:
             client_env = dict(env, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=mlflow_url,
                               TRAINFLOW_PROJECT_DIR=state["project"])
@@ -285,9 +286,12 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
                                   POOL], client_env, logs)
             state["pieces"]["worker"] = {**w, "pool": POOL}
             _write_state(state)
-    except BaseException:
+    except BaseException as err:
+        ports.close()
         with contextlib.suppress(Exception):
             down()
+        if isinstance(err, TrackingUnreachable):  # a port is taken: the message names the fix
+            raise StackError(f"stack: {err}") from None
         raise
     return state
 

@@ -1,6 +1,7 @@
 """MLflow servers we start: ``trainflow ui`` on the embedded store, and ``mlflow server`` for
 tests and the team stack. The store itself (URIs, reachability, experiments) is
-``trainer/loggers/mlflow_store.py``.
+``trainer/loggers/mlflow_store.py``. The ports of the servers we start are held from the moment
+they are chosen (:func:`reserved_port`, :func:`listening_socket`), never picked and let go.
 """
 
 from __future__ import annotations
@@ -27,11 +28,40 @@ from trainer.loggers.mlflow_store import (
 # --------------------------------------------------------------------------- server / UI
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the OS picks it; free until someone binds it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+@contextlib.contextmanager
+def reserved_port(host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+    """Hold a TCP port for a server we start: yields its number (``port``, or one the OS picks
+    for 0), bound here until the block ends; end it once the server answers.
+
+    Binding, closing and passing the number on (a "free port") is a race: anyone may take the
+    port before the server binds it. Here the port stays bound (SO_REUSEADDR, not listening)
+    while the server starts: the OS hands it to no one asking for a free port and a plain
+    ``bind`` of it fails, yet the server, which sets SO_REUSEADDR itself (uvicorn under
+    ``mlflow server`` and ``prefect server``; PostgreSQL), binds and listens on it. Port 0 or an
+    inherited socket would need each server's support: PostgreSQL takes neither, and MLflow and
+    Prefect run uvicorn in a grandchild (no fd passed through) and report the port only in logs.
+    A port something already listens on is refused with the fix.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise TrackingUnreachable(
+                f"port {port} on {host} is taken ({exc.strerror}): stop what uses it or choose "
+                "another port"
+            ) from None
+        yield int(s.getsockname()[1])
+
+
+def listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to a port the OS picks on ``host`` and listening: for a server that takes
+    an inherited socket (``uvicorn --fd``), so the port is bound once, by us, and handed over."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, 0))
+    s.listen(128)
+    return s
 
 
 def _server_cmd(uri: str, host: str, port: int, workers: int) -> list[str]:
@@ -105,9 +135,18 @@ def start_server(
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    if port:
-        check_port_free(host, port)
-    port = port or free_port(host)
+    with reserved_port(host, port or 0) as bound:  # held until /health answers
+        return _start_and_wait(uri, host, bound, workers, startup_timeout, log_path)
+
+
+def _start_and_wait(
+    uri: str,
+    host: str,
+    port: int,
+    workers: int,
+    startup_timeout: float,
+    log_path: str | os.PathLike[str] | None,
+) -> MLflowServer:
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     from flows.children import die_with_parent
 
@@ -145,15 +184,8 @@ def start_server(
 
 def check_port_free(host: str, port: int) -> None:
     """Refuse a port another process listens on (mlflow server would exit 0 without a word)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "taken"
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise TrackingUnreachable(
-                f"port {port} on {host} is taken ({exc.strerror}): stop what uses it or choose "
-                "another with --port"
-            ) from None
+    with reserved_port(host, port):
+        pass
 
 
 @contextlib.contextmanager

@@ -215,28 +215,26 @@ def predict_file(
         raise InputError(f"--input {input_path}: not found")
     columns = input_columns(input_path)
     predictor.check_columns(columns)
+    from trainer.fileio import atomic_write
+
     as_csv = output_path.name.lower().endswith(".csv")
-    tmp = output_path.with_name(f".{output_path.name}.tmp")
     writer = None
     n = 0
-    try:
-        for frame in read_batches(input_path, predictor.features, batch_rows):
-            table = pa.Table.from_pandas(
-                predictor.predict(frame, probabilities), preserve_index=False
-            )
+    with atomic_write(output_path) as sink:  # an error leaves output_path as it was
+        try:
+            for frame in read_batches(input_path, predictor.features, batch_rows):
+                table = pa.Table.from_pandas(
+                    predictor.predict(frame, probabilities), preserve_index=False
+                )
+                if writer is None:
+                    writer = (pcsv.CSVWriter if as_csv else pq.ParquetWriter)(sink, table.schema)
+                writer.write_table(table)
+                n += table.num_rows
             if writer is None:
-                writer = (pcsv.CSVWriter if as_csv else pq.ParquetWriter)(tmp, table.schema)
-            writer.write_table(table)
-            n += table.num_rows
-        if writer is None:
-            raise InputError(f"--input {input_path}: holds no rows")
-        writer.close()
-        writer = None
-        os.replace(tmp, output_path)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+                raise InputError(f"--input {input_path}: holds no rows")
+        finally:
+            if writer is not None:
+                writer.close()  # the footer; the sink stays open for atomic_write to finish
     return n
 
 

@@ -32,19 +32,11 @@ from prefect import task
 from tasks.config import DataConfig
 from tasks.schema import build_schema, write_schema
 from tasks.types import DataError, DatasetRef, SplitRef, content_key
+from trainer.fileio import file_sha256  # also imported from here by export, train, the CLI
 
 CODE_VERSION = "prepare_data-4"
 BLOCK = 100
 SPLITS = ("train", "val", "test")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}

@@ -3,16 +3,15 @@
 It must be something every writer shares. With a Prefect server (``PREFECT_API_URL`` set, as in
 team mode) and an MLflow server, writers may sit on different machines: the lock is a Prefect
 global concurrency limit of 1 named after the model, held on that server (created if missing).
-With the embedded SQLite store every writer shares its file system: an ``fcntl`` lock on a file
-beside the database. (An MLflow server without a Prefect server falls back to a file lock in the
-temp folder, which protects one machine only: team mode sets both URLs.)
+With the embedded SQLite store every writer shares its file system: a lock (``filelock``) on a
+file beside the database. (An MLflow server without a Prefect server falls back to a file lock in
+the temp folder, which protects one machine only: team mode sets both URLs.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,30 +68,19 @@ def prefect_lock(model: str, timeout: float) -> Iterator[None]:
 
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive ``fcntl.flock`` on ``path`` (created if missing)."""
+    """An exclusive lock on ``path`` (``filelock``: ``flock`` on POSIX), created if missing."""
+    from filelock import FileLock, Timeout
+
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no inter-process lock
+        lock = FileLock(path, timeout=timeout).acquire()
+    except Timeout:
+        raise LockTimeout(
+            f"registry lock {path}: still held by another process after "
+            f"{timeout:g}s: wait for it or remove a stale lock holder"
+        ) from None
+    with lock:
         yield
-        return
-    with open(path, "a+") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LockTimeout(
-                        f"registry lock {path}: still held by another process after "
-                        f"{timeout:.0f}s: wait for it or remove a stale lock holder"
-                    ) from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def hold(model: str | None, lock_file: Path, is_sqlite: bool, timeout: float):  # noqa: ANN201

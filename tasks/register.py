@@ -28,9 +28,9 @@ CODE_VERSION = "register-2"
 def _schema_sha(data: DatasetRef | None) -> str | None:
     if data is None or data.schema_path is None:
         return None
-    import hashlib
+    from trainer.fileio import file_sha256
 
-    return hashlib.sha256(data.schema_path.read_bytes()).hexdigest()
+    return file_sha256(data.schema_path)
 
 
 def stage_key(

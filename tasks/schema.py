@@ -74,11 +74,9 @@ def build_schema(
 
 def write_schema(schema: Mapping[str, Any], folder: Path) -> Path:
     """Write ``folder/schema.json`` (atomically) and return its path."""
-    path = folder / SCHEMA_FILE
-    tmp = path.with_name(f".{SCHEMA_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(schema, indent=1))
-    os.replace(tmp, path)
-    return path
+    from trainer.fileio import atomic_write_text
+
+    return atomic_write_text(folder / SCHEMA_FILE, json.dumps(schema, indent=1))
 
 
 def read_schema(path: str | os.PathLike[str]) -> dict[str, Any]:

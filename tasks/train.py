@@ -25,6 +25,7 @@ from tasks.config import ModelConfig, PipelineConfig, TrackingConfig, TrainerCon
 from tasks.imports import build_datamodule, code_version, import_class
 from tasks.prepare_data import file_sha256, load_split
 from tasks.types import DatasetRef, StageError, TrainResult, content_key
+from trainer.fileio import atomic_write_text
 
 CODE_VERSION = "train-2"
 
@@ -322,9 +323,7 @@ def fit(
         cache_key=key,
         code_version=CODE_VERSION,
     )
-    tmp = done.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(result.model_dump_json(indent=1))
-    os.replace(tmp, done)
+    atomic_write_text(done, result.model_dump_json(indent=1))
     return result
 
 

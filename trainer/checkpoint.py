@@ -33,8 +33,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``obj`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    with atomic_write(path, "wb") as f:
+    """Write ``obj`` to ``path`` atomically (trainer/fileio.py: temp file in the same folder,
+    fsync, rename, folder fsync)."""
+    with atomic_write(path) as f:
         torch.save(obj, f)
     return Path(path)
 

@@ -19,6 +19,11 @@ from typing import IO
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "file_sha256"]
 
+# mkstemp makes its file owner-only (0600); the renamed file gets the permissions a plain open()
+# would give it (0666 less the umask), read once here: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
@@ -32,6 +37,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # a caller may narrow it (os.fchmod(f.fileno(), 0o600))
         kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f

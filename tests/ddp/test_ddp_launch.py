@@ -19,7 +19,7 @@ from pathlib import Path
 import ddp_workers
 import pytest
 
-from flows.tracking import free_port
+from tests.ports import free_port
 from trainer.launcher import WorkerError
 from trainer.strategy import DDPStrategy
 

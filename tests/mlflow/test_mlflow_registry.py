@@ -83,7 +83,9 @@ def test_register_tags_lineage_and_challenger(store_uri: str, exports) -> None:
     # the logged model carries a signature and an input example
     from mlflow.models import get_model_info
 
-    with registry._fluent(store_uri):
+    from tasks.registry.mlflow_patches import fluent
+
+    with fluent(store_uri):
         minfo = get_model_info("models:/reg-lineage/1")
     assert minfo.signature is not None and minfo.saved_input_example_info is not None
 
@@ -160,13 +162,21 @@ def test_load_champion_matches_eager(store_uri: str, exports) -> None:
 
 _RACE = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, sys, time
     from pathlib import Path
-    from tasks.registry import promote
-    uri, name, version, go = sys.argv[1:5]
+    import tasks.registry.promotion as promotion
+    uri, name, version, go, hold = sys.argv[1:6]
+    read_champion = promotion.alias_version
+
+    def read_then_hold(*args, **kwargs):  # widens the window between reading and writing
+        current = read_champion(*args, **kwargs)
+        time.sleep(float(hold))
+        return current
+
+    promotion.alias_version = read_then_hold
     while not Path(go).exists():
         time.sleep(0.01)
-    d = promote(name, version, "acc", "max", 0.0, tracking_uri=uri)
+    d = promotion.promote(name, version, "acc", "max", 0.0, tracking_uri=uri)
     print(json.dumps({"version": version, "promoted": d.promoted}))
     """
 )
@@ -179,14 +189,15 @@ def test_two_processes_racing_leave_champion_on_the_better(
     better = _register(store_uri, name, exports[0], 0.90).version
     worse = _register(store_uri, name, exports[1], 0.80).version
     go = tmp_path / "go"
-    env = dict(os.environ, PYTHONPATH=str(REPO), TRAINFLOW_PROMOTE_HOLD_S="0")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     # both start together and hold 1.0 s (worse) / 0.2 s (better) between reading the champion
-    # and writing the alias: without the lock both read "no champion", the better one writes
-    # first and the worse one overwrites it (checked by hand with the lock disabled)
+    # and writing the alias (each process patches its own read): without the lock both read
+    # "no champion", the better one writes first and the worse one overwrites it (checked by
+    # hand with the lock disabled)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _RACE, store_uri, name, v, str(go)],
-            env=dict(env, TRAINFLOW_PROMOTE_HOLD_S=hold),
+            [sys.executable, "-c", _RACE, store_uri, name, v, str(go), hold],
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from ui_process import printed_url
 
-from flows.tracking import free_port
+from tests.ports import free_port
 from trainer.loggers.mlflow_store import TrackingUnreachable, check_reachable
 
 REPO = Path(__file__).resolve().parents[2]

@@ -71,3 +71,24 @@ def test_code_version_and_flow_run_id_outside_prefect(monkeypatch: pytest.Monkey
     monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "abc")
     if "prefect" not in sys.modules:
         assert flow_run_id() == "abc"
+
+
+def test_gate_decides_both_ways_and_refuses_what_it_cannot_compare() -> None:
+    from tasks.registry.gate import decide
+
+    base = dict(version="2", metric="acc", mode="max", min_delta=0.01, alias="champion",
+                recorded_metrics=["acc"], verified="true", require_verified=True,
+                champion_version="1", champion_value=0.80)
+    assert decide(**{**base, "candidate_value": 0.82})[0]
+    assert not decide(**{**base, "candidate_value": 0.805})[0]  # gain within min_delta
+    assert decide(**{**base, "mode": "min", "candidate_value": 0.70})[0]
+    assert not decide(**{**base, "mode": "min", "candidate_value": 0.82})[0]
+    assert decide(**{**base, "champion_version": None, "champion_value": None,
+                     "candidate_value": 0.1}) == (True, "no champion yet")
+    promoted, reason = decide(**{**base, "candidate_value": None})
+    assert not promoted and "no recorded metric 'acc'" in reason
+    promoted, reason = decide(**{**base, "candidate_value": 0.9, "verified": "unknown"})
+    assert not promoted and "not verified" in reason
+    assert decide(**{**base, "candidate_value": 0.9, "verified": "unknown",
+                     "require_verified": False})[0]
+    assert not decide(**{**base, "candidate_value": float("nan")})[0]

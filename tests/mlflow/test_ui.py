@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from ui_process import printed_url
 
-from flows.tracking import free_port
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_S = 150  # mlflow server answers in ~7 s on a quiet machine; far more under load

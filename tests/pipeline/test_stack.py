@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.tracking import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -156,10 +156,16 @@ def test_two_pipelines_at_once_share_the_registry(stack: dict) -> None:
 _RACE = textwrap.dedent(
     """
     import json, pathlib, sys, time
-    from tasks.registry import promote
+    import tasks.registry.promotion as promotion
+    read_champion = promotion.alias_version
+    def read_then_hold(*args, **kwargs):  # widens the window between reading and writing
+        current = read_champion(*args, **kwargs)
+        time.sleep(float(sys.argv[4]))
+        return current
+    promotion.alias_version = read_then_hold
     while not pathlib.Path(sys.argv[3]).exists():  # start together, after the imports
         time.sleep(0.01)
-    d = promote(sys.argv[1], sys.argv[2], "acc", "max", 0.0)
+    d = promotion.promote(sys.argv[1], sys.argv[2], "acc", "max", 0.0)
     print(json.dumps({"version": d.version, "promoted": d.promoted}))
     """
 )
@@ -186,8 +192,8 @@ def test_promotion_race_across_project_folders(stack: dict) -> None:
     # first, the worse one (held 3 s) overwrites it
     procs = [
         subprocess.Popen(
-            [PY, "-c", _RACE, name, made[acc], str(go)],
-            env=_client_env(stack, folder, TMPDIR=str(folder), TRAINFLOW_PROMOTE_HOLD_S=hold),
+            [PY, "-c", _RACE, name, made[acc], str(go), hold],
+            env=_client_env(stack, folder, TMPDIR=str(folder)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for (acc, hold), folder in zip((("0.80", "3.0"), ("0.90", "0.5")), folders)

@@ -28,3 +28,12 @@ def test_file_sha256_matches_hashlib(tmp_path):
     data = bytes(range(256)) * 1000
     path = atomic_write_bytes(tmp_path / "d", data)
     assert file_sha256(path, chunk=4096) == hashlib.sha256(data).hexdigest()
+
+
+def test_written_file_gets_plain_open_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = atomic_write_text(tmp_path / "p.txt", "x")  # not mkstemp's owner-only 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
