@@ -107,6 +107,24 @@ def distributions(sweep: SweepConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the command
 
 
+def checked_sweep_config(
+    config: Path | None, overrides: list[str] | None
+) -> tuple[Path, PipelineConfig]:
+    """The config path (default ``configs/sweep.yaml``) and the config, its space checked;
+    a bad one ends the command with one line (``sweep`` and ``serve --sweep``)."""
+    from flows.cli import _fail, _load
+    from tasks.config import ConfigError
+
+    if config is None:
+        config = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
+    cfg = _load(config, overrides)
+    try:
+        check_space(cfg)
+    except ConfigError as err:
+        _fail(str(err))
+    return config, cfg
+
+
 def sweep(
     config: Annotated[
         Path | None, typer.Argument(help="YAML config with a sweep: section (configs/sweep.yaml)")
@@ -124,31 +142,32 @@ def sweep(
     ] = None,
 ) -> None:
     """Tune with Optuna (cached, resumable trials), then promote the best like `run`."""
-    from flows.cli import _fail, _load
-    from tasks.config import ConfigError
+    from flows.cli import _fail
 
-    if config is None:
-        config = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
     extra = [f"sweep.{k}={v}" for k, v in (("trials", trials), ("parallel", parallel)) if v]
     for name, v in (("--trials", trials), ("--parallel", parallel)):
         if v is not None and v < 1:
             _fail(f"{name}: must be at least 1 (got {v})")
-    cfg = _load(config, [*(set_ or []), *extra])
-    try:
-        check_space(cfg)
-    except ConfigError as err:
-        _fail(str(err))
+    config, cfg = checked_sweep_config(config, [*(set_ or []), *extra])
     if not cfg.data.path.exists():
         _fail(f"data.path: file not found: {cfg.data.path}")
     from tasks.settings import configure_environment
 
     configure_environment()
+    from flows.sweep_lock import StudyBusy, acquire
+    from tasks.settings import home_dir
+
+    try:  # before Prefect starts: a second sweep of the study touches nothing
+        acquire(storage or cfg.sweep.storage or default_storage(home_dir()), study_name(cfg))
+    except StudyBusy as err:
+        _fail(str(err), 1)
     if sys.stderr.isatty():
         os.environ.setdefault("TRAINFLOW_PROGRESS", "1")
     from flows import ephemeral
 
     api = ephemeral.start()
     from flows.sweep_flow import run_sweep
+    from tasks.config import ConfigError
     from tasks.types import DataError, StageError
 
     try:

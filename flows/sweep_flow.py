@@ -12,8 +12,10 @@ asked again with the same parameters, so it resumes from its checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 from tasks.settings import configure_environment, home_dir, results_dir, stage_dir
@@ -33,7 +35,8 @@ from flows.sweep import (  # noqa: E402
     sweep_section,
     with_params,
 )
-from tasks.config import PipelineConfig  # noqa: E402
+from flows.sweep_lock import study_lock  # noqa: E402
+from tasks.config import PipelineConfig, load_config  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.export import export  # noqa: E402
 from tasks.prepare_data import prepare_data  # noqa: E402
@@ -41,12 +44,14 @@ from tasks.register import promote, register  # noqa: E402
 from tasks.trial import TrialOutcome, trial_key  # noqa: E402
 from tasks.types import RegistryRef, StageError  # noqa: E402
 
+SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
+
 
 def open_study(cfg: PipelineConfig, storage: str, name: str) -> Any:
     """Create or load the study; a trial a killed run left RUNNING is failed and re-queued."""
     import optuna
 
-    from tasks.trial import make_pruner
+    from tasks.trial import make_pruner, open_storage
 
     sweep = sweep_section(cfg)
     seed = cfg.trainer.seed
@@ -55,7 +60,7 @@ def open_study(cfg: PipelineConfig, storage: str, name: str) -> Any:
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.startup_trials)
     study = optuna.create_study(
-        storage=storage, study_name=name, sampler=sampler, pruner=make_pruner(sweep),
+        storage=open_storage(storage), study_name=name, sampler=sampler, pruner=make_pruner(sweep),
         direction="minimize" if sweep.mode == "min" else "maximize", load_if_exists=True,
     )
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -108,10 +113,16 @@ class SweepResult(BaseModel):
     pipeline: PipelineResult
 
 
-def _tracking_client(cfg: PipelineConfig) -> Any:
+@functools.cache
+def _client(uri: str) -> Any:
     from mlflow import MlflowClient
 
-    return MlflowClient(cfg.tracking.uri, cfg.tracking.uri)
+    return MlflowClient(uri, uri)
+
+
+def _tracking_client(cfg: PipelineConfig) -> Any:
+    """One MLflow client per store for the whole sweep (not one per call)."""
+    return _client(cfg.tracking.uri)
 
 
 def _parent_run(cfg: PipelineConfig, study: Any, name: str) -> str:
@@ -160,11 +171,14 @@ def _log_trial(cfg: PipelineConfig, t: Any, outcome: TrialOutcome, name: str) ->
     run_id = outcome.trained.mlflow_run_id
     if not run_id:
         return
-    client = _tracking_client(cfg)
-    for k, v in t.params.items():
-        client.log_param(run_id, f"sweep.{k}", str(v))
-    client.set_tag(run_id, "trainflow.trial", str(t.number))
-    client.set_tag(run_id, "trainflow.trial_state", "pruned" if outcome.pruned else "complete")
+    from mlflow.entities import Param, RunTag
+
+    state = "pruned" if outcome.pruned else "complete"
+    _tracking_client(cfg).log_batch(  # one write, not one per value
+        run_id,
+        params=[Param(f"sweep.{k}", str(v)) for k, v in t.params.items()],
+        tags=[RunTag("trainflow.trial", str(t.number)), RunTag("trainflow.trial_state", state)],
+    )
 
 
 def _log_summary(cfg: PipelineConfig, study: Any, run_id: str) -> None:
@@ -200,27 +214,57 @@ def _tag_lineage(cfg: PipelineConfig, ref: RegistryRef, name: str, number: int, 
         client.set_model_version_tag(ref.name, ref.version, f"trainflow.{k}", v)
 
 
-@flow(name="sweep", log_prints=False)
-def sweep_flow(config: PipelineConfig, storage: str | None = None) -> SweepResult:
-    """Run the study to ``sweep.trials`` finished trials, then promote the best like ``run``."""
-    from prefect.runtime import flow_run
+def _config(config: PipelineConfig | str | None, overrides: list[str] | None) -> PipelineConfig:
+    """A validated config from an object, a YAML path or None (``configs/sweep.yaml``), with
+    ``overrides`` applied; the MLflow store resolved once, so every trial uses the same one."""
+    if isinstance(config, PipelineConfig):
+        cfg = config
+        if overrides:
+            from tasks.config import apply_overrides, validate_config
 
-    from tasks.trial import trial as trial_task
-
-    cfg = config
-    if cfg.tracking.uri is None:  # resolve once: every trial then uses the same store
+            cfg = validate_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
+    else:
+        cfg = load_config(config or SHIPPED, overrides or [])
+    if cfg.tracking.uri is None:
         from trainer.loggers.mlflow_store import resolve_tracking_uri
 
         tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(None)})
         cfg = cfg.model_copy(update={"tracking": tracking})
+    return cfg
+
+
+@flow(name="sweep", log_prints=False)
+def sweep_flow(
+    config: PipelineConfig | str | None = None,
+    overrides: list[str] | None = None,
+    storage: str | None = None,
+    dask_address: str | None = None,
+) -> SweepResult:
+    """Run the study to ``sweep.trials`` finished trials, then promote the best like ``run``.
+
+    ``config``: a PipelineConfig, a YAML path or None (``configs/sweep.yaml``); ``overrides``:
+    ``key=value`` strings (``--set``); ``storage``: the study's database URL (default: the
+    config's, else SQLite in the project); ``dask_address``: run trials on that Dask scheduler.
+    Parameters a schedule can carry, so ``trainflow serve --sweep`` and the deployments run it.
+    """
+    cfg = _config(config, overrides)
+    check_space(cfg)
+    sweep = sweep_section(cfg)
+    storage = storage or sweep.storage or default_storage(home_dir())
+    name = study_name(cfg)
+    with study_lock(storage, name):  # one sweep process per study (flows/sweep_lock.py)
+        return _sweep(cfg, storage, name, task_runner(sweep.parallel, dask_address))
+
+
+def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepResult:
+    from prefect.runtime import flow_run
+
+    from tasks.trial import trial as trial_task
     from trainer.loggers.mlflow_store import store_identity
 
     store = store_identity(cfg.tracking.uri)  # part of the keys of the stages writing to it
-    check_space(cfg)
     sweep = sweep_section(cfg)
     home = home_dir()
-    storage = storage or sweep.storage or default_storage(home)
-    name = study_name(cfg)
     study = open_study(cfg, storage, name)
     pipe = PipelineResult(home=home, flow_run_id=flow_run.get_id())
     out = SweepResult(study_name=name, storage=storage, pipeline=pipe)
@@ -235,29 +279,11 @@ def sweep_flow(config: PipelineConfig, storage: str | None = None) -> SweepResul
     runner_task = trial_task.with_options(result_storage=results_dir(home), persist_result=True)
     # Rounds of `parallel` trials: asked together, told together, so the sampler's history at
     # each ask does not depend on which worker finished first.
-    while (todo := sweep.trials - _finished(study)) > 0:
-        asked = [study.ask(space) for _ in range(min(sweep.parallel, todo))]
-        running = []
-        for t in asked:
-            tcfg = with_params(cfg, t.params)
-            t.set_user_attr("trial_key", trial_key(data, tcfg))
-            tags = {"mlflow.parentRunId": parent, "trainflow.sweep": name}
-            fut = runner_task.submit(data, tcfg, str(home), storage, name, t._trial_id, tags)
-            running.append((t, fut))
-        for t, fut in running:
-            fut.wait()
-            state = fut.state
-            try:
-                outcome = fut.result()
-            except BaseException:
-                study.tell(t, state=TrialState.FAIL)
-                raise
-            cached = state.name == "Cached"
-            _tell(study, t, outcome, cached)
-            _log_trial(cfg, t, outcome, name)
-            out.trials.append(TrialRecord(
-                number=t.number, params=t.params, value=outcome.value, epochs=outcome.epochs,
-                state="pruned" if outcome.pruned else "complete", cached=cached))
+    tags = {"mlflow.parentRunId": parent, "trainflow.sweep": name}
+    with runner:  # started here whatever the flow's own runner is (a schedule runs the default)
+        while (todo := sweep.trials - _finished(study)) > 0:
+            _round(cfg, study, space, min(sweep.parallel, todo), runner, runner_task, data,
+                   str(home), storage, tags, out)
     out.finished = _finished(study)
 
     best = study.best_trial
@@ -287,9 +313,35 @@ def sweep_flow(config: PipelineConfig, storage: str | None = None) -> SweepResul
     return out
 
 
+def _round(
+    cfg: PipelineConfig, study: Any, space: dict[str, Any], n: int, runner: Any, task: Any,
+    data: Any, home: str, storage: str, tags: dict[str, str], out: SweepResult,
+) -> None:
+    """Ask ``n`` trials, run them at once on ``runner``, tell their outcomes in asked order."""
+    running = []
+    for t in [study.ask(space) for _ in range(n)]:
+        tcfg = with_params(cfg, t.params)
+        t.set_user_attr("trial_key", trial_key(data, tcfg))
+        params = {"data": data, "cfg": tcfg, "home": home, "storage": storage,
+                  "study_name": out.study_name, "trial_id": t._trial_id, "tags": tags}
+        running.append((t, runner.submit(task, params)))
+    for t, fut in running:
+        fut.wait()
+        try:
+            outcome = fut.result()
+        except BaseException:
+            study.tell(t, state=TrialState.FAIL)
+            raise
+        cached = fut.state.name == "Cached"
+        _tell(study, t, outcome, cached)
+        _log_trial(cfg, t, outcome, out.study_name)
+        out.trials.append(TrialRecord(
+            number=t.number, params=t.params, value=outcome.value, epochs=outcome.epochs,
+            state="pruned" if outcome.pruned else "complete", cached=cached))
+
+
 def run_sweep(
     cfg: PipelineConfig, storage: str | None = None, dask_address: str | None = None
 ) -> SweepResult:
-    """Run the sweep flow on the task runner ``sweep.parallel`` and ``dask_address`` ask for."""
-    runner = task_runner(sweep_section(cfg).parallel, dask_address)
-    return sweep_flow.with_options(task_runner=runner)(cfg, storage)
+    """Run the sweep flow (the CLI's and the tests' entry point)."""
+    return sweep_flow(cfg, None, storage, dask_address)

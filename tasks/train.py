@@ -250,10 +250,12 @@ def fit(
     track: bool = True,
     callbacks: list[Any] | None = None,
     tags: dict[str, str] | None = None,
+    plots: bool = True,
 ) -> TrainResult:
     """Run the stage without Prefect: fit into ``root`` (resuming from ``last.ckpt`` if there).
 
-    ``callbacks`` join the stage's own (a sweep's pruning callback); ``tags`` go on the MLflow run.
+    ``callbacks`` join the stage's own (a sweep's pruning callback); ``tags`` go on the MLflow run;
+    ``plots``: draw the metric curves into it at the end (a sweep's trials skip them).
     """
     import torch
 
@@ -289,6 +291,7 @@ def fit(
             tags={"trainflow.data_hash": data.content_hash, "trainflow.train_key": key,
                   **(tags or {})},
             run_id=prior,  # continue the interrupted attempt's run
+            plots=plots,
         )
         run_id = logger.run_id
         if run_id:

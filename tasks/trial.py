@@ -10,7 +10,8 @@ stage's, so ``trainflow run`` with the same config never picks up a model cut sh
 
 from __future__ import annotations
 
-import os
+import functools
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tasks.train import fit
 from tasks.train import stage_key as train_key
 from tasks.types import DatasetRef, StageError, TrainResult, content_key
 from trainer.callbacks import Callback
+from trainer.fileio import atomic_write_text
 
 CODE_VERSION = "trial-1"
 
@@ -77,6 +79,26 @@ def make_pruner(sweep: SweepConfig) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=sweep.warmup_epochs)
 
 
+@functools.cache
+def open_storage(url: str) -> Any:
+    """The study database, opened once per process and shared by its threads.
+
+    Opening one checks its schema with alembic (≈ 0.3 s): once per trial it was a third of a
+    small trial's overhead. A SQLite file is switched to write-ahead logging (kept in the file):
+    each report/tell commits in ≈ 1 ms instead of 10-30 ms with the rollback journal, still
+    synced to disk, and readers no longer block the writer of a parallel trial.
+    """
+    import optuna
+
+    db = url.removeprefix("sqlite:///")
+    if db != url and "?" not in db and db != ":memory:":
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+    return optuna.storages.get_storage(optuna.storages.RDBStorage(url))
+
+
 def trial_key(data: DatasetRef, cfg: PipelineConfig) -> str:
     """Cache key: the train stage's key for this config, plus the objective and the pruner."""
     sw = cfg.sweep or SweepConfig()
@@ -105,14 +127,14 @@ def run_trial(
         return TrialOutcome.model_validate_json(done.read_text())
     sw = cfg.sweep or SweepConfig()
     pruning = OptunaPruning(trial, sw.objective)
-    trained = fit(data, cfg, root, key, callbacks=[pruning], tags=tags)
+    # No curve plots on a trial's run: drawing them cost ≈ 0.5 s a trial; MLflow charts its
+    # metrics itself, and the parent run has the study's plots.
+    trained = fit(data, cfg, root, key, callbacks=[pruning], tags=tags, plots=False)
     curve = dict(trial.storage.get_trial(trial._trial_id).intermediate_values)
     best = (min if sw.mode == "min" else max)(curve.values()) if curve else None
     outcome = TrialOutcome(value=best, pruned=pruning.pruned, epochs=trained.epochs,
                            curve=curve, trained=trained, cache_key=key)
-    tmp = done.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(outcome.model_dump_json(indent=1))
-    os.replace(tmp, done)
+    atomic_write_text(done, outcome.model_dump_json(indent=1))
     return outcome
 
 
@@ -136,7 +158,7 @@ def trial(
     from tasks.settings import stage_dir
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=storage,
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
                               pruner=make_pruner(cfg.sweep or SweepConfig()))
     key = trial_key(data, cfg)
     return run_trial(data, cfg, stage_dir("trial", Path(home)) / key, key,
