@@ -1,12 +1,22 @@
-"""Sweep wall time: N trials one at a time vs ``--parallel 2``, with and without pruning, and the
-sweep's overhead per trial over fitting the same trials directly (``tasks.train.fit``, no
-Prefect, no Optuna, no MLflow).
+"""Sweep wall time: N trials one at a time vs ``--parallel 2``, with and without pruning; the
+sweep's overhead per trial over fitting the same trials directly; the best trial's objective
+against the default config's.
 
-    PYTHONPATH=. .venv/bin/python bench/sweep.py [--trials 16] [--epochs 3]
+    PYTHONPATH=. .venv/bin/python bench/sweep.py [--trials 16] [--epochs E]
 
-Each case runs in a fresh project folder (nothing cached) after an unmeasured warm-up sweep
-(Prefect's local API start); registry and export are off, so the figures are the trials plus
-one prepare and one evaluate. Prints a markdown table.
+``--epochs``: the trials' epochs (default: configs/sweep.yaml's, a realistic trial; 3 shows
+how a tiny trial fares). Each case runs in a fresh project folder (nothing cached) after an
+unmeasured warm-up sweep (Prefect's local API, imports); registry and export are off.
+
+- *trial rounds*: the sweep's own clock around its trials (asks, Prefect tasks, fits with
+  pruning reports and MLflow child runs, tells); *wall*: the whole flow, plus prepare, the
+  study and parent run, the Optuna plots and the best trial's evaluation.
+- *direct*: the same trials (the sequential, unpruned case's parameters) fitted one after
+  another with ``tasks.train.fit(track=False)``: the Trainer with the stage's checkpoints, no
+  Prefect, Optuna or MLflow. Overhead per trial = (trial rounds − direct) / N.
+- *default*: configs/default.yaml's model settings fitted the same way, its best validation
+  loss (the objective's definition: best over the validations).
+Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -32,10 +43,32 @@ def _use_project(path: Path) -> None:
     (path / ".trainflow").mkdir(parents=True, exist_ok=True)
 
 
+def _direct(data: Any, cfgs: list[Any], root: Path, monitor: str) -> tuple[float, list[float]]:
+    """Fit each config with the bare stage; seconds, and each fit's best ``monitor``."""
+    from tasks.train import fit
+    from trainer.callbacks import Callback
+
+    class Best(Callback):
+        def __init__(self) -> None:
+            self.values: list[float] = []
+
+        def on_validation_end(self, trainer: Any, module: Any) -> None:
+            if not trainer.sanity_checking:
+                self.values.append(float(trainer.callback_metrics[monitor]))
+
+    t0 = time.perf_counter()
+    best = []
+    for i, cfg in enumerate(cfgs):
+        cb = Best()
+        fit(data, cfg, root / f"t{i}", f"t{i}", track=False, callbacks=[cb])
+        best.append(min(cb.values))
+    return time.perf_counter() - t0, best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=None, help="default: configs/sweep.yaml's")
     args = ap.parse_args()
     # Made here, not at import: worker processes re-import this module.
     global _TMP
@@ -46,53 +79,60 @@ def main() -> None:
     from flows.sweep_flow import run_sweep
     from tasks.config import load_config
     from tasks.prepare_data import prepare
-    from tasks.train import fit
 
-    base = [f"trainer.max_epochs={args.epochs}", f"sweep.trials={args.trials}",
-            "registry.enabled=false", "export.onnx=false", "export.torchscript=false"]
+    base = [f"sweep.trials={args.trials}", "registry.enabled=false", "export.onnx=false",
+            "export.torchscript=false"]
+    if args.epochs:
+        base.append(f"trainer.max_epochs={args.epochs}")
+    sweep_yaml = REPO / "configs" / "sweep.yaml"
     rows = []
-    direct_params = None
     try:
-        # Warm-up, not measured: Prefect's local API, the MLflow schema, the imports.
-        warm = load_config(REPO / "configs" / "sweep.yaml", [*base, "sweep.trials=1",
-                                                              "trainer.max_epochs=1"])
+        # Warm-up, not measured: Prefect's local API, the MLflow schema, the imports (two
+        # trials, so the importance plot's imports are warm too).
         _use_project(_TMP / "warm-up")
-        run_sweep(warm)
+        run_sweep(load_config(sweep_yaml, [*base, "sweep.trials=2", "trainer.max_epochs=1"]))
         for parallel in (1, 2):
             for pruner in ("none", "median"):
-                cfg = load_config(REPO / "configs" / "sweep.yaml",
+                cfg = load_config(sweep_yaml,
                                   [*base, f"sweep.parallel={parallel}", f"sweep.pruner={pruner}"])
                 _use_project(_TMP / f"p{parallel}-{pruner}")
                 t0 = time.perf_counter()
                 result = run_sweep(cfg)
                 wall = time.perf_counter() - t0
-                epochs = sum(t.epochs for t in result.trials)
-                pruned = sum(t.state == "pruned" for t in result.trials)
-                rows.append((parallel, pruner, wall, epochs, pruned, result.best_value))
-                if parallel == 1 and pruner == "none":
-                    direct_params = [t.params for t in result.trials]
-                    seq_wall = wall
+                rows.append((parallel, pruner, wall, result))
+        seq = rows[0][3]
 
-        # The same trials fitted directly, one after another.
         _use_project(_TMP / "direct")
-        cfg = load_config(REPO / "configs" / "sweep.yaml", base)
+        cfg = load_config(sweep_yaml, base)
         data = prepare(cfg.data, _TMP / "direct" / "data")
-        t0 = time.perf_counter()
-        for i, params in enumerate(direct_params or []):
-            fit(data, with_params(cfg, params), _TMP / "direct" / f"t{i}", f"t{i}", track=False)
-        direct = time.perf_counter() - t0
+        direct, _ = _direct(data, [with_params(cfg, t.params) for t in seq.trials],
+                            _TMP / "direct", cfg.sweep.objective)
+        # The default config's model and training, on the sweep's data split and epochs.
+        default = load_config(REPO / "configs" / "default.yaml", [])
+        dcfg = cfg.model_copy(update={"model": default.model})
+        _, (default_best,) = _direct(data, [dcfg], _TMP / "default", cfg.sweep.objective)
     finally:
         shutil.rmtree(_TMP, ignore_errors=True)
 
-    print(f"\n{args.trials} trials x {args.epochs} epochs, digits MLP, fresh project each\n")
-    print("| parallel | pruner | wall s | epochs trained | pruned | best val_loss |")
-    print("|---:|---|---:|---:|---:|---:|")
-    for parallel, pruner, wall, epochs, pruned, best in rows:
-        print(f"| {parallel} | {pruner} | {wall:.1f} | {epochs} | {pruned} | {best:.4f} |")
-    n = len(direct_params or [])
-    print(f"\ndirect fit of the same {n} trials: {direct:.1f} s; sweep (parallel 1, no pruner) "
-          f"overhead per trial: {(seq_wall - direct) / max(n, 1):.2f} s "
-          "(Prefect task + result, Optuna SQLite, MLflow runs, one prepare + evaluate)")
+    n = len(seq.trials)
+    epochs = cfg.trainer.max_epochs
+    print(f"\n{n} trials x {epochs} epochs, digits MLP, fresh project each\n")
+    print("| parallel | pruner | wall s | trial rounds s | epochs trained | pruned | "
+          "best val_loss |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for parallel, pruner, wall, r in rows:
+        trained = sum(t.epochs for t in r.trials)
+        pruned = sum(t.state == "pruned" for t in r.trials)
+        print(f"| {parallel} | {pruner} | {wall:.1f} | {r.trial_seconds:.1f} | {trained} | "
+              f"{pruned} | {r.best_value:.4f} |")
+    per_trial = direct / max(n, 1)
+    over = (seq.trial_seconds - direct) / max(n, 1)
+    fixed = rows[0][2] - seq.trial_seconds
+    print(f"\n| direct fit per trial s | sweep overhead per trial s | overhead % | "
+          f"fixed per sweep s | best val_loss: sweep (parallel 1, none) | default config |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| {per_trial:.2f} | {over:.2f} | {100 * over / per_trial:.0f} % | {fixed:.1f} | "
+          f"{seq.best_value:.4f} | {default_best:.4f} |")
 
 
 if __name__ == "__main__":

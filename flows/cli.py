@@ -255,9 +255,17 @@ def serve(
     set_: SetOpt = None,
     cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 2 * * *'")] = "0 2 * * *",
     name: Annotated[str, typer.Option(help="Deployment name")] = "nightly",
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Serve `trainflow sweep` (default configs/sweep.yaml)")
+    ] = False,
 ) -> None:
     """Serve the pipeline on a cron schedule (needs a Prefect server: PREFECT_API_URL)."""
-    cfg = _load(config, set_)
+    if sweep:
+        from flows.sweep import checked_sweep_config
+
+        config, cfg = checked_sweep_config(config, set_)
+    else:
+        cfg = _load(config, set_)
     _check_data(cfg)
     from tasks.settings import configure_environment
 
@@ -275,9 +283,12 @@ def serve(
             "`prefect server start --host 127.0.0.1` and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (see deployments/README.md)"
         )
-    from flows.pipeline import training_pipeline
+    if sweep:
+        from flows.sweep_flow import sweep_flow as served
+    else:
+        from flows.pipeline import training_pipeline as served
 
-    training_pipeline.serve(
+    served.serve(
         name=name,
         cron=cron,
         parameters={"config": str(config.resolve()) if config else None, "overrides": set_ or []},

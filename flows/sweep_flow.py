@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ class SweepResult(BaseModel):
     best_params: dict[str, Any] = Field(default_factory=dict)
     best_value: float | None = None
     parent_run_id: str | None = None
+    trial_seconds: float = 0.0  # wall time of the trial rounds (asks, trials, tells, logging)
     pipeline: PipelineResult
 
 
@@ -214,17 +216,13 @@ def _tag_lineage(cfg: PipelineConfig, ref: RegistryRef, name: str, number: int, 
         client.set_model_version_tag(ref.name, ref.version, f"trainflow.{k}", v)
 
 
-def _config(config: PipelineConfig | str | None, overrides: list[str] | None) -> PipelineConfig:
-    """A validated config from an object, a YAML path or None (``configs/sweep.yaml``), with
-    ``overrides`` applied; the MLflow store resolved once, so every trial uses the same one."""
-    if isinstance(config, PipelineConfig):
-        cfg = config
-        if overrides:
-            from tasks.config import apply_overrides, validate_config
+def _resolved(cfg: PipelineConfig, overrides: list[str] | None) -> PipelineConfig:
+    """``cfg`` with ``overrides`` applied and the MLflow store resolved once, so every trial
+    uses the same one."""
+    if overrides:
+        from tasks.config import apply_overrides, validate_config
 
-            cfg = validate_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
-    else:
-        cfg = load_config(config or SHIPPED, overrides or [])
+        cfg = validate_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
     if cfg.tracking.uri is None:
         from trainer.loggers.mlflow_store import resolve_tracking_uri
 
@@ -247,7 +245,9 @@ def sweep_flow(
     config's, else SQLite in the project); ``dask_address``: run trials on that Dask scheduler.
     Parameters a schedule can carry, so ``trainflow serve --sweep`` and the deployments run it.
     """
-    cfg = _config(config, overrides)
+    if not isinstance(config, PipelineConfig):  # a YAML path (what a schedule carries) or None
+        config, overrides = load_config(config or SHIPPED, overrides or []), None
+    cfg = _resolved(config, overrides)
     check_space(cfg)
     sweep = sweep_section(cfg)
     storage = storage or sweep.storage or default_storage(home_dir())
@@ -280,10 +280,12 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     # Rounds of `parallel` trials: asked together, told together, so the sampler's history at
     # each ask does not depend on which worker finished first.
     tags = {"mlflow.parentRunId": parent, "trainflow.sweep": name}
+    t0 = time.perf_counter()
     with runner:  # started here whatever the flow's own runner is (a schedule runs the default)
         while (todo := sweep.trials - _finished(study)) > 0:
             _round(cfg, study, space, min(sweep.parallel, todo), runner, runner_task, data,
                    str(home), storage, tags, out)
+    out.trial_seconds = time.perf_counter() - t0
     out.finished = _finished(study)
 
     best = study.best_trial

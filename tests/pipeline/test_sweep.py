@@ -12,7 +12,8 @@ import torch
 from tasks.config import ConfigError, PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = ["retries.train.delays=[0]", "retries.evaluate.delays=[0]", "export.torchscript=false"]
+FAST = ["trainer.max_epochs=3", "retries.train.delays=[0]", "retries.evaluate.delays=[0]",
+        "export.torchscript=false"]
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
