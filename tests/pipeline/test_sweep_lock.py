@@ -81,3 +81,40 @@ def test_the_flow_refuses_too_and_other_studies_run(
     other = load_config(REPO / "configs" / "sweep.yaml", [*SMALL, "sweep.study_name=other"])
     result = run_sweep(other)
     assert result.study_name == "other" and result.finished == 1
+
+
+def test_a_shared_postgresql_study_is_locked_on_the_server() -> None:
+    """The team stack's case: sweeps on several machines share a study in PostgreSQL; the lock
+    is an advisory lock there, gone when its process is (not a file on one machine)."""
+    import shutil
+    import tempfile
+
+    from flows.stack import PG_BIN, _pg_start, _pg_stop
+    from flows.sweep_lock import StudyBusy, acquire, release
+    from flows.tracking import free_port
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL 15 not installed ({PG_BIN})")
+    pg = Path(tempfile.mkdtemp(prefix="trainflow-sweep-pg-"))
+    pg.chmod(0o755)  # initdb runs as the postgres user under root
+    port = free_port()
+    try:
+        password = _pg_start(pg / "pg", port)
+        url = f"postgresql+psycopg://postgres:{password}@127.0.0.1:{port}/prefect"
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, url, "shared"],
+                                  env={**os.environ, "PYTHONPATH": str(REPO)},
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            with pytest.raises(StudyBusy, match="advisory lock on its PostgreSQL database"):
+                acquire(url, "shared")
+            assert acquire(url, "another study")  # keyed by study
+            release(url, "another study")
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        assert acquire(url, "shared")  # the holder's end released it
+        release(url, "shared")
+    finally:
+        _pg_stop(pg / "pg")
+        shutil.rmtree(pg, ignore_errors=True)
