@@ -291,9 +291,9 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     best = study.best_trial
     out.best_number, out.best_params, out.best_value = best.number, best.params, best.value
     _log_summary(cfg, study, parent)
+    bcfg = with_params(cfg, best.params)  # its key follows from its params: nothing stored
     outcome = TrialOutcome.model_validate_json(
-        (stage_dir("trial", home) / best.user_attrs["trial_key"] / "trial.json").read_text())
-    bcfg = with_params(cfg, best.params)
+        (stage_dir("trial", home) / trial_key(data, bcfg) / "trial.json").read_text())
     trained = pipe.trained = outcome.trained
     report = pipe.report = _run(
         "evaluate", evaluate, r.evaluate, home, pipe, store, trained, data, bcfg
@@ -322,9 +322,7 @@ def _round(
     """Ask ``n`` trials, run them at once on ``runner``, tell their outcomes in asked order."""
     running = []
     for t in [study.ask(space) for _ in range(n)]:
-        tcfg = with_params(cfg, t.params)
-        t.set_user_attr("trial_key", trial_key(data, tcfg))
-        params = {"data": data, "cfg": tcfg, "home": home, "storage": storage,
+        params = {"data": data, "cfg": with_params(cfg, t.params), "home": home, "storage": storage,
                   "study_name": out.study_name, "trial_id": t._trial_id, "tags": tags}
         running.append((t, runner.submit(task, params)))
     for t, fut in running:

@@ -84,19 +84,31 @@ def open_storage(url: str) -> Any:
     """The study database, opened once per process and shared by its threads.
 
     Opening one checks its schema with alembic (≈ 0.3 s): once per trial it was a third of a
-    small trial's overhead. A SQLite file is switched to write-ahead logging (kept in the file):
-    each report/tell commits in ≈ 1 ms instead of 10-30 ms with the rollback journal, still
-    synced to disk, and readers no longer block the writer of a parallel trial.
+    small trial's overhead. A SQLite file is switched to write-ahead logging (kept in the file)
+    and its connections to ``synchronous=NORMAL``: each report (one per epoch) and tell commits
+    without waiting for the disk (10-40 ms each with the rollback journal on a busy machine).
+    A crash of the process loses nothing; a power cut may lose the last reports, never the
+    file's consistency, and a trial that lost its end is asked again.
     """
     import optuna
 
     db = url.removeprefix("sqlite:///")
-    if db != url and "?" not in db and db != ":memory:":
+    sqlite = db != url and "?" not in db and db != ":memory:"
+    if sqlite:
         Path(db).parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(db) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
         conn.close()
-    return optuna.storages.get_storage(optuna.storages.RDBStorage(url))
+    rdb = optuna.storages.RDBStorage(url)
+    if sqlite:
+        from sqlalchemy import event
+
+        def _no_wait(conn: Any, _record: Any) -> None:
+            conn.execute("PRAGMA synchronous=NORMAL")
+
+        event.listen(rdb.engine, "connect", _no_wait)
+        rdb.engine.dispose()  # the connections opened while checking the schema lack it
+    return optuna.storages.get_storage(rdb)
 
 
 def trial_key(data: DatasetRef, cfg: PipelineConfig) -> str:
