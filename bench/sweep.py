@@ -128,8 +128,8 @@ def main() -> None:
     per_trial = direct / max(n, 1)
     over = (seq.trial_seconds - direct) / max(n, 1)
     fixed = rows[0][2] - seq.trial_seconds
-    print(f"\n| direct fit per trial s | sweep overhead per trial s | overhead % | "
-          f"fixed per sweep s | best val_loss: sweep (parallel 1, none) | default config |")
+    print("\n| direct fit per trial s | sweep overhead per trial s | overhead % | "
+          "fixed per sweep s | best val_loss: sweep (parallel 1, none) | default config |")
     print("|---:|---:|---:|---:|---:|---:|")
     print(f"| {per_trial:.2f} | {over:.2f} | {100 * over / per_trial:.0f} % | {fixed:.1f} | "
           f"{seq.best_value:.4f} | {default_best:.4f} |")

@@ -7,7 +7,12 @@ then told back: the sampler sees the same history whatever order the workers fin
 seeded sweep asks the same trials every time. The study lives in a database (SQLite in the
 project by default, any SQLAlchemy URL such as the team's PostgreSQL): rerunning the command
 continues it up to ``trials`` finished ones, and a trial the last run left running (killed) is
-asked again with the same parameters, so it resumes from its checkpoint.
+asked again with the same parameters, so it resumes from its checkpoint. One process runs a
+study at a time (``flows/sweep_lock.py``). The flow takes a YAML path and overrides, like the
+pipeline, and starts its own task runner, so ``trainflow serve --sweep`` and the deployments
+schedule it unchanged.
+
+What a trial costs beyond its fit, and what was cut: ``bench/sweep.py``, ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
