@@ -91,7 +91,7 @@ def test_a_shared_postgresql_study_is_locked_on_the_server() -> None:
 
     from flows.stack import PG_BIN, _pg_start, _pg_stop
     from flows.sweep_lock import StudyBusy, acquire, release
-    from flows.tracking import free_port
+    from tests.ports import free_port
 
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL 15 not installed ({PG_BIN})")

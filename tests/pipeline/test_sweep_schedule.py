@@ -15,7 +15,7 @@ import httpx
 import pytest
 from test_deployment import _start, _stop
 
-from flows.tracking import free_port
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
