@@ -44,3 +44,21 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # restored; pin it to this project so no test sees another's store (or the CWD's mlflow.db).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/.trainflow/mlflow.db")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One user project, trained and registered once per session by ``trainflow run``: its
+    champion ``tiny-clf`` classifies M/B from radius, texture and colour (the user's own module),
+    ``held_out.parquet`` holds the test split in the user's terms. The stage folders are removed
+    (predict and serving read the registry alone). Shared by test_predict.py and test_serve.py,
+    which only read the registry and write files of their own names beside it."""
+    from test_predict_project import held_out, make_project, trainflow
+
+    project = tmp_path_factory.mktemp("tiny-clf")
+    config = make_project(project, "classification", "tiny-clf")
+    res = trainflow(project, "run", str(config))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    held_out(project, project / "held_out.parquet")
+    shutil.rmtree(project / ".trainflow" / "stages")
+    return project

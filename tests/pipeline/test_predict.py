@@ -3,7 +3,6 @@ then predictions by column name on rows it never saw, from the registry alone.""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,35 +10,20 @@ import pandas as pd
 import pytest
 from test_predict_project import (
     champion_tags,
-    held_out,
     last_line,
-    make_project,
+    tracking_uri,
     trainflow,
 )
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project whose champion classifies M/B from radius, texture and colour."""
-    project = tmp_path_factory.mktemp("clf")
-    config = make_project(project, "classification", "tiny-clf")
-    res = trainflow(project, "run", str(config))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    held_out(project, project / "held_out.parquet")
-    shutil.rmtree(project / ".trainflow" / "stages")  # predict reads the registry alone
-    return project
-
-
-@pytest.fixture(scope="module")
-def regressor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = tmp_path_factory.mktemp("reg")
-    config = make_project(project, "regression", "tiny-reg")
-    res = trainflow(project, "run", str(config))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    held_out(project, project / "held_out.parquet")
-    return project
+@pytest.fixture
+def classifier(tiny_classifier: Path) -> Path:
+    """A project whose champion ``tiny-clf`` classifies M/B from radius, texture and colour; its
+    stage folders are gone (see conftest's ``tiny_classifier``)."""
+    assert not (tiny_classifier / ".trainflow" / "stages").exists()
+    return tiny_classifier
 
 
 def _predict(project: Path, inp: Path, out: Path, *extra: str, model: str = "tiny-clf"):
@@ -47,10 +31,19 @@ def _predict(project: Path, inp: Path, out: Path, *extra: str, model: str = "tin
                      "--output", str(out), *extra)
 
 
-def test_held_out_accuracy_equals_the_registered_metric(classifier: Path) -> None:
-    res = _predict(classifier, classifier / "held_out.parquet", classifier / "pred.parquet")
+@pytest.fixture(scope="module")
+def probs(tiny_classifier: Path) -> pd.DataFrame:
+    """`trainflow predict --probabilities` on the held-out rows, once for the two tests below."""
+    res = _predict(tiny_classifier, tiny_classifier / "held_out.parquet",
+                   tiny_classifier / "p.parquet", "--probabilities")
     assert res.returncode == 0, res.stderr[-3000:]
-    pred = pd.read_parquet(classifier / "pred.parquet")
+    return pd.read_parquet(tiny_classifier / "p.parquet")
+
+
+def test_held_out_accuracy_equals_the_registered_metric(
+    classifier: Path, probs: pd.DataFrame
+) -> None:
+    pred = probs
     truth = pd.read_parquet(classifier / "held_out.parquet")["diagnosis"]
     assert set(pred["prediction"]) <= {"M", "B"}  # the user's labels, not codes
     accuracy = float((pred["prediction"] == truth).mean())
@@ -71,31 +64,53 @@ def test_reordered_columns_give_identical_predictions(classifier: Path) -> None:
     assert len(set(a["prediction"])) == 2  # both classes occur: a reorder would show
 
 
-def test_probabilities_are_named_after_the_classes(classifier: Path) -> None:
-    res = _predict(classifier, classifier / "held_out.parquet", classifier / "p.parquet",
-                   "--probabilities")
-    assert res.returncode == 0, res.stderr[-3000:]
-    pred = pd.read_parquet(classifier / "p.parquet")
+def test_probabilities_are_named_after_the_classes(probs: pd.DataFrame) -> None:
+    pred = probs
     assert pred.columns[0] == "prediction" and sorted(pred.columns[1:]) == ["B", "M"]
     np.testing.assert_allclose(pred[["M", "B"]].sum(axis=1), 1.0, rtol=1e-6)
     assert (pred[["M", "B"]].idxmax(axis=1) == pred["prediction"]).all()
 
 
-@pytest.mark.parametrize(
-    ("change", "named"),
-    [
-        (lambda t: t.rename(columns={"radius": "radius_cm"}), "'radius' is missing"),
-        (lambda t: t.drop(columns=["texture"]), "'texture' is missing"),
-        (lambda t: t.assign(age=1), "'age' is not a feature"),
-        (lambda t: t.assign(radius="big"), "'radius': not numeric"),
-        (lambda t: t.iloc[:0], "holds no rows"),
-    ],
-    ids=["renamed", "missing", "unknown", "text-in-number", "empty"],
-)
-def test_bad_input_is_refused_in_one_last_line(classifier: Path, change, named: str) -> None:
-    table = change(pd.read_parquet(classifier / "held_out.parquet"))
-    bad = classifier / "bad.csv"
-    table.to_csv(bad, index=False)
+BAD_INPUTS = {
+    "renamed": (lambda t: t.rename(columns={"radius": "radius_cm"}), "'radius' is missing"),
+    "missing": (lambda t: t.drop(columns=["texture"]), "'texture' is missing"),
+    "unknown": (lambda t: t.assign(age=1), "'age' is not a feature"),
+    "text-in-number": (lambda t: t.assign(radius="big"), "'radius': not numeric"),
+    "empty": (lambda t: t.iloc[:0], "holds no rows"),
+}
+
+
+def _bad_file(project: Path, case: str) -> tuple[Path, str]:
+    change, named = BAD_INPUTS[case]
+    bad = project / f"bad-{case}.csv"
+    change(pd.read_parquet(project / "held_out.parquet")).to_csv(bad, index=False)
+    return bad, named
+
+
+def test_each_bad_input_is_refused_naming_it(
+    classifier: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the registered version refuses, case by case, through the code `trainflow predict`
+    calls (one model load for all; the CLI's own exit and last line are checked below)."""
+    from tasks.inference import InputError, Predictor, predict_file
+
+    # MLflow writes the URI it restores into os.environ: keep it to this test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(classifier))
+    predictor = Predictor.from_registry("tiny-clf", "champion", tracking_uri(classifier))
+    for case in BAD_INPUTS:
+        bad, named = _bad_file(classifier, case)
+        out = classifier / f"never-{case}.parquet"
+        with pytest.raises(InputError) as err:
+            predict_file(predictor, bad, out)
+        assert named in str(err.value), case
+        assert not out.exists() and not list(classifier.glob(f".never-{case}.parquet*")), case
+
+
+# the two ways the CLI words the refusal: a column check's message gets the --input prefix, the
+# reader's "holds no rows" carries it already
+@pytest.mark.parametrize("case", ["renamed", "empty"])
+def test_bad_input_is_refused_in_one_last_line(classifier: Path, case: str) -> None:
+    bad, named = _bad_file(classifier, case)
     out = classifier / "never.parquet"
     res = _predict(classifier, bad, out)
     assert res.returncode != 0
@@ -109,18 +124,3 @@ def test_unknown_model_is_one_line(classifier: Path) -> None:
                    model="no-such-model")
     assert res.returncode != 0
     assert "no-such-model" in last_line(res.stderr) and "champion" in last_line(res.stderr)
-
-
-def test_regression_predicts_values_matching_the_registered_mse(regressor: Path) -> None:
-    res = _predict(regressor, regressor / "held_out.parquet", regressor / "pred.parquet",
-                   model="tiny-reg")
-    assert res.returncode == 0, res.stderr[-3000:]
-    pred = pd.read_parquet(regressor / "pred.parquet")["prediction"]
-    truth = pd.read_parquet(regressor / "held_out.parquet")["target"]
-    assert pred.dtype == np.float64 and pred.nunique() > len(pred) // 2  # values, not argmax
-    mse = float(((pred - truth.astype(np.float32).astype(np.float64)) ** 2).mean())
-    registered = float(champion_tags(regressor, "tiny-reg")["metric.test_mse"])
-    assert mse == pytest.approx(registered, rel=1e-4)
-    probs = _predict(regressor, regressor / "held_out.parquet", regressor / "p.parquet",
-                     "--probabilities", model="tiny-reg")
-    assert probs.returncode != 0 and "no classes" in last_line(probs.stderr)

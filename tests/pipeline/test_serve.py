@@ -17,21 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_predict_project import env, held_out, make_project, tracking_uri, trainflow
+from test_predict_project import env, tracking_uri, trainflow
 
 pytestmark = pytest.mark.slow
 
-NAME = "tiny-serve"
+NAME = "tiny-clf"  # conftest's tiny_classifier, trained once per session
 START_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = tmp_path_factory.mktemp("serve")
-    config = make_project(project, "classification", NAME)
-    res = trainflow(project, "run", str(config))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    held_out(project, project / "held_out.parquet")
+def project(tiny_classifier: Path) -> Path:
+    """The session's trained project, with the held-out rows in another column order
+    (rows.csv) and what `trainflow predict` answers for them (cli.parquet)."""
+    project = tiny_classifier
     rows = pd.read_parquet(project / "held_out.parquet")
     rows[["texture", "colour", "radius"]].to_csv(project / "rows.csv", index=False)  # reordered
     res = trainflow(project, "predict", "--model", NAME, "--input", str(project / "rows.csv"),

@@ -54,7 +54,9 @@ def stack() -> Iterator[dict]:
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL 15 not installed ({PG_BIN})")
     root = _folder("trainflow-stack-")
-    env = _env(root)
+    # the worker asks for runs every 2 s, not Prefect's default 10 s: the deployment test's run
+    # starts sooner (the polling is Prefect's; what is tested is that the run goes through)
+    env = _env(root, PREFECT_WORKER_QUERY_SECONDS="2")
     up = subprocess.run(
         [PY, "-m", "flows.cli", "stack", "up", "--prefect-port", str(free_port()),
          "--mlflow-port", str(free_port())],
@@ -156,6 +158,7 @@ def test_two_pipelines_at_once_share_the_registry(stack: dict) -> None:
 _RACE = textwrap.dedent(
     """
     import json, pathlib, sys, time
+    import mlflow, prefect  # what promote imports lazily: loaded before the start signal
     import tasks.registry.promotion as promotion
     read_champion = promotion.alias_version
     def read_then_hold(*args, **kwargs):  # widens the window between reading and writing
@@ -163,6 +166,7 @@ _RACE = textwrap.dedent(
         time.sleep(float(sys.argv[4]))
         return current
     promotion.alias_version = read_then_hold
+    pathlib.Path(sys.argv[5]).touch()  # imported
     while not pathlib.Path(sys.argv[3]).exists():  # start together, after the imports
         time.sleep(0.01)
     d = promotion.promote(sys.argv[1], sys.argv[2], "acc", "max", 0.0)
@@ -192,14 +196,18 @@ def test_promotion_race_across_project_folders(stack: dict) -> None:
     # first, the worse one (held 3 s) overwrites it
     procs = [
         subprocess.Popen(
-            [PY, "-c", _RACE, name, made[acc], str(go), hold],
+            [PY, "-c", _RACE, name, made[acc], str(go), hold, str(folder / "ready")],
             env=_client_env(stack, folder, TMPDIR=str(folder)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for (acc, hold), folder in zip((("0.80", "3.0"), ("0.90", "0.5")), folders)
     ]
     try:
-        time.sleep(8)  # both have imported mlflow and prefect
+        deadline = time.monotonic() + 120
+        while not all((f / "ready").exists() for f in folders):  # both have imported
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [p.stderr.read()[-3000:] for p in procs if p.poll() is not None]
+            time.sleep(0.1)
         go.touch()
         outs = [p.communicate(timeout=300) for p in procs]
     finally:

@@ -58,15 +58,32 @@ def sales(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           "task: regression}", "sales")
 
 
-def _predict(project: Path, model: str, inp: Path, out: Path):
+def _predict(project: Path, model: str, inp: Path, out: Path, *extra: str):
     return trainflow(project, "predict", "--model", model, "--input", str(inp),
-                     "--output", str(out))
+                     "--output", str(out), *extra)
 
 
-def test_classifier_accuracy_from_predict_equals_the_registered_metric(wine: Path) -> None:
-    res = _predict(wine, "wine", wine / "held_out.parquet", wine / "pred.parquet")
+def _predict_held_out(project: Path, model: str) -> Path:
+    """`trainflow predict` on the held-out rows, once per project (pred.parquet)."""
+    res = _predict(project, model, project / "held_out.parquet", project / "pred.parquet")
     assert res.returncode == 0, res.stderr[-3000:]
-    pred = pd.read_parquet(wine / "pred.parquet")["prediction"]
+    return project / "pred.parquet"
+
+
+@pytest.fixture(scope="module")
+def wine_pred(wine: Path) -> Path:
+    return _predict_held_out(wine, "wine")
+
+
+@pytest.fixture(scope="module")
+def sales_pred(sales: Path) -> Path:
+    return _predict_held_out(sales, "sales")
+
+
+def test_classifier_accuracy_from_predict_equals_the_registered_metric(
+    wine: Path, wine_pred: Path
+) -> None:
+    pred = pd.read_parquet(wine_pred)["prediction"]
     truth = pd.read_parquet(wine / "held_out.parquet")["target"]
     assert set(pred) <= {"class_0", "class_1", "class_2"}  # the user's labels, not codes
     accuracy = float((pred == truth).mean())
@@ -75,10 +92,12 @@ def test_classifier_accuracy_from_predict_equals_the_registered_metric(wine: Pat
     assert accuracy > 0.8  # it learned something: the equality above is not 0 == 0
 
 
-def test_regressor_errors_from_predict_equal_the_registered_metrics(sales: Path) -> None:
-    res = _predict(sales, "sales", sales / "held_out.parquet", sales / "pred.parquet")
-    assert res.returncode == 0, res.stderr[-3000:]
-    pred = pd.read_parquet(sales / "pred.parquet")["prediction"].to_numpy(np.float64)
+def test_regressor_errors_from_predict_equal_the_registered_metrics(
+    sales: Path, sales_pred: Path
+) -> None:
+    column = pd.read_parquet(sales_pred)["prediction"]
+    assert column.dtype == np.float64 and column.nunique() > len(column) // 2  # values, not argmax
+    pred = column.to_numpy(np.float64)
     truth = pd.read_parquet(sales / "held_out.parquet")["target"].to_numpy(np.float64)
     tags = champion_tags(sales, "sales")
     err = pred - truth
@@ -89,17 +108,20 @@ def test_regressor_errors_from_predict_equal_the_registered_metrics(sales: Path)
     assert mae == pytest.approx(float(tags["metric.test_mae"]), rel=1e-6, abs=1e-6)
     assert r2 == pytest.approx(float(tags["metric.test_r2"]), abs=1e-6)
     assert r2 > 0.5  # it learned something
+    probs = _predict(sales, "sales", sales / "held_out.parquet", sales / "p.parquet",
+                     "--probabilities")
+    assert probs.returncode != 0 and "no classes" in last_line(probs.stderr)
 
 
 @pytest.mark.parametrize(("fixture", "model"), [("wine", "wine"), ("sales", "sales")])
 def test_reordered_columns_give_identical_predictions(request, fixture: str, model: str) -> None:
     project: Path = request.getfixturevalue(fixture)
+    in_order: Path = request.getfixturevalue(f"{fixture}_pred")  # the held-out rows as they are
     table = pd.read_parquet(project / "held_out.parquet")
     table[list(reversed(table.columns))].to_parquet(project / "reordered.parquet", index=False)
-    first = _predict(project, model, project / "held_out.parquet", project / "a.parquet")
     second = _predict(project, model, project / "reordered.parquet", project / "b.parquet")
-    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    a = pd.read_parquet(project / "a.parquet")["prediction"]
+    assert second.returncode == 0, second.stderr
+    a = pd.read_parquet(in_order)["prediction"]
     b = pd.read_parquet(project / "b.parquet")["prediction"]
     assert a.tolist() == b.tolist()
     assert a.nunique() > 1  # not one constant answer: a reorder would show
