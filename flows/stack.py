@@ -297,11 +297,12 @@ def up(host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 500
 
 
 def _stop_group(piece: dict[str, Any], grace: float = 15.0) -> None:
-    """SIGTERM the piece's process group (twice: a worker stops on the second), then SIGKILL."""
+    """SIGTERM the piece's process group (twice: a Prefect worker only stops on the second, so
+    the first gets one second), then SIGKILL."""
     if not alive(piece):
         return
     pid = piece["pid"]
-    for sig, wait in ((signal.SIGTERM, grace / 2), (signal.SIGTERM, grace / 2),
+    for sig, wait in ((signal.SIGTERM, 1.0), (signal.SIGTERM, grace),
                       (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
