@@ -14,7 +14,8 @@ module, read in this order:
 - ``gate`` and ``promotion``: :func:`promote` moves ``champion`` only if the candidate's metric
   beats the champion's by more than ``min_delta``, and records the decision.
 - ``loading``: :func:`load_champion` / :func:`load_champion_torchscript`.
-- ``mlflow_patches``: every reach into MLflow's internals (its global URIs, its package scan).
+- every reach into MLflow's internals (its global URIs, its package scan) is
+  ``trainer/loggers/mlflow_private.py``.
 
 Importing this package imports no third-party library: each function imports what it needs.
 """

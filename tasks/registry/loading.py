@@ -9,9 +9,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tasks.registry.mlflow_patches import fluent
 from tasks.registry.names import CHAMPION, ONNX_FILE, TAG_PREFIX, RegistryError, validate_model_name
 from tasks.registry.versions import alias_version, client_for, store_uri
+from trainer.loggers.mlflow_private import fluent
 
 
 def download_version(

@@ -25,7 +25,6 @@ from typing import Any
 from tasks.registry import provenance
 from tasks.registry.hashing import export_content_hash
 from tasks.registry.lock import registry_lock
-from tasks.registry.mlflow_patches import fluent, installed_packages_known, pinned, pip_requirements
 from tasks.registry.names import (
     CHALLENGER,
     EXPORT_TAG,
@@ -39,6 +38,12 @@ from tasks.registry.names import (
 )
 from tasks.registry.signature import column_signature, tensor_signature
 from tasks.registry.versions import client_for, find_version_by_hash, is_missing, store_uri
+from trainer.loggers.mlflow_private import (
+    fluent,
+    installed_packages_known,
+    pinned,
+    pip_requirements,
+)
 
 PYFUNC_MODEL = Path(__file__).resolve().parents[1] / "pyfunc_model.py"  # tasks/pyfunc_model.py
 _STATUS_TAG = f"{TAG_PREFIX}status_before_register"

@@ -83,7 +83,7 @@ def test_register_tags_lineage_and_challenger(store_uri: str, exports) -> None:
     # the logged model carries a signature and an input example
     from mlflow.models import get_model_info
 
-    from tasks.registry.mlflow_patches import fluent
+    from trainer.loggers.mlflow_private import fluent
 
     with fluent(store_uri):
         minfo = get_model_info("models:/reg-lineage/1")

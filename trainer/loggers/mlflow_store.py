@@ -295,13 +295,9 @@ def store_template() -> Path | None:
     tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
-        from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
+        from trainer.loggers.mlflow_private import initialize_tables
 
-        engine = create_sqlalchemy_engine("sqlite:///" + str(tmp))
-        try:
-            _initialize_tables(engine)
-        finally:
-            engine.dispose()
+        initialize_tables(str(tmp))
         os.replace(tmp, template)  # whole or not at all; a racing maker writes the same bytes
     except Exception:  # noqa: BLE001 - an optimisation only: MLflow creates the store itself
         with contextlib.suppress(OSError):

@@ -1,20 +1,58 @@
-"""Where we reach into MLflow beyond its client: its process-global URIs and its requirement
-scan. Every such reach is here, so an MLflow upgrade has one module to check.
+"""Every reach into MLflow beyond its public API, in one module, so an upgrade has one place to
+check: its process-global URIs, its requirement scan and pinning, and its store initialisation.
+
+Each private name is looked up through :func:`private`, which turns a missing one into one line
+naming it and the MLflow version it was written against (:data:`TESTED_MLFLOW`);
+``tests/mlflow/test_mlflow_private.py`` fails as soon as the installed MLflow is another version
+or one of :data:`PRIVATE_NAMES` is gone, so an upgrade is a decision, not a surprise.
 
 - :func:`fluent`: MLflow's fluent API (``log_model`` has no client form) pointed at a URI for a
   block, with the globals put back exactly as they were.
 - :func:`installed_packages_known`: spares ``log_model`` a scan of every installed package.
 - :func:`pip_requirements` / :func:`pinned`: a logged model's requirements, pinned to what is
   installed.
+- :func:`initialize_tables`: MLflow's own schema set-up of a new SQLite store (the store template,
+  trainer/loggers/mlflow_store.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+TESTED_MLFLOW = "3.17.2"  # constraints.txt's pin: the version these reaches were checked against
+
+# (module, attribute) of every private name used here
+PRIVATE_NAMES = (
+    ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+    ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+    ("mlflow.utils.requirements_utils", "_MODULES_TO_PACKAGES"),
+    ("mlflow.utils.requirements_utils", "_PACKAGES_TO_MODULES"),
+    ("mlflow.utils.requirements_utils", "_get_pinned_requirement"),
+    ("mlflow.store.db.utils", "_initialize_tables"),
+)
+
+
+class MLflowChanged(RuntimeError):
+    """A private MLflow name this module relies on is gone (another MLflow version)."""
+
+
+def private(module: str, name: str) -> Any:
+    """``module.name`` from MLflow's internals, or one line saying it is gone and why it matters."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        import mlflow
+
+        raise MLflowChanged(
+            f"MLflow {mlflow.__version__} has no {module}.{name} (trainflow was checked against "
+            f"mlflow {TESTED_MLFLOW}): install mlflow=={TESTED_MLFLOW} (constraints.txt)"
+        ) from None
+
 
 FLUENT_LOCK = threading.RLock()  # the fluent API's state is process-global: one user at a time
 
@@ -30,8 +68,11 @@ def fluent(uri: str) -> Iterator[Any]:
     module attribute the same way.
     """
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils = importlib.import_module("mlflow.tracking._tracking_service.utils")
+    registry_utils = importlib.import_module("mlflow.tracking._model_registry.utils")
+    private(tracking_utils.__name__, "_tracking_uri")
+    private(registry_utils.__name__, "_registry_uri")
 
     env_names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     with FLUENT_LOCK:
@@ -81,9 +122,7 @@ def installed_packages_known() -> Iterator[None]:
 
 def pinned(package: str) -> str:
     """``package==<installed version>`` as MLflow writes it in a model's requirements."""
-    from mlflow.utils.requirements_utils import _get_pinned_requirement
-
-    return _get_pinned_requirement(package)
+    return private("mlflow.utils.requirements_utils", "_get_pinned_requirement")(package)
 
 
 def pip_requirements() -> list[str]:
@@ -95,3 +134,14 @@ def pip_requirements() -> list[str]:
     import mlflow.onnx
 
     return [*mlflow.onnx.get_default_pip_requirements(), pinned("numpy")]
+
+
+def initialize_tables(sqlite_file: str) -> None:
+    """Create MLflow's current schema in a new SQLite file, as MLflow does for a new store."""
+    from mlflow.store.db.utils import create_sqlalchemy_engine
+
+    engine = create_sqlalchemy_engine("sqlite:///" + sqlite_file)
+    try:
+        private("mlflow.store.db.utils", "_initialize_tables")(engine)
+    finally:
+        engine.dispose()
