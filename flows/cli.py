@@ -198,18 +198,9 @@ def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
 
 
 def _preload(cfg) -> None:  # noqa: ANN001
-    """Import what runs need (the model's module for the train stage's key, mlflow for tracking
-    and the promotion gate, matplotlib for the logged curves) and open the MLflow store, while
-    Prefect's local API is still starting."""
-    import importlib
-
-    with contextlib.suppress(Exception):  # a bad class path is reported by the stage itself
-        importlib.import_module(cfg.model.class_path.partition(":")[0])
-    with contextlib.suppress(Exception):
-        import matplotlib
-
-        matplotlib.use("Agg")  # what the logger's plots use (no display)
-        import matplotlib.pyplot  # noqa: F401
+    """Import mlflow and open the MLflow store (what every run needs: the cache checks and the
+    promotion gate) while Prefect's local API is still starting. Not the model's module (torch)
+    nor matplotlib: a cached run needs neither, and a fresh run's train stage imports them."""
     with contextlib.suppress(Exception):  # an unusable store is reported by the stage itself
         from mlflow import MlflowClient
 

@@ -114,8 +114,8 @@ class ModelConfig(_Section):
         after data preparation (a class that cannot be imported is the train stage's error)."""
         import importlib
 
-        if not info.data.get("class_path"):  # the default model is checked when it is resolved
-            return kwargs
+        if not kwargs or not info.data.get("class_path"):  # nothing to check (no import: the
+            return kwargs  # model's module imports torch); the default model: when resolved
         mod, _, name = info.data["class_path"].partition(":")
         try:
             target = getattr(importlib.import_module(mod), name)

@@ -11,12 +11,14 @@ the user modules it reaches (:func:`code_version`), so editing any of them retra
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import sys
+from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tasks.types import DatasetRef, StageError
@@ -59,10 +61,12 @@ def code_version(class_path: str, key: str = "model.class_path") -> str:
     "User module" means a file outside the Python installation, site-packages and trainflow's
     own framework packages (``trainer``, ``tasks``, ``flows``: a framework change is covered by
     each stage's CODE_VERSION). Shipped models under ``models/`` count as user code.
+    The modules are found by reading their import statements, without importing anything: a
+    model's module imports torch, and a cached run needs none.
     """
-    cls = import_class(class_path, key)
-    files = _user_source_files(cls)
-    if not files:  # defined in a notebook or a C extension: the path is all we have
+    files = _user_source_files(class_path.partition(":")[0])
+    if not files:  # not a source file found on the path (a notebook, a C extension, or
+        import_class(class_path, key)  # missing: this names it); the path is all we have
         return hashlib.sha256(class_path.encode()).hexdigest()[:16]
     h = hashlib.sha256()
     for name, path in sorted(files.items()):
@@ -73,18 +77,37 @@ def code_version(class_path: str, key: str = "model.class_path") -> str:
 _FRAMEWORK = ("trainer", "tasks", "flows")
 
 
-def _user_source_files(cls: type) -> dict[str, Path]:
-    """Module name → source file of every user module reachable from ``cls``'s module."""
+def _spec(name: str) -> ModuleSpec | None:
+    """Where ``name`` would be imported from, found without running any package's
+    ``__init__`` (a submodule is looked up in its parent's folders, as the import system does
+    once the parent is imported)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return getattr(module, "__spec__", None)
+    parent = name.rpartition(".")[0]
+    try:
+        if not parent:
+            return importlib.util.find_spec(name)
+        folders = getattr(_spec(parent), "submodule_search_locations", None)
+        return PathFinder.find_spec(name, list(folders)) if folders else None
+    except (ImportError, ValueError):
+        return None
+
+
+def _user_source_files(module_name: str) -> dict[str, Path]:
+    """Module name → source file of ``module_name`` and every user module it imports,
+    transitively (import statements anywhere in the file, read with ``ast``)."""
     not_user = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
 
-    def user_file(module: ModuleType) -> Path | None:
-        name = module.__name__
+    def user_file(name: str) -> Path | None:
         if name.split(".")[0] in _FRAMEWORK or name in sys.builtin_module_names:
             return None
-        file = getattr(module, "__file__", None)
-        if not file or not file.endswith(".py"):
+        if name.partition(".")[0] != name and user_file(name.partition(".")[0]) is None:
+            return None  # inside an installed package: not looked up (no import of it)
+        origin = getattr(_spec(name), "origin", None)
+        if not origin or not origin.endswith(".py"):
             return None
-        path = Path(file).resolve()
+        path = Path(origin).resolve()
         if "site-packages" in path.parts or "dist-packages" in path.parts:
             return None
         if any(path.is_relative_to(root) for root in not_user):
@@ -92,21 +115,30 @@ def _user_source_files(cls: type) -> dict[str, Path]:
         return path
 
     found: dict[str, Path] = {}
-    start = [sys.modules.get(c.__module__) for c in cls.__mro__]
-    todo = [m for m in start if m is not None]
+    todo = [module_name]
     while todo:
-        module = todo.pop()
-        if module.__name__ in found:
+        name = todo.pop()
+        if name in found:
             continue
-        path = user_file(module)
+        path = user_file(name)
         if path is None:
             continue
-        found[module.__name__] = path
-        for value in vars(module).values():  # what the module imported or defined
-            ref = value if isinstance(value, ModuleType) else sys.modules.get(
-                getattr(value, "__module__", None) or "")
-            if ref is not None and ref.__name__ not in found:
-                todo.append(ref)
+        found[name] = path
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue  # the hash covers the file; importing it reports the error
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, up level - 1 folders
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(p for p in [*parts, node.module or ""] if p)
+                todo += [base, *(f"{base}.{a.name}" for a in node.names)]  # a submodule?
+        todo += [name.rpartition(".")[0]] if "." in name else []  # parents run first
     return found
 
 
