@@ -183,7 +183,8 @@ def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
     from tasks.config import ConfigError
     from tasks.types import DataError, StageError
 
-    _preload(cfg)
+    if api is not None:  # fill the wait for the API; with a server there is none to fill
+        _preload(cfg)
     try:
         with api.use() if api is not None else contextlib.nullcontext():
             result = training_pipeline(cfg)

@@ -14,6 +14,10 @@ same Prefect version left there (recorded in ``$PREFECT_HOME/trainflow-api.json`
 changed database is migrated as usual. The CLI then runs the flow with ``PREFECT_API_URL``
 pointing at it (Prefect's ``temporary_settings``), and stops the server at exit, as Prefect does.
 
+The private Prefect details this copies (the server command, ``PREFECT__SERVER_*`` variables, the
+migration table) live in flows/prefect_adapter.py, checked against the pinned Prefect version.
+Worth it: see bench/RESULTS.md (issue 14, "API start") for the seconds it saves per run.
+
 Not used (Prefect's own start applies) when ``PREFECT_API_URL`` is set, when ephemeral mode is
 turned off, when a ``prefect.toml`` / ``[tool.prefect]`` / profile may configure Prefect, when
 prefect is already imported, or with ``TRAINFLOW_FAST_API=0``.
@@ -25,7 +29,6 @@ import atexit
 import contextlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -35,21 +38,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows import prefect_adapter as adapter
 from flows.children import die_with_parent
 from flows.tracking import listening_socket
+from trainer.fileio import atomic_write_text
 
 __all__ = ["EphemeralAPI", "start"]
 
 MARKER = "trainflow-api.json"
-_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1",
-               # Task-run states and events reach the database from the server's event queues,
-               # flushed every 5 s by default, and the flush at shutdown can be cancelled: a
-               # server that stops with the CLI process must have written them first (see
-               # EphemeralAPI.stop). Whole seconds: Prefect truncates the interval to an int
-               # (0.5 becomes a busy loop burning a core).
-               "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
-               "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1"}
 _DRAIN_S = 1.2  # one flush after Prefect sent the last events (its exit handlers run first)
 _PREFECT_DB_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
@@ -70,29 +66,6 @@ def _prefect_configured_elsewhere(home: Path) -> bool:
         if pyproject.exists() and "[tool.prefect" in pyproject.read_text(errors="replace"):
             return True
     return False
-
-
-def _prefect_version() -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("prefect")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _db_revision(db: Path) -> str | None:
-    if not db.is_file():
-        return None
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            row = con.execute("select version_num from alembic_version").fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    return str(row[0]) if row else None
 
 
 @dataclass
@@ -147,29 +120,19 @@ class EphemeralAPI:
 
     def _record_revision(self) -> None:
         """After a start that ran the migrations: the database is current for this Prefect."""
-        revision = _db_revision(self.home / "prefect.db")
-        version = _prefect_version()
+        revision = adapter.db_revision(self.home / "prefect.db")
+        version = adapter.installed_version()
         if revision and version:
-            tmp = self.home / f".{MARKER}.{os.getpid()}"
-            with contextlib.suppress(OSError):
-                tmp.write_text(json.dumps({"prefect": version, "revision": revision}))
-                os.replace(tmp, self.home / MARKER)
+            with contextlib.suppress(OSError):  # no marker: the next start migrates again
+                atomic_write_text(self.home / MARKER,
+                                  json.dumps({"prefect": version, "revision": revision}))
 
     @contextlib.contextmanager
     def use(self) -> Iterator[str]:
-        """Wait until healthy, then point Prefect at this API (``temporary_settings``).
-
-        As in Prefect's own ephemeral mode, no UI is served, so no "View at <url>" link is
-        logged. Flow-run heartbeats are off: they let a long-lived server mark a run whose
-        process died as crashed, but this API dies with this process; and Prefect joins the
-        heartbeat thread, which sleeps in 1 s steps, at the end of every flow run (≈ 0.5 s).
-        """
+        """Wait until healthy, then point Prefect at this API for the block."""
         self.wait()
-        from prefect.settings import temporary_settings
-
         try:
-            with temporary_settings(updates={"api.url": self.api_url, "ui_url": "",
-                                             "flows.heartbeat_frequency": None}):
+            with adapter.pointed_at(self.api_url):
                 yield self.api_url
         finally:
             self.last_used = time.monotonic()
@@ -194,12 +157,12 @@ def _migrations_current(home: Path) -> bool:
         marker = json.loads((home / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    version = _prefect_version()
+    version = adapter.installed_version()
     return bool(
         version
         and marker.get("prefect") == version
         and marker.get("revision")
-        and _db_revision(home / "prefect.db") == marker["revision"]
+        and adapter.db_revision(home / "prefect.db") == marker["revision"]
     )
 
 
@@ -213,27 +176,18 @@ def start() -> EphemeralAPI | None:
     if any(os.environ.get(v) for v in _PREFECT_DB_VARS) or not os.environ.get("PREFECT_HOME"):
         return None
     home = Path(os.environ["PREFECT_HOME"])
-    if _prefect_configured_elsewhere(home) or _prefect_version() is None:
+    if _prefect_configured_elsewhere(home) or adapter.installed_version() is None:
         return None
+    adapter.check_version()  # the private details below were read from the pinned version
     home.mkdir(parents=True, exist_ok=True)
     current = _migrations_current(home)
-    env = {**_SERVER_ENV, **os.environ, **{k: v for k, v in _SERVER_ENV.items()
-                                           if k.startswith("PREFECT__")}}
-    if current:
-        env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
-    import importlib.util
-
-    spec = importlib.util.find_spec("prefect")  # finds the package without importing it
-    assert spec is not None and spec.origin is not None
     sock = listening_socket("127.0.0.1")  # bound once, here; uvicorn serves on it (--fd)
     port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent),
-           "--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno()),
-           "--log-level", "error", "--lifespan", "on"]
+    env = adapter.server_env(dict(os.environ), skip_migrations=current)
     # Ends with this process even when it is SIGKILLed (no exit handler runs then).
     with sock:
-        proc = subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),),
-                                preexec_fn=die_with_parent())  # noqa: PLW1509
+        proc = subprocess.Popen(adapter.server_command(sock.fileno()), env=env,  # noqa: PLW1509
+                                pass_fds=(sock.fileno(),), preexec_fn=die_with_parent())
     api = EphemeralAPI(proc, port, home, migrated=not current)
     atexit.register(api.stop)
     return api

@@ -1,0 +1,87 @@
+"""Import only what the command needs: ``trainflow --help`` and a cached ``trainflow run``
+import no torch (issue 14). Seconds are measured by bench/cli_latency.py, not here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.imports import code_version
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+# The CLI in this process, with a note of the heavy libraries loaded, written at the very end
+# (the first exit handler registered runs last).
+WRAPPER = """
+import atexit, json, sys
+note = sys.argv.pop(1)
+def _note():
+    with open(note, "w") as f:
+        json.dump(sorted({m.partition(".")[0] for m in sys.modules}), f)
+atexit.register(_note)
+sys.argv[0] = "trainflow"
+from flows.cli import main
+main()
+"""
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_", "TRAINFLOW_"))}
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+               TRAINFLOW_PROJECT_DIR=str(project), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def _loaded(args: list[str], project: Path, note: Path) -> tuple[set[str], str]:
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, str(note), *args], env=_env(project),
+                          cwd=project, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return set(json.loads(note.read_text())), proc.stdout
+
+
+def test_help_imports_no_torch_prefect_or_mlflow(tmp_path: Path) -> None:
+    loaded, out = _loaded(["--help"], tmp_path, tmp_path / "modules.json")
+    assert "run" in out and "stack" in out
+    assert not loaded & {"torch", "prefect", "mlflow"}
+
+
+@pytest.mark.slow
+def test_cached_run_imports_no_torch(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    small = ["--set", "trainer.max_epochs=1", "--set", "export.torchscript=false"]
+    first, _ = _loaded(["run", *small], project, tmp_path / "first.json")
+    assert "torch" in first  # the fresh run trains: the check below can tell the difference
+    loaded, out = _loaded(["run", *small], project, tmp_path / "cached.json")
+    for stage in ("prepare_data", "train", "evaluate", "export", "register"):
+        assert any(stage in line and "Cached" in line for line in out.splitlines()), out
+    assert "torch" not in loaded
+
+
+def test_code_version_hashes_the_source_without_importing_it(tmp_path: Path) -> None:
+    """A model module imports torch: its class's source is found and hashed without running
+    it when the module itself defines the class; a re-export is followed by importing."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "lat_net.py").write_text("class Net:\n    pass\n\nraise RuntimeError('imported')\n")
+    (code / "lat_impl.py").write_text("class Impl:\n    pass\n")
+    (code / "lat_reexport.py").write_text("from lat_impl import Impl as Net\n")
+    sys.path.insert(0, str(code))
+    try:
+        digest = hashlib.sha256((code / "lat_net.py").read_bytes()).hexdigest()[:16]
+        assert code_version("lat_net:Net") == digest  # would raise 'imported' if imported
+        assert "lat_net" not in sys.modules
+        impl = hashlib.sha256((code / "lat_impl.py").read_bytes()).hexdigest()[:16]
+        assert code_version("lat_reexport:Net") == impl  # the file that defines the class
+    finally:
+        sys.path.remove(str(code))
+        for name in ("lat_impl", "lat_reexport"):
+            sys.modules.pop(name, None)
