@@ -26,8 +26,8 @@ def _note():
         json.dump(sorted({m.partition(".")[0] for m in sys.modules}), f)
 atexit.register(_note)
 sys.argv[0] = "trainflow"
-from flows.cli import main
-main()
+from flows.cli import app  # not main: its fast exit would skip the note
+app()
 """
 
 
@@ -64,6 +64,22 @@ def test_cached_run_imports_no_torch(tmp_path: Path) -> None:
     for stage in ("prepare_data", "train", "evaluate", "export", "register"):
         assert any(stage in line and "Cached" in line for line in out.splitlines()), out
     assert "torch" not in loaded
+
+
+def test_main_keeps_the_exit_code_and_the_last_lines(tmp_path: Path) -> None:
+    """``main`` ends the process without Python's module teardown: the exit code, stdout and
+    the one-line error on stderr are still what the command produced."""
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=_env(tmp_path),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    ok = cli("--help")
+    assert ok.returncode == 0 and "stack" in ok.stdout
+    bad = cli("run", "--set", "trainer.max_epochs=0")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: trainer.max_epochs")
+    unknown = cli("promote", "digits-mlp", "x")
+    assert unknown.returncode == 2 and "VERSION" in unknown.stderr
 
 
 def test_code_version_hashes_the_source_without_importing_it(tmp_path: Path) -> None:
