@@ -76,30 +76,45 @@ def stage_seconds(stdout: str) -> dict[str, tuple[str, float]]:
     return out
 
 
-def measure_runs(project: Path, env: dict[str, str], repeats: int, seed0: int) -> dict:
-    """Medians of ``repeats`` cached and fresh runs in ``project`` (a first run fills it)."""
-    first, out = _timed(["run"], env, project)  # the demo's first run here (databases created)
-    first_stages = sum(s for _, s in stage_seconds(out).values())
-    cached = []
+def _expect(stages: dict[str, tuple[str, float]], fresh: bool) -> float:
+    """The run's stage time, after checking it was the kind of run asked for."""
+    states = {st for st, _ in stages.values()}
+    if fresh and stages.get("train", ("", 0))[0] != "Completed":
+        sys.exit(f"expected a fresh run, got {stages}")
+    if not fresh and (states - {"Cached", "Completed"} or "Cached" not in states):
+        sys.exit(f"expected a cached run, got {stages}")
+    return sum(s for _, s in stages.values())
+
+
+def measure_runs(setups: dict[str, tuple[Path, dict[str, str]]], repeats: int,
+                 seed0: int) -> dict[str, dict]:
+    """Per setup (project, env): medians of ``repeats`` cached and fresh runs, the setups
+    taking turns (a machine whose load drifts treats them alike); a first run fills each."""
+    walls: dict[str, dict[str, list[float]]] = {
+        name: {"cached": [], "fresh": [], "stage": []} for name in setups}
+    firsts = {}
+    for name, (project, env) in setups.items():
+        wall, out = _timed(["run"], env, project)  # the demo's first run here (new databases)
+        firsts[name] = (wall, _expect(stage_seconds(out), fresh=True))
     for _ in range(repeats):
-        wall, out = _timed(["run"], env, project)
-        states = {st for st, _ in stage_seconds(out).values()}
-        if states - {"Cached", "Completed"} or "Cached" not in states:
-            sys.exit(f"expected a cached run, got {stage_seconds(out)}")
-        cached.append(wall)
-    fresh, stage = [], []
+        for name, (project, env) in setups.items():
+            wall, out = _timed(["run"], env, project)
+            _expect(stage_seconds(out), fresh=False)
+            walls[name]["cached"].append(wall)
     for i in range(repeats):
-        wall, out = _timed(["run", "--set", f"data.seed={seed0 + i}"], env, project)
-        stages = stage_seconds(out)
-        if stages.get("train", ("", 0))[0] != "Completed":
-            sys.exit(f"expected a fresh run, got {stages}")
-        fresh.append(wall)
-        stage.append(sum(s for _, s in stages.values()))
-    rest = [w - s for w, s in zip(fresh, stage, strict=True)]
-    return {"first": first, "first_stages": first_stages,
-            "cached": statistics.median(cached), "cached_all": cached,
-            "fresh": statistics.median(fresh), "stage": statistics.median(stage),
-            "rest": statistics.median(rest), "rest_all": rest}
+        for name, (project, env) in setups.items():
+            wall, out = _timed(["run", "--set", f"data.seed={seed0 + i}"], env, project)
+            walls[name]["stage"].append(_expect(stage_seconds(out), fresh=True))
+            walls[name]["fresh"].append(wall)
+    out = {}
+    for name, w in walls.items():
+        rest = [f - s for f, s in zip(w["fresh"], w["stage"], strict=True)]
+        out[name] = {"first": firsts[name][0], "first_stages": firsts[name][1],
+                     "cached": statistics.median(w["cached"]), "cached_all": w["cached"],
+                     "fresh": statistics.median(w["fresh"]),
+                     "stage": statistics.median(w["stage"]),
+                     "rest": statistics.median(rest), "rest_all": rest}
+    return out
 
 
 def measure_help(env: dict[str, str], cwd: Path, repeats: int) -> float:
@@ -173,18 +188,21 @@ def export_rows(repeats: int) -> list[str]:
 
 def ephemeral_rows(base: Path, repeats: int) -> list[str]:
     """Embedded cached/fresh runs with our early API start and with Prefect's own start."""
-    rows = []
-    for label, extra in (("flows/ephemeral.py", {}),
-                         ("Prefect's own (TRAINFLOW_FAST_API=0)", {"TRAINFLOW_FAST_API": "0"})):
-        project = base / f"eph-{len(rows)}"
+    modes = {"flows/ephemeral.py": {},
+             "Prefect's own (TRAINFLOW_FAST_API=0)": {"TRAINFLOW_FAST_API": "0"}}
+    setups = {}
+    for i, (label, extra) in enumerate(modes.items()):
+        project = base / f"eph-{i}"
         project.mkdir()
-        r = measure_runs(project, _env(project, extra), repeats, seed0=100)
-        rows += [f"| {label} | first run | {r['first']:.2f} |",
+        setups[label] = (project, _env(project, extra))
+    rows = ["| API start | figure | median s (each run) |", "|---|---|---:|"]
+    for label, r in measure_runs(setups, repeats, seed0=100).items():
+        rows += [f"| {label} | first run in a new project | {r['first']:.2f} |",
                  f"| {label} | cached run | {r['cached']:.2f} "
                  f"({', '.join(f'{x:.1f}' for x in r['cached_all'])}) |",
                  f"| {label} | fresh run, the rest (wall - stages) | {r['rest']:.2f} "
                  f"({', '.join(f'{x:.1f}' for x in r['rest_all'])}) |"]
-    return ["| API start | figure | median s (each) |", "|---|---|---:|", *rows]
+    return rows
 
 
 def _show(rows: list[str]) -> None:
@@ -211,14 +229,15 @@ def main() -> None:
         emb = base / "embedded"
         emb.mkdir()
         env = _env(emb)
-        _show(run_rows("embedded", measure_runs(emb, env, args.repeats, seed0=100),
-                       measure_help(env, emb, args.repeats)))
+        runs = measure_runs({"embedded": (emb, env)}, args.repeats, seed0=100)["embedded"]
+        _show(run_rows("embedded", runs, measure_help(env, emb, args.repeats)))
         if not args.no_stack:
             team = base / "stack"
             team.mkdir()
             with stack(team) as lines:
                 env = _env(team, lines)
-                _show(run_rows("stack", measure_runs(team, env, args.repeats, seed0=200), None))
+                runs = measure_runs({"stack": (team, env)}, args.repeats, seed0=200)["stack"]
+                _show(run_rows("stack", runs, None))
         if not args.no_export:
             _show(export_rows(args.repeats))
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
