@@ -212,6 +212,7 @@ def _show(rows: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-embedded", action="store_true", help="skip the embedded rows")
     parser.add_argument("--no-stack", action="store_true", help="skip the team-stack rows")
     parser.add_argument("--no-export", action="store_true", help="skip the export rows")
     parser.add_argument("--ephemeral", action="store_true",
@@ -222,15 +223,17 @@ def main() -> None:
           f"median of {args.repeats} new processes each")
     with tempfile.TemporaryDirectory(prefix="cli-latency-") as tmp:
         base = Path(tmp)
+        base.chmod(0o711)  # the stack's PostgreSQL runs as the postgres user: it must get in
         if args.ephemeral:
             print("\n".join(ephemeral_rows(base, args.repeats)))
             return
         _show(["| setup | command | wall s | target |", "|---|---|---:|---|"])
-        emb = base / "embedded"
-        emb.mkdir()
-        env = _env(emb)
-        runs = measure_runs({"embedded": (emb, env)}, args.repeats, seed0=100)["embedded"]
-        _show(run_rows("embedded", runs, measure_help(env, emb, args.repeats)))
+        if not args.no_embedded:
+            emb = base / "embedded"
+            emb.mkdir()
+            env = _env(emb)
+            runs = measure_runs({"embedded": (emb, env)}, args.repeats, seed0=100)["embedded"]
+            _show(run_rows("embedded", runs, measure_help(env, emb, args.repeats)))
         if not args.no_stack:
             team = base / "stack"
             team.mkdir()
