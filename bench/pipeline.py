@@ -10,8 +10,8 @@
    (min and median; the difference of the mins is the overhead). Once-per-process costs are
    paid before timing and reported on their own rows, for both sides alike: a first direct run
    (torch, ONNX exporter imports), Prefect's local API start (as ``trainflow run`` starts it,
-   flows/ephemeral.py) and what ``trainflow run`` preloads while the API starts (mlflow,
-   matplotlib, the model module, the MLflow store: flows/cli.py ``_preload``). A fresh project's
+   flows/ephemeral.py) and what ``trainflow run`` preloads while the API starts (mlflow
+   and the MLflow store: flows/cli.py ``_preload``). A fresh project's
    MLflow store is a copy of the per-machine template (made on its own row if missing).
 2. The cached rerun of the same flow (every stage served from the cache but the promotion gate).
    With ``--cli``: ``trainflow run`` in new processes, cold (fresh project and Prefect home) and
@@ -92,7 +92,7 @@ def bench_flow_vs_direct(overrides: list[str], base: Path, repeat: int) -> list[
 
     _fresh_project(base, "preload")
     _preload(cfg)
-    rows.append(("what `trainflow run` preloads while the API starts (mlflow, matplotlib, store)",
+    rows.append(("what `trainflow run` preloads while the API starts (mlflow, store)",
                  f"{time.perf_counter() - t0:.2f} s"))
     ctx = api.use() if api is not None else contextlib.nullcontext()
     direct: list[float] = []

@@ -16,7 +16,7 @@ pointing at it (Prefect's ``temporary_settings``), and stops the server at exit,
 
 The private Prefect details this copies (the server command, ``PREFECT__SERVER_*`` variables, the
 migration table) live in flows/prefect_adapter.py, checked against the pinned Prefect version.
-Worth it: see bench/RESULTS.md (issue 14, "API start") for the seconds it saves per run.
+Worth it: bench/RESULTS.md, "CLI latency (issue 14)", has the seconds it saves per run.
 
 Not used (Prefect's own start applies) when ``PREFECT_API_URL`` is set, when ephemeral mode is
 turned off, when a ``prefect.toml`` / ``[tool.prefect]`` / profile may configure Prefect, when
