@@ -10,6 +10,7 @@ user asked for is honoured. The methods are put back when the stage ends.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,8 @@ _METHODS = ("forward", "training_step", "validation_step", "test_step", "predict
 
 
 def _optimized_module_type() -> type | None:
+    if "torch._dynamo.eval_frame" not in sys.modules:  # torch.compile imports it: nothing is
+        return None  # compiled, and importing dynamo only to ask costs ≈ 1 s of every fit
     try:
         from torch._dynamo.eval_frame import OptimizedModule
     except ImportError:  # a torch without dynamo
