@@ -173,7 +173,7 @@ def export_rows(repeats: int) -> list[str]:
     sys.path.insert(0, str(Path(__file__).parent))
     try:
         from export_latency import measure_exporters
-    except ImportError:  # TODO(lead): wired once the export branch's bench/export_latency.py
+    except ImportError:  # run from a checkout without bench/export_latency.py
         return ["| export | bench/export_latency.py not present: no export figures | | |"]
     rows = []
     for row in measure_exporters(repeats):
