@@ -80,10 +80,15 @@ def test_served_sweep_runs_on_demand_and_registers_the_best_trial(tmp_path: Path
         scheds = httpx.get(f"{api}/deployments/{dep['id']}/schedules", timeout=10).json()
         assert [s["schedule"]["cron"] for s in scheds] == ["0 3 * * 0"]
 
-        resp = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={},
-                          timeout=30)
-        assert resp.status_code == 201, resp.text[-2000:]
-        run_id = resp.json()["id"]
+        def created() -> dict | None:
+            resp = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={},
+                              timeout=30)
+            if resp.status_code == 503:  # the server's SQLite is busy: Prefect's client retries
+                return None
+            assert resp.status_code == 201, resp.text[-2000:]
+            return resp.json()
+
+        run_id = _wait("flow run created", created, 120, procs[0], tmp_path / "server.log")["id"]
 
         def finished() -> str | None:
             fr = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
