@@ -2,9 +2,11 @@
 
 ``Tuner(trainer).lr_find(module, train_dataloaders=...)`` trains ``num_training`` steps while the
 learning rate grows from ``min_lr`` to ``max_lr`` (exponentially or linearly), records the
-smoothed loss at each, and suggests the rate where the loss falls fastest. The module's weights
-are put back afterwards, and with ``update_attr`` its ``lr`` / ``learning_rate`` (attribute or
-hparams) is set to the suggestion.
+smoothed loss at each, and suggests the rate where the loss falls fastest against the rate. It
+is Lightning 2.6's finder point for point (the same rates, smoothing, early stop and suggestion,
+quirks included and marked), so a Lightning user gets the same suggestion. The module's weights
+are put back afterwards, and with ``update_attr`` its ``lr`` / ``learning_rate`` (attribute,
+hparams, and the datamodule's, wherever it is found) is set to the suggestion.
 
 ``Tuner(trainer).scale_batch_size(module, mode="power" | "binsearch")`` tries a few training
 steps at growing batch sizes (the module's or datamodule's ``batch_size``, which its
@@ -19,6 +21,7 @@ precision flags, so the given Trainer's own state (steps, callbacks, loggers) is
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from typing import Any
 
@@ -27,6 +30,8 @@ import torch
 from trainer.callbacks.base import Callback
 
 __all__ = ["Tuner", "LRFinder"]
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------ lr_find
@@ -40,18 +45,26 @@ class LRFinder:
         self._optimal_idx: int | None = None
 
     def suggestion(self, skip_begin: int = 10, skip_end: int = 1) -> float | None:
-        """The rate where the smoothed loss falls fastest from one step to the next (for the
-        exponential sweep: the steepest descent against log lr), ignoring the first
-        ``skip_begin`` and last ``skip_end`` points; None with fewer than 2 left."""
-        lrs, losses = self.results["lr"], self.results["loss"]
-        idx = [i for i in range(skip_begin, len(losses) - skip_end) if math.isfinite(losses[i])]
-        if len(idx) < 2:
+        """The rate where the smoothed loss falls fastest against the learning rate (the most
+        negative d loss / d lr), ignoring the first ``skip_begin`` and last ``skip_end`` points
+        and non-finite losses; None with fewer than 2 points left.
+
+        Computed as Lightning 2.6 computes it (float32 tensors, ``torch.gradient`` with the
+        rates as spacing, the slice ``[skip_begin:-skip_end]``), so the same sweep gives the
+        same suggestion under both."""
+        losses = torch.tensor(self.results["loss"][skip_begin:-skip_end])
+        lrs = torch.tensor(self.results["lr"][skip_begin:-skip_end])
+        finite = torch.isfinite(losses)
+        losses, lrs = losses[finite], lrs[finite]
+        if len(losses) < 2:  # torch.gradient needs two points
+            log.error("lr_find: too few finite losses to suggest a learning rate; raise "
+                      "num_training or give the sweep more training batches")
             self._optimal_idx = None
             return None
-        loss_t = torch.tensor([losses[i] for i in idx], dtype=torch.float64)
-        slope = torch.gradient(loss_t)[0]
-        self._optimal_idx = idx[int(torch.argmin(slope))]
-        return lrs[self._optimal_idx]
+        slope = torch.gradient(losses, spacing=[lrs])[0]
+        kept = torch.arange(len(self.results["loss"]))[skip_begin:-skip_end][finite]
+        self._optimal_idx = int(kept[int(torch.argmin(slope))])
+        return self.results["lr"][self._optimal_idx]
 
     def plot(self, suggest: bool = False, show: bool = False, ax: Any = None) -> Any:
         """Loss against learning rate (log x-axis when exponential); returns the Figure."""
@@ -78,8 +91,40 @@ class LRFinder:
         return fig
 
 
+class _SweepLR(torch.optim.lr_scheduler.LRScheduler):
+    """Lightning 2.6's ``_ExponentialLR`` / ``_LinearLR``, so the sweep tries the same rates.
+
+    Its quirk, kept: the first batch runs at ``base_lr`` (= min_lr) and the next jumps to
+    ``r = 2 / num_iter`` (batch k >= 1 runs at ``r = (k + 1) / num_iter``), so the point
+    ``r = 1 / num_iter`` is never tried and the last of ``num_iter`` batches runs at max_lr.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, end_lr: float, num_iter: int,
+                 exponential: bool) -> None:
+        self.end_lr, self.num_iter, self.exponential = end_lr, num_iter, exponential
+        self._lr: list[float] = []
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        r = (self.last_epoch + 1) / self.num_iter
+        if self.last_epoch <= 0:
+            val = list(self.base_lrs)
+        elif self.exponential:
+            val = [base * (self.end_lr / base) ** r for base in self.base_lrs]
+        else:
+            val = [base + r * (self.end_lr - base) for base in self.base_lrs]
+        self._lr = val
+        return val
+
+    @property
+    def lr(self) -> list[float]:
+        return self._lr
+
+
 class _LRSweep(Callback):
-    """Sets the rising schedule at fit start; records (lr, smoothed loss) after each step."""
+    """Sets the rising schedule at fit start; records (lr, smoothed loss) at each optimizer
+    step, as Lightning 2.6's ``_LRCallback`` does (its quirks are copied and marked, so a
+    Lightning user's sweep gives the same curve and the same suggestion here)."""
 
     def __init__(self, finder: LRFinder, early_stop_threshold: float | None,
                  beta: float = 0.98) -> None:
@@ -87,48 +132,54 @@ class _LRSweep(Callback):
         self.early_stop_threshold = early_stop_threshold
         self.beta = beta
         self._avg = 0.0
-        self._best = math.inf
-        self._lr = 0.0
-        self._step = -1
+        self._best = 0.0
 
     def on_fit_start(self, trainer: Any, module: Any) -> None:
         f = self.finder
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"lr_find: configure_optimizers returned {len(trainer.optimizers)} "
+                             "optimizers; the finder sweeps the rate of exactly one")
         opt = trainer.optimizers[0]
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] = f.min_lr
-        n = max(f.num_training - 1, 1)
-        if f.mode == "exponential":
-            def factor(i: int) -> float:
-                return (f.max_lr / f.min_lr) ** (min(i, n) / n)
-        else:
-            def factor(i: int) -> float:
-                return (f.min_lr + (f.max_lr - f.min_lr) * min(i, n) / n) / f.min_lr
         from trainer.trainer import LRSchedulerConfig
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = _SweepLR(opt, f.max_lr, f.num_training, f.mode == "exponential")
         trainer.lr_scheduler_configs = [LRSchedulerConfig(sched, interval="step")]
 
+    @staticmethod
+    def _window_end(trainer: Any, batch_idx: int) -> bool:
+        # Lightning's test: the epoch's batch index, not "did the optimizer step" (so the short
+        # window that ends an epoch whose length is no multiple of accumulate_grad_batches is
+        # not recorded there either)
+        return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
-        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
-        self._step = trainer.global_step
+        if self._window_end(trainer, batch_idx):
+            self.finder.results["lr"].append(trainer.lr_scheduler_configs[0].scheduler.lr[0])
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.global_step == self._step:  # inside an accumulation window: no step yet
+        if not self._window_end(trainer, batch_idx):
             return
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        # the step's own loss: on_train_batch_end gets it divided by accumulate_grad_batches
-        value = float(loss) * trainer.accumulate_grad_batches if loss is not None else math.nan
-        n = len(self.finder.results["loss"])
-        self._avg = self.beta * self._avg + (1 - self.beta) * value
-        smoothed = self._avg / (1 - self.beta ** (n + 1))  # bias-corrected running mean
-        self.finder.results["lr"].append(self._lr)
-        self.finder.results["loss"].append(smoothed)
-        if not math.isfinite(smoothed) or (
-                self.early_stop_threshold is not None and n > 1
-                and smoothed > self.early_stop_threshold * self._best):
-            trainer.should_stop = True  # diverged: the rest of the sweep says nothing new
-        self._best = min(self._best, smoothed)
+        results = self.finder.results
+        if not outputs:  # training_step returned None: a NaN point, the average untouched
+            results["loss"].append(math.nan)
+            return
+        loss = outputs if isinstance(outputs, torch.Tensor) else outputs["loss"]
+        # Lightning's quirks, copied: the loss is the one on_train_batch_end receives (divided
+        # by accumulate_grad_batches), and the bias correction counts global_step, which the
+        # step has already advanced: the first point is loss * (1 - beta) / (1 - beta ** 2)
+        step = trainer.global_step
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss.item()
+        smoothed = self._avg / (1 - self.beta ** (step + 1))
+        # diverged: stop (a NaN compares False and does not stop the sweep, as in Lightning)
+        if self.early_stop_threshold is not None and step > 1 and (
+                smoothed > self.early_stop_threshold * self._best):
+            trainer.should_stop = True
+        if smoothed < self._best or step == 1:
+            self._best = smoothed
+        results["loss"].append(smoothed)
 
 
 # ------------------------------------------------------------------------------------ batch size
@@ -137,8 +188,9 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def _batch_size_holders(module: Any, datamodule: Any, name: str) -> list[tuple[Any, bool]]:
-    """Every place ``name`` lives, as (object, in its hparams?); as Lightning, all are set."""
+def _attr_holders(module: Any, datamodule: Any, name: str) -> list[tuple[Any, bool]]:
+    """Every place ``name`` lives, as (object, in its hparams?): the module's attribute and
+    hparams, then the datamodule's; as Lightning, a tuner sets all of them."""
     holders = []
     for owner in (module, datamodule):
         if owner is None:
@@ -147,11 +199,15 @@ def _batch_size_holders(module: Any, datamodule: Any, name: str) -> list[tuple[A
             holders.append((owner, False))
         if name in getattr(owner, "hparams", {}):
             holders.append((owner, True))
-    if not holders:
-        raise ValueError(f"scale_batch_size: no {name!r} attribute on the module "
-                         f"{'or datamodule ' if datamodule is not None else ''}(nor in hparams); "
-                         f"set self.{name} in __init__ and read it in train_dataloader()")
     return holders
+
+
+def _set_all(holders: list[tuple[Any, bool]], name: str, value: Any) -> None:
+    for owner, in_hparams in holders:
+        if in_hparams:
+            owner.hparams[name] = value
+        else:
+            setattr(owner, name, value)
 
 
 # ------------------------------------------------------------------------------------ Tuner
@@ -190,7 +246,7 @@ class Tuner:
         if not getattr(model, "automatic_optimization", True):
             raise ValueError("lr_find: needs automatic optimization (the finder sets the "
                              "optimizer's learning rate at every step)")
-        attr = _lr_attr(model, attr_name) if update_attr else None
+        attr = _lr_attr(model, datamodule, attr_name) if update_attr else None
         finder = LRFinder(mode, min_lr, max_lr, num_training)
         sweep = _LRSweep(finder, early_stop_threshold)
         # Lightning runs the sweep in the Trainer's own fit loop: its epochs, training batches
@@ -206,7 +262,7 @@ class Tuner:
             trial.fit(model, train_dataloaders, val_dataloaders, datamodule)
         lr = finder.suggestion()
         if attr is not None and lr is not None:
-            _set_attr(model, attr, lr)
+            _set_all(*attr, lr)
         return finder
 
     def scale_batch_size(self, model: Any, train_dataloaders: Any = None,
@@ -221,14 +277,15 @@ class Tuner:
             raise ValueError("scale_batch_size: loaders passed in cannot be rebuilt at another "
                              "batch size; build them in train_dataloader() from "
                              f"self.{batch_arg_name} (module or datamodule)")
-        holders = _batch_size_holders(model, datamodule, batch_arg_name)
+        holders = _attr_holders(model, datamodule, batch_arg_name)
+        if not holders:
+            raise ValueError(f"scale_batch_size: no {batch_arg_name!r} attribute on the module "
+                             f"{'or datamodule ' if datamodule is not None else ''}(nor in "
+                             f"hparams); set self.{batch_arg_name} in __init__ and read it in "
+                             "train_dataloader()")
 
         def set_size(n: int) -> None:
-            for owner, in_hparams in holders:
-                if in_hparams:
-                    owner.hparams[batch_arg_name] = n
-                else:
-                    setattr(owner, batch_arg_name, n)
+            _set_all(holders, batch_arg_name, n)
 
         def fits(n: int) -> bool:
             set_size(n)
@@ -291,21 +348,15 @@ class _weights_restored:  # noqa: N801 (a context manager read as a phrase)
         self.model._trainer = self.trainer
 
 
-def _lr_attr(model: Any, attr_name: str) -> tuple[Any, str, bool]:
+def _lr_attr(model: Any, datamodule: Any, attr_name: str
+             ) -> tuple[list[tuple[Any, bool]], str]:
+    """Where the suggestion goes: ``attr_name``, else the first of lr / learning_rate found
+    (Lightning's order), with every holder of that name."""
     names = [attr_name] if attr_name else ["lr", "learning_rate"]
     for n in names:
-        if n in getattr(model, "hparams", {}):
-            return model, n, True
-        if n in model.__dict__ or hasattr(type(model), n):
-            return model, n, False
+        holders = _attr_holders(model, datamodule, n)
+        if holders:
+            return holders, n
     raise ValueError(f"lr_find(update_attr=True): the module has no {' or '.join(names)} "
                      "attribute or hparam to set; add one (and read it in "
                      "configure_optimizers), or pass update_attr=False")
-
-
-def _set_attr(model: Any, attr: tuple[Any, str, bool], value: float) -> None:
-    owner, name, in_hparams = attr
-    if in_hparams:
-        owner.hparams[name] = value
-    else:
-        setattr(owner, name, value)

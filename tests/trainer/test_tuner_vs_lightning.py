@@ -71,6 +71,56 @@ def test_lr_find_runs_what_lightning_runs(flags, tmp_path):
     assert seen[True][0]["val"] > 0
 
 
+def _sweep_module(lightning: bool):
+    """A seeded classifier without dropout on an unshuffled loader: the same steps in both
+    (the sweep runs over several epochs; what a shuffled epoch order draws is another test's)."""
+    class Module(pl.LightningModule if lightning else ours.TrainModule):
+        def __init__(self):
+            super().__init__()
+            self.net = make_net(dropout=0.0)
+            self.lr = 0.01
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def train_dataloader(self):
+            return make_loader(make_data(n=40), batch_size=8, shuffle=False)  # 5 batches
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+    return Module()
+
+
+@pytest.mark.parametrize("kw, flags", [
+    (dict(min_lr=1e-4, max_lr=50.0), {}),  # diverges: stops at the 4x threshold
+    (dict(min_lr=1e-3, max_lr=2.0, mode="linear"), {}),
+    (dict(min_lr=1e-4, max_lr=1.0, early_stop_threshold=None), dict(accumulate_grad_batches=2)),
+])
+def test_lr_find_gives_lightnings_curve_and_suggestion(kw, flags, tmp_path):
+    """Same rates, same smoothed losses (Lightning's first point is loss / (1 + beta)), same
+    early stop, same suggestion, set on the module by update_attr."""
+    seen = {}
+    for lightning in (True, False):
+        t = _trainer(lightning, tmp_path / str(lightning), max_epochs=20, **flags)
+        tuner = PLTuner(t) if lightning else ours.Tuner(t)
+        m = _sweep_module(lightning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            finder = tuner.lr_find(m, num_training=40, **kw)
+        seen[lightning] = (finder.results["lr"], finder.results["loss"], finder.suggestion(),
+                           finder._optimal_idx, m.lr)
+    (pl_lr, pl_loss, pl_sugg, pl_idx, pl_attr) = seen[True]
+    lr, loss, sugg, idx, attr = seen[False]
+    assert len(lr) == len(pl_lr) == len(loss) == len(pl_loss) > 11
+    assert lr == pytest.approx(pl_lr, rel=1e-12)
+    assert loss == pytest.approx(pl_loss, rel=1e-5)
+    assert (idx, sugg) == (pl_idx, pl_sugg) and sugg is not None
+    assert attr == pl_attr == sugg
+    if kw.get("max_lr") == 50.0:
+        assert len(lr) < 40  # the early stop was exercised (and at the same point)
+
+
 def test_estimated_stepping_batches_outside_fit(tmp_path):
     seen = {}
     for lightning in (True, False):
