@@ -84,6 +84,14 @@ def batch_output(out: Any, accumulate: int, automatic: bool) -> dict[str, Any]:
     return extra
 
 
+def reads_outputs(hook: Callable[..., Any]) -> bool:
+    """Whether a batch-end hook may read its ``outputs`` argument: every hook but those of
+    ours marked ``ignores_outputs`` (the progress bar's), so a fit whose only batch-end hook
+    is the bar builds no outputs dict per batch. A subclass's own override is not marked."""
+    fn = getattr(hook, "func", hook)  # functools.partial(callback.hook, trainer, module)
+    return not getattr(fn, "ignores_outputs", False)
+
+
 def loader_generators(dl: Any) -> list[torch.Generator]:
     """The distinct torch.Generators a loader draws its order from (loader, samplers)."""
     gens: list[torch.Generator] = []
@@ -329,6 +337,7 @@ class FitLoop:
         keep_outputs = "training_epoch_end" in ctx.overrides
         outputs: list[Any] = []
         batch_start, batch_end = ctx.batch_start, ctx.batch_end
+        build_outputs = any(reads_outputs(f) for f in batch_end)
         module_batch_start = "on_train_batch_start" in ctx.overrides
         accum = t.accumulate_grad_batches
         # step-interval schedulers step where Lightning steps them: at the end of each
@@ -395,7 +404,7 @@ class FitLoop:
                 self.batches_consumed = batch_idx
                 self.batches_total += 1
                 if batch_end:
-                    outs = batch_output(out, accum, automatic)
+                    outs = batch_output(out, accum, automatic) if build_outputs else None
                     for f in batch_end:
                         f(outs, batch, batch_idx - 1)
                 if val_every and (

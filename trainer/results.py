@@ -79,7 +79,7 @@ class LogEntry:
         vals = torch.stack(self.pending)
         vals = vals.double() if vals.dtype == torch.float64 else vals.float()
         w = self.pending_w
-        if all(x == w[0] for x in w):
+        if w.count(w[0]) == len(w):
             total = vals.sum() * w[0]
         else:
             total = vals @ torch.tensor(w, dtype=vals.dtype).to(vals.device, non_blocking=True)
@@ -108,23 +108,25 @@ class Results:
     def log(self, name: str, value: Any, on_step: bool | None, on_epoch: bool | None,
             prog_bar: bool, logger: bool, reduce_fx: Any, sync_dist: bool,
             batch_size: int | None) -> None:
-        key = name + self.dataloader_suffix if self.dataloader_suffix else name
-        entry = self.entries.get(key)
+        # the options were checked once, when the name was first logged (_new_entry); a call
+        # costs a dict lookup, the value's checks, one detach and two list appends
+        entry = self.entries.get(name + self.dataloader_suffix)
         if entry is None:
-            entry = self._new_entry(key, value, on_step, on_epoch, prog_bar, logger, reduce_fx,
-                                    sync_dist)
-        if entry.metric is not None:
+            entry = self._new_entry(name + self.dataloader_suffix, value, on_step, on_epoch,
+                                    prog_bar, logger, reduce_fx, sync_dist)
+        if type(value) is Tensor and entry.metric is None:
+            if value.numel() != 1:
+                raise ValueError(
+                    f"self.log({name!r}, value): value must be a scalar tensor "
+                    f"(got shape {tuple(value.shape)}); reduce it first, e.g. value.mean()"
+                )
+            value = value.detach()
+        elif entry.metric is not None:
             if value is not entry.metric:
                 raise ValueError(f"self.log({name!r}): logged a Metric before, now {value!r}")
             return  # a Metric keeps its own state; read at step / epoch end
-        if type(value) is not Tensor:
+        else:
             value = self._as_tensor(name, value)
-        elif value.numel() != 1:
-            raise ValueError(
-                f"self.log({name!r}, value): value must be a scalar tensor "
-                f"(got shape {tuple(value.shape)}); reduce it first, e.g. value.mean()"
-            )
-        value = value.detach()
         if entry.on_step:
             if entry.sync_dist:
                 value = self.strategy.reduce(value, entry.reduce)
@@ -136,9 +138,10 @@ class Results:
                     batch_size = self.batch_size
                     if batch_size is None:
                         batch_size = self.batch_size = extract_batch_size(self.batch)
-                entry.pending.append(value)
+                pending = entry.pending
+                pending.append(value)
                 entry.pending_w.append(batch_size)
-                if len(entry.pending) == FOLD_EVERY:
+                if len(pending) == FOLD_EVERY:
                     entry.fold()
             elif entry.acc is None:
                 entry.acc = value.clone() if value.is_floating_point() else value.float()

@@ -102,3 +102,32 @@ def test_disabled_bar_is_absent(tmp_path, capsys):
     t = run(tmp_path, None)
     assert t.progress_bar_callback is None
     assert capsys.readouterr().out == ""
+
+
+def test_bar_alone_costs_no_outputs_dict_but_an_override_gets_them(tmp_path, monkeypatch):
+    """The loop skips building on_train_batch_end's outputs for the bar's own hook (it never
+    reads them); a subclass that overrides the hook gets them as Lightning passes them."""
+    import trainer.loops as loops
+
+    built = {"n": 0}
+    real = loops.batch_output
+
+    def counting(*args):
+        built["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(loops, "batch_output", counting)
+    quiet = Console(file=io.StringIO(), force_terminal=True)
+    run(tmp_path, ProgressBar(console=quiet), max_epochs=1)
+    assert built["n"] == 0
+
+    seen = []
+
+    class Reading(ProgressBar):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(outputs)
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+
+    run(tmp_path, Reading(console=quiet), max_epochs=1)
+    assert built["n"] == len(seen) > 0
+    assert all(set(o) == {"loss"} and not o["loss"].requires_grad for o in seen)
