@@ -12,7 +12,8 @@ hparams, and the datamodule's, wherever it is found) is set to the suggestion.
 steps at growing batch sizes (the module's or datamodule's ``batch_size``, which its
 ``train_dataloader()`` must read) until one runs out of memory or covers the whole dataset, and
 keeps the largest that worked ("binsearch" then searches between the last good and the first
-bad size). Weights are put back here too.
+bad size, less a 5 % margin). It is Lightning 2.6's search step for step, quirks included (see
+``_BatchSizeSearch``). Weights are put back here too.
 
 Both run the trials in a separate, quiet Trainer with the given Trainer's device, strategy and
 precision flags, so the given Trainer's own state (steps, callbacks, loggers) is untouched.
@@ -268,11 +269,15 @@ class Tuner:
     def scale_batch_size(self, model: Any, train_dataloaders: Any = None,
                          val_dataloaders: Any = None, datamodule: Any = None,
                          mode: str = "power", steps_per_trial: int = 3, init_val: int = 2,
-                         max_trials: int = 25, batch_arg_name: str = "batch_size") -> int:
-        """The largest batch size that trains without running out of memory."""
+                         max_trials: int = 25, batch_arg_name: str = "batch_size",
+                         margin: float = 0.05, max_val: int = 8192) -> int:
+        """The largest batch size that trains without running out of memory, searched as
+        Lightning 2.6 searches it (see the module docstring and ``_BatchSizeSearch``)."""
         if mode not in ("power", "binsearch"):
             raise ValueError(f"scale_batch_size(mode=...): must be 'power' or 'binsearch' "
                              f"(got {mode!r})")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"scale_batch_size(margin=...): must be in [0, 1) (got {margin})")
         if train_dataloaders is not None or val_dataloaders is not None:
             raise ValueError("scale_batch_size: loaders passed in cannot be rebuilt at another "
                              "batch size; build them in train_dataloader() from "
@@ -283,46 +288,121 @@ class Tuner:
                              f"{'or datamodule ' if datamodule is not None else ''}(nor in "
                              f"hparams); set self.{batch_arg_name} in __init__ and read it in "
                              "train_dataloader()")
+        t = self.trainer
 
-        def set_size(n: int) -> None:
-            _set_all(holders, batch_arg_name, n)
+        def trial() -> None:  # Lightning's trial: steps_per_trial steps in the fit loop
+            self._trial_trainer(
+                [], max_steps=steps_per_trial, limit_val_batches=steps_per_trial,
+                max_epochs=-1 if t.max_epochs == math.inf else t.max_epochs,
+            ).fit(model, datamodule=datamodule)
 
-        def fits(n: int) -> bool:
-            set_size(n)
-            trial = self._trial_trainer([], max_steps=steps_per_trial,
-                                        limit_val_batches=steps_per_trial)
-            try:
-                trial.fit(model, datamodule=datamodule)
-            except BaseException as e:
-                if not _is_oom(e):
-                    raise
-                trial.strategy.accelerator.empty_cache()
-                return False
-            return True
-
-        limit = _dataset_len(model, datamodule)
-        size, low, high = init_val, 0, None
+        search = _BatchSizeSearch(holders, batch_arg_name, trial,
+                                  _dataset_len(model, datamodule), t.strategy.accelerator)
         with _weights_restored(model):
-            for _ in range(max_trials):
-                if fits(size):
-                    low = size
-                    if high is None:
-                        if limit is not None and size >= limit:
-                            break  # the whole dataset in one batch: larger sizes change nothing
-                        size = size * 2 if limit is None else min(size * 2, limit)
-                        continue
-                else:
-                    high = size
-                    if mode == "power":
-                        break
-                if high - low <= 1 or mode == "power":
+            if mode == "power":
+                return search.power(init_val, max_trials, max_val)
+            return search.binsearch(init_val, max_trials, max_val, margin)
+
+
+class _BatchSizeSearch:
+    """Lightning 2.6's batch-size search (``tuner/batch_size_scaling.py``), step for step, so
+    a Lightning user gets the same size; its quirks are copied, not fixed:
+
+    - a size at or above the dataset's length is never changed again, so the search stops
+      there (and may return a size above the length: 32 -> 64 on 40 samples returns 64; an
+      out-of-memory error at such a size returns it too);
+    - power: each success doubles (capped at 8192); an out-of-memory error halves the size
+      and ends the search if an earlier size worked (else the search goes on from the half);
+    - binsearch: doubles until an error, then bisects between the last success (from 1) and
+      the first failure; the result is lowered by ``margin`` (5 %) at the end;
+    - a search stops before trying a size >= max_val, and after max_trials trials (power) or
+      max_trials successes (binsearch), returning the last size that worked.
+    """
+
+    def __init__(self, holders: list[tuple[Any, bool]], name: str, trial: Any,
+                 dataset_len: int | None, accelerator: Any) -> None:
+        self.holders, self.name, self.trial = holders, name, trial
+        self.dataset_len, self.accelerator = dataset_len, accelerator
+
+    @property
+    def size(self) -> int:
+        owner, in_hparams = self.holders[-1]  # Lightning reads its last holder
+        return owner.hparams[self.name] if in_hparams else getattr(owner, self.name)
+
+    def adjust(self, factor: float = 1.0, value: int | None = None, max_val: int = 8192
+               ) -> tuple[int, bool]:
+        """Lightning's ``_adjust_batch_size``: the new size and whether it changed."""
+        old = self.size
+        if self.dataset_len is not None and old >= self.dataset_len:
+            return old, False
+        new = min(value if value is not None else int(old * factor), max_val)
+        if new < 1:  # (Lightning goes on to a DataLoader error about batch_size=0)
+            raise RuntimeError(f"scale_batch_size: even {self.name}={old} runs out of memory; "
+                               "lower init_val")
+        _set_all(self.holders, self.name, new)
+        return new, new != old
+
+    def fits(self) -> bool:
+        try:
+            self.trial()
+        except BaseException as e:
+            if not _is_oom(e):
+                raise
+            self.accelerator.empty_cache()
+            return False
+        return True
+
+    def power(self, init_val: int, max_trials: int, max_val: int) -> int:
+        size, _ = self.adjust(value=init_val)
+        any_success = False
+        for i in range(max_trials):
+            if size >= max_val:
+                break
+            if self.fits():
+                last_ok = size
+                if i + 1 >= max_trials:
+                    size = last_ok
                     break
-                size = (low + high) // 2
-        if low == 0:
-            raise RuntimeError(f"scale_batch_size: even {batch_arg_name}={size} runs out of "
-                               "memory; lower init_val")
-        set_size(low)
-        return low
+                size, changed = self.adjust(factor=2.0)
+                if not changed:
+                    break
+                any_success = True
+            else:
+                size, _ = self.adjust(factor=0.5)
+                if any_success:
+                    break
+        return size
+
+    def binsearch(self, init_val: int, max_trials: int, max_val: int, margin: float) -> int:
+        size, _ = self.adjust(value=init_val)
+        low, high, count = 1, None, 0
+        while size < max_val:
+            if self.fits():
+                last_ok = size
+                count += 1
+                if count >= max_trials:
+                    size = last_ok
+                    break
+                low = size
+                if high:
+                    if high - low <= 1:
+                        break
+                    size, changed = self.adjust(value=(high + low) // 2, max_val=max_val)
+                else:
+                    size, changed = self.adjust(factor=2.0, max_val=max_val)
+                if not changed:
+                    break
+            else:
+                high = size
+                size, _ = self.adjust(value=(high + low) // 2)
+                if high - low <= 1:
+                    break
+        if margin > 0:
+            reduced = max(1, int(size * (1 - margin)))
+            if reduced != size:
+                size = reduced
+                _set_all(self.holders, self.name, size)
+        return size
 
 
 def _dataset_len(model: Any, datamodule: Any) -> int | None:

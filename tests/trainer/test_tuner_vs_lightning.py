@@ -138,3 +138,53 @@ def test_estimated_stepping_batches_with_nothing_attached_is_refused_in_one_line
     t = ours.Trainer(max_epochs=2, logger=False, enable_progress_bar=False)
     with pytest.raises(RuntimeError, match="estimated_stepping_batches: no module"):
         _ = t.estimated_stepping_batches
+
+
+def _sized_module(lightning: bool, batch_size: int, n: int, oom_above: int | None):
+    """Reads self.batch_size in train_dataloader; 'runs out of memory' above ``oom_above``."""
+    class Module(pl.LightningModule if lightning else ours.TrainModule):
+        def __init__(self):
+            super().__init__()
+            self.net = make_net(dropout=0.0)
+            self.batch_size = batch_size
+            self.tried: list[int] = []
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0 and self.global_step == 0:  # a trial's first batch
+                self.tried.append(len(batch[0]))
+            if oom_above is not None and len(batch[0]) > oom_above:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def train_dataloader(self):
+            return make_loader(make_data(n=n), batch_size=self.batch_size, shuffle=False)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Module()
+
+
+@pytest.mark.parametrize("module, kw", [
+    (dict(batch_size=1, n=64, oom_above=6), dict(mode="power")),
+    (dict(batch_size=1, n=64, oom_above=6), dict(mode="binsearch")),  # 6 less the margin: 5
+    (dict(batch_size=1, n=40, oom_above=None), dict(mode="power", max_val=24)),  # 32 not tried
+    (dict(batch_size=1, n=40, oom_above=None), dict(mode="power")),  # past the dataset: 64
+    (dict(batch_size=8, n=64, oom_above=1), dict(mode="power", init_val=8)),  # halves on
+])
+def test_scale_batch_size_gives_lightnings_size(module, kw, tmp_path):
+    """Same sizes tried, same result, same attribute afterwards, quirks included; except the
+    first trial: Lightning's runs on the loader fit built before the tuner set init_val (the
+    module's own batch_size, here 1 or 64, counted as init_val), ours at init_val."""
+    seen = {}
+    for lightning in (True, False):
+        t = _trainer(lightning, tmp_path / str(lightning), max_epochs=3)
+        tuner = PLTuner(t) if lightning else ours.Tuner(t)
+        m = _sized_module(lightning, **module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = tuner.scale_batch_size(m, steps_per_trial=1, **kw)
+        seen[lightning] = (found, m.batch_size, m.tried[1:])
+        first = m.tried[0]
+    assert seen[False] == seen[True]
+    assert first == min(kw.get("init_val", 2), module["n"]) or module["batch_size"] >= module["n"]
