@@ -31,6 +31,10 @@ Protocol (so a target of a few percent can be decided on a loaded 2-core machine
   "undecided" when it straddles it (run more repeats, or on a quieter machine). The µs/step
   columns are CPU time per step, medians over the repeats. Lightning is for comparison, "n/a"
   when neither ``lightning`` nor ``pytorch_lightning`` is installed.
+- The load average is printed at the start and the end; above 1.5 (this bench keeps one core
+  busy) the run says so: CPU time leaves out waiting for the core but not other jobs' traffic
+  through the shared caches and memory, nor time a VM's host took back, so a verdict wants a
+  quiet machine.
 
 The same work is timed for all three: batches are pre-built tensors in a list (on the device,
 one epoch of all the steps), so the figures compare loop overhead, not data loading. Both
@@ -359,6 +363,13 @@ def main() -> None:
         run_case("transformer 4x256, seq 128, batch 32, bf16-mixed", TokenClassifier, tokens,
                  max(args.large_steps, 20), 0.01, dev, True, True, False, args.repeats,
                  args.blocks, None)
+    if hasattr(os, "getloadavg"):
+        end = os.getloadavg()[0]
+        busy = max(load, end) > 1.5  # this bench itself keeps one core busy
+        print(f"load at the end {end:.2f}" + (
+            " (other jobs shared the machine: CPU time still counts their cache and memory "
+            "traffic and a VM's stolen time, so rerun on a quiet machine for a verdict)"
+            if busy else ""))
 
 
 if __name__ == "__main__":
