@@ -1,7 +1,10 @@
-"""Tuner.lr_find and trainer.estimated_stepping_batches outside fit, against Lightning 2.6.
+"""Tuner.lr_find, Tuner.scale_batch_size and trainer.estimated_stepping_batches outside fit,
+against Lightning 2.6.
 
 lr_find runs in the Trainer's own fit loop in Lightning: its max_epochs and validation schedule
-hold, and validation runs (up to num_training batches). estimated_stepping_batches read outside
+hold, and validation runs (up to num_training batches); its rates, smoothed losses, early stop
+and suggestion are Lightning's. scale_batch_size tries the sizes Lightning tries and returns
+what it returns. estimated_stepping_batches read outside
 fit loads the attached module's training data, as Lightning does.
 
 Needs the optional extra ``compare`` (pytorch-lightning); skipped without it.
@@ -72,8 +75,9 @@ def test_lr_find_runs_what_lightning_runs(flags, tmp_path):
 
 
 def _sweep_module(lightning: bool):
-    """A seeded classifier without dropout on an unshuffled loader: the same steps in both
-    (the sweep runs over several epochs; what a shuffled epoch order draws is another test's)."""
+    """A seeded classifier without dropout on an unshuffled loader: the same steps in both.
+    (Shuffled, epoch 2 on would differ: on a dataset that is a multiple of the batch size our
+    epochs draw the order as a plain ``for`` loop does, Lightning's do not; test_equivalence.)"""
     class Module(pl.LightningModule if lightning else ours.TrainModule):
         def __init__(self):
             super().__init__()
