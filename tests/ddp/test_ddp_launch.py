@@ -38,14 +38,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _leftover_children() -> list[str]:
-    """Processes still below this one, besides multiprocessing's shared resource tracker."""
+    """Processes still below this one, besides multiprocessing's shared resource tracker and
+    the session's Prefect server (tests/conftest.py ``prefect_api``)."""
     out = []
     for pid in ddp_workers.descendants(os.getpid()):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
         except OSError:
             continue
-        if "resource_tracker" not in cmd:
+        if "resource_tracker" not in cmd and "prefect.server.api.server" not in cmd:
             out.append(f"{pid}: {cmd}")
     return out
 
@@ -268,15 +269,19 @@ if __name__ == "__main__":
 """
 
 
-def test_launch_from_a_prefect_task_does_not_rerun_the_flow(tmp_path: Path) -> None:
+def test_launch_from_a_prefect_task_does_not_rerun_the_flow(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    """The flow runs in its own process against the session's Prefect API (a real local
+    server, tests/conftest.py); the spawned workers re-import that script without running it."""
     script = tmp_path / "pipeline.py"
     script.write_text(textwrap.dedent(PREFECT_SCRIPT))
     mark = tmp_path / "mark.txt"
     env = _env(
         PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_API_URL=prefect_api,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         TRAINFLOW_TEST_MARK=str(mark),
     )
     p = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path,

@@ -1,7 +1,8 @@
-"""Pipeline test fixtures: an isolated project folder and one Prefect test server per session.
+"""Pipeline test fixtures: an isolated project folder and one trained user project per session
+(the session's Prefect API, ``prefect_api``, is in ../conftest.py: the DDP tests use it too).
 
-PREFECT_HOME and TRAINFLOW_PROJECT_DIR point into a session temp folder before prefect is
-imported, so nothing lands in the repo's own ``.trainflow/``.
+TRAINFLOW_PROJECT_DIR points into a session temp folder before prefect is imported (PREFECT_HOME
+too: ../conftest.py), so nothing lands in the repo's own ``.trainflow/``.
 """
 
 from __future__ import annotations
@@ -10,30 +11,17 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="trainflow-pipeline-tests-"))
 atexit.register(shutil.rmtree, _SESSION_TMP, True)
-os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect-home"))
 os.environ["TRAINFLOW_PROJECT_DIR"] = str(_SESSION_TMP / "project")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-# The MLflow store template (flows/tracking.py) is made once per session here, not in ~/.cache.
-os.environ.setdefault("TRAINFLOW_CACHE_DIR", str(_SESSION_TMP / "cache"))
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "data" / "digits.parquet"
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """One real Prefect API (a local server on a temp database) for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture
@@ -47,7 +35,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
     """One user project, trained and registered once per session by ``trainflow run``: its
     champion ``tiny-clf`` classifies M/B from radius, texture and colour (the user's own module),
     ``held_out.parquet`` holds the test split in the user's terms. The stage folders are removed
@@ -57,7 +45,7 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     project = tmp_path_factory.mktemp("tiny-clf")
     config = make_project(project, "classification", "tiny-clf")
-    res = trainflow(project, "run", str(config))
+    res = trainflow(project, "run", str(config), api=prefect_api)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     held_out(project, project / "held_out.parquet")
     shutil.rmtree(project / ".trainflow" / "stages")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -128,8 +129,9 @@ def make_project(root: Path, task: str = "classification", name: str = "tiny") -
     return root / "config.yaml"
 
 
-def env(project: Path) -> dict[str, str]:
-    """The environment of a user in ``project`` (our own variables cleared)."""
+def env(project: Path, api: str | None = None) -> dict[str, str]:
+    """The environment of a user in ``project`` (our own variables cleared), with
+    ``PREFECT_API_URL=api`` when given (a running Prefect server instead of the embedded one)."""
     out = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_", "MLFLOW_", "TRAINFLOW_"))}
     out.update(PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -138,12 +140,16 @@ def env(project: Path) -> dict[str, str]:
                TRAINFLOW_CACHE_DIR=os.environ.get("TRAINFLOW_CACHE_DIR", str(project / "cache")),
                PYTHONPATH=str(REPO),  # trainflow itself; never the project folder
                OMP_NUM_THREADS="1")
+    if api is not None:
+        out["PREFECT_API_URL"] = api
     return out
 
 
-def trainflow(project: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``trainflow ARGS`` in a new process, in ``project``."""
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env(project),
+def trainflow(project: Path, *args: str, api: str | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """``trainflow ARGS`` in a new process, in ``project``; its flows report to the Prefect API
+    at ``api`` (conftest's ``prefect_api``) or, without one, to the embedded one it starts."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env(project, api),
                           cwd=project, capture_output=True, text=True, timeout=timeout)
 
 
@@ -185,17 +191,10 @@ def last_line(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
-def task_states(project: Path) -> list[dict[str, str]]:
-    """Each flow run's stage states, oldest run first (from Prefect's own database)."""
-    with sqlite3.connect(project / ".trainflow" / "prefect" / "prefect.db") as con:
-        runs = [r[0] for r in con.execute("select id from flow_run order by created")]
-        out = []
-        for rid in runs:
-            rows = con.execute(
-                "select name, state_name from task_run where flow_run_id = ? "
-                "order by expected_start_time, start_time", (rid,)).fetchall()
-            out.append({name.rsplit("-", 1)[0]: state for name, state in rows})
-    return out
+def stage_states(stdout: str) -> dict[str, str]:
+    """Each stage's Prefect state as ``trainflow run`` printed it in its summary table."""
+    stages = "prepare_data|train|evaluate|export|register|promote"
+    return dict(re.findall(rf"^\W*({stages})\W+(\w+)", stdout, re.MULTILINE))
 
 
 def registered_models(project: Path) -> list[str]:

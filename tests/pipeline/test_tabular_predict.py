@@ -18,19 +18,19 @@ pytestmark = pytest.mark.slow
 RUN = ("--set", "trainer.max_epochs=5")
 
 
-def _project(root: Path, data: str, name: str) -> Path:
+def _project(root: Path, data: str, name: str, api: str) -> Path:
     (root / "config.yaml").write_text(
         f"data: {data}\n"
         f"registry: {{model_name: {name}}}\n"
     )
-    res = trainflow(root, "run", str(root / "config.yaml"), *RUN)
+    res = trainflow(root, "run", str(root / "config.yaml"), *RUN, api=api)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     held_out(root, root / "held_out.parquet")
     return root
 
 
 @pytest.fixture(scope="module")
-def wine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wine(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
     """TabularClassifier on scikit-learn's wine table, labels as the class names (a CSV)."""
     from sklearn.datasets import load_wine
 
@@ -39,11 +39,11 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     frame = bunch.frame
     frame["target"] = np.asarray(bunch.target_names)[frame["target"]]
     frame.to_csv(root / "wine.csv", index=False)
-    return _project(root, "{path: wine.csv, label: target}", "wine")
+    return _project(root, "{path: wine.csv, label: target}", "wine", prefect_api)
 
 
 @pytest.fixture(scope="module")
-def sales(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sales(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
     """TabularRegressor on a seeded make_regression table with a category column (parquet)."""
     from sklearn.datasets import make_regression
 
@@ -55,7 +55,7 @@ def sales(tmp_path_factory: pytest.TempPathFactory) -> Path:
     frame["target"] = y / 50.0 + frame["region"].map({"north": 1.0, "south": -1.0, "east": 0.0})
     frame.to_parquet(root / "sales.parquet", index=False)
     return _project(root, "{path: sales.parquet, label: target, categorical: [region], "
-                          "task: regression}", "sales")
+                          "task: regression}", "sales", prefect_api)
 
 
 def _predict(project: Path, model: str, inp: Path, out: Path, *extra: str):
