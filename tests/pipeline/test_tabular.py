@@ -210,7 +210,7 @@ def test_regression_metrics_under_ddp_cover_the_whole_test_split(project: Path) 
     frame["y"] = 5.0 * frame["a"] - 2.0 * frame["b"] + rng.normal(0, 0.5, 400)
     frame.to_csv(project / "lin.csv", index=False)
     cfg = _config(project, "data:", "  path: lin.csv", "  label: y", "  task: regression",
-                  "trainer: {devices: 2, strategy: ddp, max_epochs: 30}",
+                  "trainer: {devices: 2, strategy: ddp, max_epochs: 10}",
                   "evaluation: {metrics: [mae, r2]}", "registry: {enabled: false}",
                   "export: {onnx: false, torchscript: false}")
     result = _run(cfg)
