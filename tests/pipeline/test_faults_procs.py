@@ -23,7 +23,8 @@ SLOW_RUN = ["trainer.max_epochs=400", "model.kwargs={hidden: 16}", "registry.ena
 pytestmark = pytest.mark.slow
 
 
-def _env(project: Path) -> dict[str, str]:
+def _env(project: Path, api: str | None = None) -> dict[str, str]:
+    """A user's environment in ``project``; the CLI starts its own Prefect API unless ``api``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_", "MLFLOW_", "TRAINFLOW_"))}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -31,6 +32,8 @@ def _env(project: Path) -> dict[str, str]:
                TRAINFLOW_PROJECT_DIR=str(project), PYTHONPATH=str(REPO),
                TRAINFLOW_CACHE_DIR=os.environ.get("TRAINFLOW_CACHE_DIR", str(project / "cache")),
                OMP_NUM_THREADS="1")
+    if api is not None:
+        env["PREFECT_API_URL"] = api
     return env
 
 
@@ -146,9 +149,13 @@ def test_sighup_ends_the_cli_like_sigterm() -> None:
             signal.signal(sig, handler)
 
 
-def test_two_runs_in_one_folder_wait_train_once_and_register_one_version(tmp_path: Path) -> None:
+def test_two_runs_in_one_folder_wait_train_once_and_register_one_version(
+    tmp_path: Path, prefect_api: str
+) -> None:
     """Two runs started while a third holds the project: both wait and say so (no stage runs),
-    then, released together, they train once and register one version."""
+    then, released together, they train once and register one version. The lock is the
+    project's own, whichever Prefect API the runs report to: here the session's (the tests
+    above keep the embedded one, whose processes they watch)."""
     import threading
 
     from mlflow import MlflowClient
@@ -160,8 +167,9 @@ def test_two_runs_in_one_folder_wait_train_once_and_register_one_version(tmp_pat
     cmd = [sys.executable, "-m", "flows.cli", "run", *sum((["--set", s] for s in small), [])]
     lines: list[list[str]] = [[], []]
     with project_lock(home):  # a run in progress holds the project
-        procs = [subprocess.Popen(cmd, env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        procs = [subprocess.Popen(cmd, env=_env(tmp_path, prefect_api), cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]
         readers = [threading.Thread(target=out.extend, args=(p.stdout,), daemon=True)
                    for out, p in zip(lines, procs)]
         for r in readers:
