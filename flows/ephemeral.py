@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime as _dt
 import json
 import os
 import subprocess
@@ -46,7 +47,8 @@ from trainer.fileio import atomic_write_text
 __all__ = ["EphemeralAPI", "start"]
 
 MARKER = "trainflow-api.json"
-_DRAIN_S = 1.2  # one flush after Prefect sent the last events (its exit handlers run first)
+_RECORD_TIMEOUT_S = 5.0  # at most this long for the server to record the last task-run states
+_FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 _PREFECT_DB_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
@@ -77,6 +79,7 @@ class EphemeralAPI:
     home: Path
     migrated: bool  # False: the migration check was skipped (database already current)
     started_at: float = field(default_factory=time.monotonic)
+    started_utc: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     healthy_after: float | None = None
     last_used: float | None = None
 
@@ -139,17 +142,61 @@ class EphemeralAPI:
 
     def stop(self) -> None:
         """Terminate the server (then kill it after 5 s), as Prefect's own stop does, once the
-        server's event queues have been flushed since the last use (task-run states)."""
+        task-run states of the flow runs it served are in its database (:meth:`recorded`)."""
         proc = self.process
         if proc.poll() is None:
             if self.last_used is not None:
-                time.sleep(_DRAIN_S)
-            proc.terminate()
+                self.recorded()
+            proc.terminate()  # its event persister writes what it still holds as it stops
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def recorded(self, timeout: float = _RECORD_TIMEOUT_S) -> bool:
+        """Wait until no task run of a flow run started through this API lacks a final state.
+
+        Prefect's client sends task-run states as events (its exit handlers send the last
+        ones, before ours run); the server writes them to the database as each arrives (its
+        task-run recorder's batch size is 1). A server stopped before that loses them: the
+        run's stages would show as running forever. False when ``timeout`` passed first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if not self._unfinished_task_runs():
+                    return True
+            except (urllib.error.URLError, OSError, TimeoutError, ValueError):
+                pass  # the server is busy or gone: retry until the deadline
+            if time.monotonic() >= deadline or self.process.poll() is not None:
+                return False
+            time.sleep(0.05)
+
+    def _unfinished_task_runs(self) -> list[str]:
+        """Ids of the task runs, in flow runs started since this API started, not yet in a final
+        state."""
+        flow_runs = self._read_all("/flow_runs/filter", {
+            "flow_runs": {"start_time": {"after_": self.started_utc}}})
+        if not flow_runs:
+            return []
+        task_runs = self._read_all("/task_runs/filter", {
+            "flow_runs": {"id": {"any_": [r["id"] for r in flow_runs]}}})
+        return [t["id"] for t in task_runs if (t.get("state") or {}).get("type") not in _FINAL]
+
+    def _read_all(self, path: str, body: dict) -> list[dict]:
+        """Every object a ``.../filter`` endpoint returns, page by page."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        out: list[dict] = []
+        while True:
+            page = {**body, "offset": len(out), "limit": 200}
+            req = urllib.request.Request(f"{self.api_url}{path}", json.dumps(page).encode(),
+                                         {"Content-Type": "application/json"})
+            with opener.open(req, timeout=5) as resp:
+                got = json.loads(resp.read())
+            out += got
+            if len(got) < 200:
+                return out
 
 
 def _migrations_current(home: Path) -> bool:

@@ -78,9 +78,10 @@ def server_env(base: dict[str, str], skip_migrations: bool) -> dict[str, str]:
     env = {
         "PREFECT_UI_ENABLED": "0",
         # Task-run states and events reach the database from the server's event queues,
-        # flushed every 5 s by default, and the flush at shutdown can be cancelled: a server
-        # that stops with the CLI process must have written them first (EphemeralAPI.stop).
-        # Whole seconds: Prefect truncates the interval to an int (0.5 is a busy loop).
+        # flushed every 5 s by default (or when a batch is full; the task-run recorder's batch
+        # is one event): flushed each second, less is left for the flush at shutdown, which
+        # EphemeralAPI.stop waits for. Whole seconds: Prefect truncates the interval to an int
+        # (0.5 is a busy loop).
         "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
         "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
         **base,
