@@ -189,8 +189,10 @@ def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
 
     if api is not None:  # fill the wait for the API; with a server there is none to fill
         _preload(cfg)
+    from flows.prefect_adapter import heartbeats_if_configured
+
     try:
-        with api.use() if api is not None else contextlib.nullcontext():
+        with api.use() if api is not None else heartbeats_if_configured():
             result = training_pipeline(cfg)
     except (ConfigError, DataError, StageError) as err:
         _fail(str(err), 1)

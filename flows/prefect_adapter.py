@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["PREFECT_VERSION", "PrefectVersionError", "check_version", "db_revision",
-           "installed_version", "pointed_at", "server_command", "server_env"]
+           "heartbeats_if_configured", "installed_version", "pointed_at", "server_command",
+           "server_env"]
 
 PREFECT_VERSION = "3.9.1"  # what the details below were read from; constraints.txt pins it
 
@@ -120,4 +121,23 @@ def pointed_at(api_url: str) -> Iterator[None]:
 
     with temporary_settings(updates={"api.url": api_url, "ui_url": "",
                                      "flows.heartbeat_frequency": None}):
+        yield
+
+
+@contextlib.contextmanager
+def heartbeats_if_configured() -> Iterator[None]:
+    """Flow-run heartbeats for the block only when the user configured them (public settings:
+    ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, a profile or ``prefect.toml``).
+
+    Prefect 3.9 sends one every 180 s unless told otherwise. They serve one thing, an
+    automation the user sets up to mark a silent run crashed (who does so sets the frequency,
+    as Prefect's guide says); yet Prefect joins the heartbeat thread, which sleeps in 1 s steps,
+    at the end of every flow run: ≈ 0.5 s of a 3 s run against a server.
+    """
+    from prefect.settings import get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        yield
+        return
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
         yield
