@@ -206,8 +206,12 @@ def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
 
 def _preload(cfg) -> None:  # noqa: ANN001
     """Import mlflow and open the MLflow store (what every run needs: the cache checks and the
-    promotion gate) while Prefect's local API is still starting. Not the model's module (torch)
+    promotion gate), and Prefect's flow and task engines (imported by the first flow run
+    otherwise), while Prefect's local API is still starting. Not the model's module (torch)
     nor matplotlib: a cached run needs neither, and a fresh run's train stage imports them."""
+    import prefect.flow_engine
+    import prefect.task_engine  # noqa: F401
+
     with contextlib.suppress(Exception):  # an unusable store is reported by the stage itself
         from mlflow import MlflowClient
 
