@@ -543,12 +543,13 @@ def sweep(
     from flows import ephemeral
 
     api = ephemeral.start()
+    from flows.prefect_adapter import heartbeats_if_configured
     from flows.sweep_flow import run_sweep
     from tasks.config import ConfigError
     from tasks.types import DataError, StageError
 
     try:
-        with api.use() if api is not None else contextlib.nullcontext():
+        with api.use() if api is not None else heartbeats_if_configured():
             result = run_sweep(cfg, storage, dask_address)
     except (ConfigError, DataError, StageError) as err:
         _fail(str(err), 1)
