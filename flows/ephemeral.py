@@ -9,10 +9,12 @@ every start), and only then runs the flow.
 :func:`start` launches that same subprocess, with the same command and flags as Prefect's
 ``SubprocessASGIServer`` (UI off, ephemeral services only, bound to 127.0.0.1), before the CLI
 imports prefect, torch and mlflow, so the server starts on the other core while they load.
-The migration check is skipped when the database is at the revision that a previous start by the
-same Prefect version left there (recorded in ``$PREFECT_HOME/trainflow-api.json``); a new or
-changed database is migrated as usual. The CLI then runs the flow with ``PREFECT_API_URL``
-pointing at it (Prefect's ``temporary_settings``), and stops the server at exit, as Prefect does.
+The migration check and the block-type registration are skipped when the database is at the
+revision that a previous start by the same Prefect version, with the same Prefect collections
+installed, left there (recorded in ``$PREFECT_HOME/trainflow-api.json``); a new or changed
+database, or a new collection, gets both as usual. The CLI then runs the flow with
+``PREFECT_API_URL`` pointing at it (Prefect's ``temporary_settings``), and stops the server at
+exit, as Prefect does.
 
 The private Prefect details this copies (the server command, ``PREFECT__SERVER_*`` variables, the
 migration table) live in flows/prefect_adapter.py, checked against the pinned Prefect version.
@@ -122,13 +124,15 @@ class EphemeralAPI:
         )
 
     def _record_revision(self) -> None:
-        """After a start that ran the migrations: the database is current for this Prefect."""
+        """After a start that ran the migrations and registered the block types: the database
+        is current for this Prefect and these collections."""
         revision = adapter.db_revision(self.home / "prefect.db")
         version = adapter.installed_version()
         if revision and version:
             with contextlib.suppress(OSError):  # no marker: the next start migrates again
-                atomic_write_text(self.home / MARKER,
-                                  json.dumps({"prefect": version, "revision": revision}))
+                atomic_write_text(self.home / MARKER, json.dumps({
+                    "prefect": version, "revision": revision,
+                    "collections": adapter.installed_collections()}))
 
     @contextlib.contextmanager
     def use(self) -> Iterator[str]:
@@ -208,6 +212,7 @@ def _migrations_current(home: Path) -> bool:
     return bool(
         version
         and marker.get("prefect") == version
+        and marker.get("collections") == adapter.installed_collections()
         and marker.get("revision")
         and adapter.db_revision(home / "prefect.db") == marker["revision"]
     )

@@ -67,6 +67,9 @@ SETTINGS = {
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL":
         (("server", "services", "event_persister", "flush_interval"), 1),
     "PREFECT_API_DATABASE_MIGRATE_ON_START": (("server", "database", "migrate_on_start"), False),
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": (("server", "register_blocks_on_start"), False),
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION":
+        (("server", "memoize_block_auto_registration"), False),
 }
 
 
