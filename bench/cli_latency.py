@@ -18,9 +18,14 @@ bench/export_latency.py (``measure_exporters``) when that file is present.
 ``--ephemeral`` compares, in the embedded setup, our early start of Prefect's local API
 (flows/ephemeral.py) with Prefect's own start (``TRAINFLOW_FAST_API=0``).
 
+``--against DIR`` measures another checkout (e.g. ``git worktree add /tmp/base main``) beside
+this one, their runs taking turns, so a machine whose load drifts treats both alike: the way
+to show a change's effect on a shared machine.
+
     .venv/bin/python bench/cli_latency.py                  # everything, 5 repeats
     .venv/bin/python bench/cli_latency.py --repeats 3 --no-stack --no-export
     .venv/bin/python bench/cli_latency.py --ephemeral --no-stack --no-export
+    .venv/bin/python bench/cli_latency.py --against /tmp/base --repeats 3 --no-export
 """
 
 from __future__ import annotations
@@ -46,11 +51,12 @@ TARGETS = {"embedded": (5.0, 6.0), "stack": (3.0, 3.0)}
 ROW = re.compile(r"^\W*(" + "|".join(STAGES) + r")\W+(\w+)\W+([0-9]+\.[0-9]+)\W*$")
 
 
-def _env(project: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A user's shell: no Prefect/MLflow/trainflow settings but the project folder."""
+def _env(project: Path, extra: dict[str, str] | None = None, repo: Path = REPO) -> dict[str, str]:
+    """A user's shell: no Prefect/MLflow/trainflow settings but the project folder; ``repo``'s
+    packages are the ones imported."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_", "MLFLOW_", "TRAINFLOW_"))}
-    env.update(TRAINFLOW_PROJECT_DIR=str(project), PYTHONPATH=str(REPO), **(extra or {}))
+    env.update(TRAINFLOW_PROJECT_DIR=str(project), PYTHONPATH=str(repo), **(extra or {}))
     return env
 
 
@@ -150,7 +156,7 @@ def _verdict(value: float, limit: float) -> str:
 
 
 def run_rows(setup: str, r: dict, help_s: float | None) -> list[str]:
-    cached_t, rest_t = TARGETS[setup]
+    cached_t, rest_t = TARGETS[setup.split()[0]]
     rows = []
     if help_s is not None:
         rows.append(f"| {setup} | `trainflow --help` | {help_s:.2f} | |")
@@ -215,6 +221,8 @@ def main() -> None:
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded rows")
     parser.add_argument("--no-stack", action="store_true", help="skip the team-stack rows")
     parser.add_argument("--no-export", action="store_true", help="skip the export rows")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another checkout to measure beside this one, taking turns")
     parser.add_argument("--ephemeral", action="store_true",
                         help="only compare flows/ephemeral.py with Prefect's own API start")
     args = parser.parse_args()
@@ -228,19 +236,30 @@ def main() -> None:
             print("\n".join(ephemeral_rows(base, args.repeats)))
             return
         _show(["| setup | command | wall s | target |", "|---|---|---:|---|"])
+        checkouts = {"": REPO}
+        if args.against is not None:
+            checkouts = {" (this)": REPO, f" ({args.against.name})": args.against.resolve()}
         if not args.no_embedded:
-            emb = base / "embedded"
-            emb.mkdir()
-            env = _env(emb)
-            runs = measure_runs({"embedded": (emb, env)}, args.repeats, seed0=100)["embedded"]
-            _show(run_rows("embedded", runs, measure_help(env, emb, args.repeats)))
+            setups = {}
+            for label, repo in checkouts.items():
+                emb = base / f"embedded{len(setups)}"
+                emb.mkdir()
+                setups[f"embedded{label}"] = (emb, _env(emb, repo=repo))
+            runs = measure_runs(setups, args.repeats, seed0=100)
+            for name, (emb, env) in setups.items():
+                _show(run_rows(name, runs[name], measure_help(env, emb, args.repeats)))
         if not args.no_stack:
             team = base / "stack"
             team.mkdir()
             with stack(team) as lines:
-                env = _env(team, lines)
-                runs = measure_runs({"stack": (team, env)}, args.repeats, seed0=200)["stack"]
-                _show(run_rows("stack", runs, None))
+                setups = {}
+                for label, repo in checkouts.items():
+                    project = base / f"stack{len(setups)}"
+                    project.mkdir()
+                    setups[f"stack{label}"] = (project, _env(project, lines, repo=repo))
+                runs = measure_runs(setups, args.repeats, seed0=200)
+                for name in setups:
+                    _show(run_rows(name, runs[name], None))
         if not args.no_export:
             _show(export_rows(args.repeats))
     print(f"load average {os.getloadavg()[0]:.1f} at the end")

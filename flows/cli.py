@@ -1,7 +1,7 @@
 """The ``trainflow`` command line (typer).
 
 ``trainflow run [CONFIG] [--set k=v ...]``, ``serve``, ``ui``, ``export``, ``promote``,
-``predict``. Bad input ends with one clear line on stderr and a non-zero exit code.
+``predict``, ``sweep``. Bad input ends with one clear line on stderr and a non-zero exit code.
 By default that line is the LAST line on stderr: what the libraries write there (Prefect's logs,
 warnings, tracebacks, DDP workers' output) goes to ``.trainflow/logs/<command>-<time>.log``,
 named on the line before it; ``trainflow --verbose ...`` shows everything on stderr instead.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as _dt
+import json
 import os
 import shutil
 import sys
@@ -21,12 +22,15 @@ import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
 
 from flows.stack import app as stack_app
+
+if TYPE_CHECKING:  # pydantic loads only when a command runs
+    from tasks.config import PipelineConfig
 
 app = typer.Typer(
     name="trainflow",
@@ -185,8 +189,10 @@ def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
 
     if api is not None:  # fill the wait for the API; with a server there is none to fill
         _preload(cfg)
+    from flows.prefect_adapter import heartbeats_if_configured
+
     try:
-        with api.use() if api is not None else contextlib.nullcontext():
+        with api.use() if api is not None else heartbeats_if_configured():
             result = training_pipeline(cfg)
     except (ConfigError, DataError, StageError) as err:
         _fail(str(err), 1)
@@ -200,8 +206,12 @@ def _run_pipeline(cfg, interactive: bool) -> None:  # noqa: ANN001
 
 def _preload(cfg) -> None:  # noqa: ANN001
     """Import mlflow and open the MLflow store (what every run needs: the cache checks and the
-    promotion gate) while Prefect's local API is still starting. Not the model's module (torch)
+    promotion gate), and Prefect's flow and task engines (imported by the first flow run
+    otherwise), while Prefect's local API is still starting. Not the model's module (torch)
     nor matplotlib: a cached run needs neither, and a fresh run's train stage imports them."""
+    import prefect.flow_engine
+    import prefect.task_engine  # noqa: F401
+
     with contextlib.suppress(Exception):  # an unusable store is reported by the stage itself
         from mlflow import MlflowClient
 
@@ -253,9 +263,7 @@ def serve(
 ) -> None:
     """Serve the pipeline on a cron schedule (needs a Prefect server: PREFECT_API_URL)."""
     if sweep:
-        from flows.sweep import checked_sweep_config
-
-        config, cfg = checked_sweep_config(config, set_)
+        config, cfg = _checked_sweep_config(config, set_)
     else:
         cfg = _load(config, set_)
     _check_data(cfg)
@@ -476,9 +484,100 @@ def predict(
     typer.echo(f"wrote {n} predictions to {output} ({name} v{predictor.version})")
 
 
-from flows.sweep import sweep as _sweep  # noqa: E402  (light: no prefect/torch at import)
+def _checked_sweep_config(
+    config: Path | None, overrides: list[str] | None
+) -> tuple[Path, PipelineConfig]:
+    """The config path (default ``configs/sweep.yaml``) and the config, its space checked;
+    a bad one ends the command with one line (``sweep`` and ``serve --sweep``)."""
+    from flows.sweep import check_space
+    from tasks.config import ConfigError
 
-app.command("sweep")(_sweep)
+    if config is None:
+        config = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
+    cfg = _load(config, overrides)
+    try:
+        check_space(cfg)
+    except ConfigError as err:
+        _fail(str(err))
+    return config, cfg
+
+
+@app.command()
+def sweep(
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML config with a sweep: section (configs/sweep.yaml)")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="Finished trials to reach")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Trials run at once")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set k=v")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://...")
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Run trials on this Dask scheduler (tcp://host:port)")
+    ] = None,
+) -> None:
+    """Tune with Optuna (cached, resumable trials), then promote the best like `run`."""
+    extra = [f"sweep.{k}={v}" for k, v in (("trials", trials), ("parallel", parallel)) if v]
+    for name, v in (("--trials", trials), ("--parallel", parallel)):
+        if v is not None and v < 1:
+            _fail(f"{name}: must be at least 1 (got {v})")
+    config, cfg = _checked_sweep_config(config, [*(set_ or []), *extra])
+    if not cfg.data.path.exists():
+        _fail(f"data.path: file not found: {cfg.data.path}")
+    from tasks.settings import configure_environment
+
+    configure_environment()
+    from flows.sweep import default_storage, study_name
+    from flows.sweep_lock import StudyBusy, acquire
+    from tasks.settings import home_dir
+
+    try:  # before Prefect starts: a second sweep of the study touches nothing
+        acquire(storage or cfg.sweep.storage or default_storage(home_dir()), study_name(cfg))
+    except StudyBusy as err:
+        _fail(str(err), 1)
+    if sys.stderr.isatty():
+        os.environ.setdefault("TRAINFLOW_PROGRESS", "1")
+    from flows import ephemeral
+
+    api = ephemeral.start()
+    from flows.prefect_adapter import heartbeats_if_configured
+    from flows.sweep_flow import run_sweep
+    from tasks.config import ConfigError
+    from tasks.types import DataError, StageError
+
+    try:
+        with api.use() if api is not None else heartbeats_if_configured():
+            result = run_sweep(cfg, storage, dask_address)
+    except (ConfigError, DataError, StageError) as err:
+        _fail(str(err), 1)
+    except Exception as err:  # noqa: BLE001 - one line for the user; Prefect logged the trace
+        _fail(f"{type(err).__name__}: {err}", 1)
+    _print_sweep(result)
+
+
+def _print_sweep(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"sweep {result.study_name} ({result.finished} trials finished)")
+    for col in ("trial", "state", "epochs", "value", "params"):
+        table.add_column(col)
+    for t in result.trials:
+        state = t.state + (" (cached)" if t.cached else "")
+        value = "" if t.value is None else f"{t.value:.4f}"
+        table.add_row(str(t.number), state, str(t.epochs), value, json.dumps(t.params))
+    console.print(table)
+    console.print(f"best trial {result.best_number}: {result.best_value:.4f} "
+                  f"{json.dumps(result.best_params)}")
+    reg = result.pipeline.registered
+    if reg is not None:
+        verdict = f"promoted to @{reg.alias}" if reg.promoted else "not promoted"
+        console.print(f"registry {reg.name} v{reg.version}: {verdict} ({reg.decision})")
+    console.print(f"study {result.storage}  mlflow run {result.parent_run_id}")
 
 
 _EXIT_CODE = 1  # what the process ends with (main sets it from how the command ended)

@@ -9,10 +9,12 @@ every start), and only then runs the flow.
 :func:`start` launches that same subprocess, with the same command and flags as Prefect's
 ``SubprocessASGIServer`` (UI off, ephemeral services only, bound to 127.0.0.1), before the CLI
 imports prefect, torch and mlflow, so the server starts on the other core while they load.
-The migration check is skipped when the database is at the revision that a previous start by the
-same Prefect version left there (recorded in ``$PREFECT_HOME/trainflow-api.json``); a new or
-changed database is migrated as usual. The CLI then runs the flow with ``PREFECT_API_URL``
-pointing at it (Prefect's ``temporary_settings``), and stops the server at exit, as Prefect does.
+The migration check and the block-type registration are skipped when the database is at the
+revision that a previous start by the same Prefect version, with the same Prefect collections
+installed, left there (recorded in ``$PREFECT_HOME/trainflow-api.json``); a new or changed
+database, or a new collection, gets both as usual. The CLI then runs the flow with
+``PREFECT_API_URL`` pointing at it (Prefect's ``temporary_settings``), and stops the server at
+exit, as Prefect does.
 
 The private Prefect details this copies (the server command, ``PREFECT__SERVER_*`` variables, the
 migration table) live in flows/prefect_adapter.py, checked against the pinned Prefect version.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime as _dt
 import json
 import os
 import subprocess
@@ -46,7 +49,8 @@ from trainer.fileio import atomic_write_text
 __all__ = ["EphemeralAPI", "start"]
 
 MARKER = "trainflow-api.json"
-_DRAIN_S = 1.2  # one flush after Prefect sent the last events (its exit handlers run first)
+_RECORD_TIMEOUT_S = 5.0  # at most this long for the server to record the last task-run states
+_FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 _PREFECT_DB_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
@@ -77,6 +81,7 @@ class EphemeralAPI:
     home: Path
     migrated: bool  # False: the migration check was skipped (database already current)
     started_at: float = field(default_factory=time.monotonic)
+    started_utc: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     healthy_after: float | None = None
     last_used: float | None = None
 
@@ -119,13 +124,15 @@ class EphemeralAPI:
         )
 
     def _record_revision(self) -> None:
-        """After a start that ran the migrations: the database is current for this Prefect."""
+        """After a start that ran the migrations and registered the block types: the database
+        is current for this Prefect and these collections."""
         revision = adapter.db_revision(self.home / "prefect.db")
         version = adapter.installed_version()
         if revision and version:
             with contextlib.suppress(OSError):  # no marker: the next start migrates again
-                atomic_write_text(self.home / MARKER,
-                                  json.dumps({"prefect": version, "revision": revision}))
+                atomic_write_text(self.home / MARKER, json.dumps({
+                    "prefect": version, "revision": revision,
+                    "collections": adapter.installed_collections()}))
 
     @contextlib.contextmanager
     def use(self) -> Iterator[str]:
@@ -139,17 +146,61 @@ class EphemeralAPI:
 
     def stop(self) -> None:
         """Terminate the server (then kill it after 5 s), as Prefect's own stop does, once the
-        server's event queues have been flushed since the last use (task-run states)."""
+        task-run states of the flow runs it served are in its database (:meth:`recorded`)."""
         proc = self.process
         if proc.poll() is None:
             if self.last_used is not None:
-                time.sleep(_DRAIN_S)
-            proc.terminate()
+                self.recorded()
+            proc.terminate()  # its event persister writes what it still holds as it stops
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def recorded(self, timeout: float = _RECORD_TIMEOUT_S) -> bool:
+        """Wait until no task run of a flow run started through this API lacks a final state.
+
+        Prefect's client sends task-run states as events (its exit handlers send the last
+        ones, before ours run); the server writes them to the database as each arrives (its
+        task-run recorder's batch size is 1). A server stopped before that loses them: the
+        run's stages would show as running forever. False when ``timeout`` passed first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if not self._unfinished_task_runs():
+                    return True
+            except (urllib.error.URLError, OSError, TimeoutError, ValueError):
+                pass  # the server is busy or gone: retry until the deadline
+            if time.monotonic() >= deadline or self.process.poll() is not None:
+                return False
+            time.sleep(0.05)
+
+    def _unfinished_task_runs(self) -> list[str]:
+        """Ids of the task runs, in flow runs started since this API started, not yet in a final
+        state."""
+        flow_runs = self._read_all("/flow_runs/filter", {
+            "flow_runs": {"start_time": {"after_": self.started_utc}}})
+        if not flow_runs:
+            return []
+        task_runs = self._read_all("/task_runs/filter", {
+            "flow_runs": {"id": {"any_": [r["id"] for r in flow_runs]}}})
+        return [t["id"] for t in task_runs if (t.get("state") or {}).get("type") not in _FINAL]
+
+    def _read_all(self, path: str, body: dict) -> list[dict]:
+        """Every object a ``.../filter`` endpoint returns, page by page."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        out: list[dict] = []
+        while True:
+            page = {**body, "offset": len(out), "limit": 200}
+            req = urllib.request.Request(f"{self.api_url}{path}", json.dumps(page).encode(),
+                                         {"Content-Type": "application/json"})
+            with opener.open(req, timeout=5) as resp:
+                got = json.loads(resp.read())
+            out += got
+            if len(got) < 200:
+                return out
 
 
 def _migrations_current(home: Path) -> bool:
@@ -161,6 +212,7 @@ def _migrations_current(home: Path) -> bool:
     return bool(
         version
         and marker.get("prefect") == version
+        and marker.get("collections") == adapter.installed_collections()
         and marker.get("revision")
         and adapter.db_revision(home / "prefect.db") == marker["revision"]
     )

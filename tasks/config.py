@@ -111,15 +111,21 @@ class ModelConfig(_Section):
     @classmethod
     def _kwargs_taken(cls, kwargs: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """Keyword arguments the class does not take, and negative sizes, are refused now, not
-        after data preparation (a class that cannot be imported is the train stage's error)."""
+        after data preparation (a class that cannot be imported is the train stage's error).
+        The signature is read from the source (no import: the model's module imports torch,
+        which a cached run does not need); the class is imported only when that cannot say."""
         import importlib
 
-        if not kwargs or not info.data.get("class_path"):  # nothing to check (no import: the
-            return kwargs  # model's module imports torch); the default model: when resolved
+        from tasks.imports import constructor_signature
+
+        if not kwargs or not info.data.get("class_path"):  # nothing to check; the default
+            return kwargs  # model: when resolved
         mod, _, name = info.data["class_path"].partition(":")
         try:
-            target = getattr(importlib.import_module(mod), name)
-            params = inspect.signature(target.__init__).parameters
+            signature = constructor_signature(info.data["class_path"])
+            if signature is None:
+                signature = inspect.signature(getattr(importlib.import_module(mod), name).__init__)
+            params = signature.parameters
         except Exception:  # noqa: BLE001 - reported by the train stage with its own message
             return kwargs
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

@@ -142,6 +142,77 @@ def _user_source_files(module_name: str) -> dict[str, Path]:
     return found
 
 
+def constructor_signature(class_path: str) -> inspect.Signature | None:
+    """The ``__init__`` signature of ``pkg.mod:Class``, read from source with ``ast`` (the
+    class's own ``__init__``, else its bases' in order, followed through ``from m import B``),
+    without importing the module (a model's module imports torch; a cached run needs none).
+    Defaults that are not literals read as ``...``. None when the source does not say plainly
+    (a decorated class, a base built at run time, no source file): import the class then."""
+    mod_name, _, cls_name = class_path.partition(":")
+    return _init_from_source(mod_name, cls_name, depth=0)
+
+
+def _init_from_source(mod_name: str, cls_name: str, depth: int) -> inspect.Signature | None:
+    origin = getattr(_spec(mod_name), "origin", None)
+    if depth > 8 or not origin or not origin.endswith(".py"):
+        return None
+    try:
+        tree = ast.parse(Path(origin).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    imported = {a.asname or a.name: (n.module, a.name) for n in tree.body
+                if isinstance(n, ast.ImportFrom) and n.module and not n.level for a in n.names}
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name), None)
+    if cls is None or cls.decorator_list or cls.keywords:
+        return None
+    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
+                None)
+    if init is not None:
+        return None if init.decorator_list else _signature(init.args)
+    if any(isinstance(t, ast.Name) and t.id == "__init__"
+           for n in cls.body if isinstance(n, ast.Assign) for t in n.targets):
+        return None  # __init__ = something: only Python knows
+    for base in cls.bases:  # the first base that has an __init__ decides (single inheritance)
+        if not isinstance(base, ast.Name):
+            return None
+        if base.id == "object":
+            continue
+        if base.id in imported:
+            where, name = imported[base.id]
+        elif any(isinstance(n, ast.ClassDef) and n.name == base.id for n in tree.body):
+            where, name = mod_name, base.id
+        else:
+            return None
+        return _init_from_source(where, name, depth + 1)
+    return inspect.Signature()  # object.__init__: takes nothing
+
+
+def _signature(args: ast.arguments) -> inspect.Signature | None:
+    def default(node: ast.expr | None) -> Any:
+        if node is None:
+            return inspect.Parameter.empty
+        try:
+            return ast.literal_eval(node)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return ...
+
+    P = inspect.Parameter
+    positional = [*args.posonlyargs, *args.args]
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    params = [P(a.arg, P.POSITIONAL_ONLY if a in args.posonlyargs else P.POSITIONAL_OR_KEYWORD,
+                default=default(d)) for a, d in zip(positional, defaults, strict=True)]
+    if args.vararg:
+        params.append(P(args.vararg.arg, P.VAR_POSITIONAL))
+    params += [P(a.arg, P.KEYWORD_ONLY, default=default(d))
+               for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)]
+    if args.kwarg:
+        params.append(P(args.kwarg.arg, P.VAR_KEYWORD))
+    try:
+        return inspect.Signature(params)
+    except ValueError:  # e.g. a default before a parameter without one: let Python say
+        return None
+
+
 def build_datamodule(class_path: str, data: DatasetRef, trainer: TrainerConfig) -> Any:
     """The user's DataModule (``data.datamodule``), given what its ``__init__`` takes of: the
     prepared data (``data``, a DatasetRef), ``batch_size`` and ``seed``."""

@@ -21,11 +21,11 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from prefect import task
 
@@ -33,6 +33,9 @@ from tasks.config import DataConfig
 from tasks.schema import build_schema, write_schema
 from tasks.types import DataError, DatasetRef, SplitRef, content_key
 from trainer.fileio import file_sha256  # also imported from here by export, train, the CLI
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 CODE_VERSION = "prepare_data-4"
 BLOCK = 100
@@ -81,6 +84,8 @@ def _format(cfg: DataConfig) -> str:
 
 
 def _open(cfg: DataConfig) -> ds.Dataset:
+    import pyarrow.dataset as ds  # here: a run whose stages are cached never reads data (0.2 s)
+
     fmt = _format(cfg)
     try:
         return ds.dataset(str(cfg.path), format=fmt)

@@ -51,3 +51,14 @@ def test_trainer_importing_flows_breaks_the_contracts(copy: Path) -> None:
     out = proc.stdout + proc.stderr
     assert "BROKEN" in out
     assert "trainer.seed -> flows" in out, out
+
+
+def test_a_circle_between_sibling_modules_breaks_the_contracts(copy: Path) -> None:
+    """flows/sweep.py once imported flows/cli.py, which imports it: no ignore line hides that."""
+    module = copy / "flows" / "sweep.py"
+    module.write_text(module.read_text() + "\nimport flows.cli  # noqa: E402,F401\n")
+    proc = _lint(copy)
+    assert proc.returncode != 0, proc.stdout
+    out = proc.stdout + proc.stderr
+    assert "no import circles between the modules of a package BROKEN" in out, out
+    assert ".sweep -> .cli" in out, out

@@ -85,6 +85,15 @@ def test_cli_run_then_cached_rerun(tmp_path: Path) -> None:
     states = _task_states(project, runs[1][0])
     assert states == {"prepare_data": "Cached", "train": "Cached", "evaluate": "Cached",
                       "export": "Cached", "register": "Cached", "promote": "Completed"}
+    # the API stopped only once it had written the last states and events (none left behind)
+    with _prefect_db(project) as con:
+        finals = con.execute(
+            "select t.name from task_run t join events e on e.resource_id = "
+            "'prefect.task-run.' || t.id and e.event = 'prefect.task-run.' || t.state_name "
+            "where t.flow_run_id = ?", (runs[1][0],)).fetchall()
+        flow_done = con.execute("select count(*) from events where resource_id = ? and event = "
+                                "'prefect.flow-run.Completed'", (f"prefect.flow-run.{runs[1][0]}",))
+        assert len(finals) == 6 and flow_done.fetchone() == (1,)
 
 
 def test_failed_run_retried_by_prefect_skips_completed_stages(tmp_path: Path) -> None:

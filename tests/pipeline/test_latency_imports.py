@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.imports import code_version
+from tasks.imports import code_version, constructor_signature
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -56,7 +56,8 @@ def test_help_imports_no_torch_prefect_or_mlflow(tmp_path: Path) -> None:
 def test_cached_run_imports_no_torch(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    small = ["--set", "trainer.max_epochs=1", "--set", "export.torchscript=false"]
+    small = ["--set", "trainer.max_epochs=1", "--set", "export.torchscript=false",
+             "--set", "model.kwargs={hidden: 16}"]  # checked against DigitsMLP: no import
     first, _ = _loaded(["run", *small], project, tmp_path / "first.json")
     assert "torch" in first  # the fresh run trains: the check below can tell the difference
     loaded, out = _loaded(["run", *small], project, tmp_path / "cached.json")
@@ -96,5 +97,31 @@ def test_code_version_reads_the_source_without_importing_it(tmp_path: Path) -> N
         assert "lat_net" not in sys.modules and "lat_helper" not in sys.modules
         (code / "lat_helper.py").write_text("WIDTH = 8\n")
         assert code_version("lat_net:Net") != before  # a reached helper's edit counts
+    finally:
+        sys.path.remove(str(code))
+
+
+def test_constructor_signature_reads_the_source_without_importing_it(tmp_path: Path) -> None:
+    """model.kwargs are checked against the class's ``__init__`` as the source states it (its
+    own, or a base's from another file); a class whose source does not say plainly is None."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "sig_base.py").write_text(
+        "class Base:\n    def __init__(self, width: int = 4, *, depth=2, **extra):\n"
+        "        pass\n\nraise RuntimeError('imported')\n")
+    (code / "sig_net.py").write_text(
+        "import functools\nfrom sig_base import Base\n\nclass Net(Base):\n    pass\n\n"
+        "@functools.total_ordering\nclass Odd(Base):\n    pass\n\n"
+        "raise RuntimeError('imported')\n")
+    sys.path.insert(0, str(code))
+    try:
+        sig = constructor_signature("sig_net:Net")  # would raise 'imported' if imported
+        assert "sig_net" not in sys.modules and "sig_base" not in sys.modules
+        assert sig is not None
+        assert list(sig.parameters) == ["self", "width", "depth", "extra"]
+        assert sig.parameters["width"].default == 4
+        assert sig.parameters["extra"].kind is sig.parameters["extra"].VAR_KEYWORD
+        assert constructor_signature("sig_net:Odd") is None  # a decorator may change it
+        assert constructor_signature("sig_net:Missing") is None
     finally:
         sys.path.remove(str(code))

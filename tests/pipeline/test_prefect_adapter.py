@@ -67,6 +67,9 @@ SETTINGS = {
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL":
         (("server", "services", "event_persister", "flush_interval"), 1),
     "PREFECT_API_DATABASE_MIGRATE_ON_START": (("server", "database", "migrate_on_start"), False),
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": (("server", "register_blocks_on_start"), False),
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION":
+        (("server", "memoize_block_auto_registration"), False),
 }
 
 
@@ -101,3 +104,16 @@ def test_db_revision_reads_alembics_table(tmp_path: Path) -> None:
         con.execute("insert into alembic_version values ('abc123')")
     con.close()
     assert adapter.db_revision(db) == "abc123"
+
+
+def test_heartbeats_only_when_configured() -> None:
+    """Prefect's default heartbeat is off for a run (its thread costs ≈ 0.5 s at every flow
+    run's end); a frequency the user set (env, profile, prefect.toml) is honoured."""
+    from prefect.settings import get_current_settings, temporary_settings
+
+    assert get_current_settings().flows.heartbeat_frequency == 180  # Prefect's default
+    with adapter.heartbeats_if_configured():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    with temporary_settings(updates={"flows.heartbeat_frequency": 60}):  # as a user sets it
+        with adapter.heartbeats_if_configured():
+            assert get_current_settings().flows.heartbeat_frequency == 60
