@@ -47,7 +47,8 @@ def test_params_metrics_nan_flush_and_finish(store_uri: str) -> None:
     for step in range(40):
         logger.log_metrics({"train_loss_step": 1.0 / (step + 1), "weird key(1)": 2.0}, step=step)
     logger.log_metrics({"val_loss": 0.5, "val_acc": float("nan"), "epoch": 0}, step=39)
-    logger.save()  # flushed: visible before finalize
+    logger.save()  # handed to the writer
+    logger.flush()  # written: visible before finalize
     client = _client(store_uri)
     hist = client.get_metric_history(logger.run_id, "train_loss_step")
     assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(40))
@@ -179,6 +180,7 @@ def test_nothing_written_during_the_epoch_until_save(store_uri: str) -> None:
     client = _client(store_uri)
     assert client.get_metric_history(logger.run_id, "loss") == []  # buffered only
     logger.save()
+    logger.flush()
     hist = client.get_metric_history(logger.run_id, "loss")
     assert sorted((m.step, m.value) for m in hist) == [(s, 1.0 / (s + 1)) for s in range(5)]
     logger.finalize("success")
@@ -193,6 +195,7 @@ def test_write_failure_is_a_warning_and_training_goes_on(
     client.delete_run(logger.run_id)  # MLflow refuses writes to a deleted run
     with caplog.at_level("WARNING", logger="trainer.loggers.mlflow"):
         logger.save()
+        logger.flush()  # the write failed on the writer thread: reported here
     assert "writing 1 metric row(s) to run" in caplog.text
     client.restore_run(logger.run_id)
     logger.log_metrics({"loss": 0.5}, step=1)
@@ -221,6 +224,7 @@ def test_tensor_values_converted_at_write_and_epoch_written_where_it_changes(
         if step == 3:
             logger.save()  # a flush inside a run of equal epochs
     logger.save()
+    logger.flush()
     client = _client(store_uri)
     got = {
         k: sorted((m.step, m.value) for m in client.get_metric_history(logger.run_id, k))
@@ -251,7 +255,7 @@ def test_writer_thread_error_surfaces_on_the_training_thread_at_the_next_flush(
         logger.log_metrics({"loss": 0.9}, step=1)  # buffer full: handed to the writer thread
         writer = logger._thread
         assert writer is not None and writer.is_alive()
-        logger.save()  # waits for the writer, then reports its failure here
+        logger.flush()  # waits for the writer, then reports its failure here
     records = [r for r in caplog.records if "writing 2 metric row(s)" in r.getMessage()]
     assert len(records) == 1 and records[0].threadName == threading.current_thread().name
     client.restore_run(logger.run_id)
@@ -292,3 +296,46 @@ def test_a_logger_dropped_without_finalize_stops_its_writer_thread(store_uri: st
     gc.collect()
     writer.join(30)
     assert not writer.is_alive()
+
+
+def test_save_does_not_wait_for_the_store_flush_and_finalize_do(store_uri: str) -> None:
+    logger = MLflowLogger("logger-nowait", tracking_uri=store_uri, log_plots=False)
+    logger.log_metrics({"loss": 1.0}, step=0)  # creates the run and its client
+    client = _client(store_uri)
+    held, real = threading.Event(), logger._client.log_batch
+    logger._client.log_batch = lambda *a, **k: held.wait() and real(*a, **k)  # a slow store
+    saver = threading.Thread(target=logger.save)
+    saver.start()
+    saver.join(60)  # (a guard against a hang, not a timing)
+    assert not saver.is_alive(), "save() waited for the store"
+    assert client.get_metric_history(logger.run_id, "loss") == []  # still being written
+    logger.log_metrics({"loss": 0.5}, step=1)
+    held.set()
+    logger.finalize("success")  # waits for both rows before the run ends
+    assert sorted(m.step for m in client.get_metric_history(logger.run_id, "loss")) == [0, 1]
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+
+
+def test_rows_handed_over_are_written_when_the_process_exits_without_finalize(
+    store_uri: str,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from trainer.loggers.mlflow import MLflowLogger\n"
+        f"lg = MLflowLogger('logger-exit', tracking_uri={store_uri!r}, log_plots=False)\n"
+        "for s in range(3):\n"
+        "    lg.log_metrics({'loss': 1.0 / (s + 1)}, step=s)\n"
+        "lg.save()\n"
+        "print(lg.run_id)\n"  # and exit: no flush(), no finalize()
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.strip().splitlines()[-1]
+    hist = _client(store_uri).get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in hist) == [0, 1, 2]

@@ -6,11 +6,16 @@ and are converted when written, those on an accelerator many at once (one ``torc
 ``tolist``). Writing is ``MlflowClient.log_batch`` (1000 metrics per call, MLflow's maximum);
 ``epoch`` is written only where its value starts and ends (the Trainer repeats it on every
 step). Where the writes run is ``writer``: ``"thread"`` hands the rows through a bounded queue
-to a writer thread, ``"inline"`` writes them on the calling thread. Either way ``save()``
-(every epoch end) and ``finalize()`` flush: what was logged before an epoch end is in the store
-after it, and a write error is reported there, on the training thread. The client, the thread
-and the queue are created lazily and dropped when pickled (the Trainer is pickled to DDP
-workers); the run is created before pickling so the workers and the caller share one run.
+to a writer thread and does not wait for them (a commit into the embedded SQLite store waits
+for the disk, 10-35 ms, at every epoch end), ``"inline"`` writes them on the calling thread.
+``save()`` (every epoch end) hands the buffered rows over; ``flush()`` and ``finalize()`` wait
+until they are in the store. Every way a fit ends goes through ``finalize()`` (the Trainer
+calls it on success, on an exception and on KeyboardInterrupt), pickling flushes, and a logger
+dropped or left at interpreter exit stops its thread after what it was handed. A write error is
+reported at the next ``save()``, ``flush()`` or ``finalize()``, on the training thread. The
+client, the thread and the queue are created lazily and dropped when pickled (the Trainer is
+pickled to DDP workers); the run is created before pickling so the workers and the caller share
+one run.
 """
 
 from __future__ import annotations
@@ -97,7 +102,8 @@ class MLflowLogger(Logger):
         max_buffered_rows: ``log_metrics`` calls kept in memory between epoch ends; when full,
             they are handed to the writer at once (no metric is dropped).
         writer: ``"thread"``: a writer thread does the ``log_batch`` calls, fed through a
-            bounded queue; ``"inline"``: they run on the thread that calls ``save()``.
+            bounded queue, and ``save()`` does not wait for them; ``"inline"``: they run on
+            the thread that calls ``save()``.
     """
 
     accepts_tensors = True
@@ -342,8 +348,14 @@ class MLflowLogger(Logger):
                     self.log_artifact(path, "checkpoints")
 
     def save(self) -> None:
-        """Flush: the buffered metric rows are in the store when this returns (``log_batch``,
-        1000 metrics per call); a failed write since the last flush is reported here."""
+        """Hand the buffered metric rows to the writer (``log_batch``, 1000 metrics per call)
+        without waiting for the store (``writer="inline"``: written when this returns); a
+        failed write reported by then is reported here."""
+        if global_rank() == 0 and (self._rows or self._errors):
+            self._flush(wait=self.writer == "inline")
+
+    def flush(self) -> None:
+        """Wait until every metric row logged so far is in the store; report failed writes."""
         if global_rank() == 0 and (self._rows or self._queue is not None or self._errors):
             self._flush()
 
@@ -416,7 +428,8 @@ class MLflowLogger(Logger):
     # ------------------------------------------------------------------ internals
 
     def _flush(self, wait: bool = True) -> None:
-        """Hand the buffered rows to the writer; ``wait``: until written, then report errors."""
+        """Hand the buffered rows to the writer; ``wait``: until written. Then report the
+        errors known by now (those of writes still queued come at a later flush)."""
         rows, self._rows = self._rows, []
         if rows:
             self._ensure_run()
@@ -427,10 +440,9 @@ class MLflowLogger(Logger):
                     self._start_writer()
                 assert self._queue is not None
                 self._queue.put(rows)  # blocks while the queue is full (bounded memory)
-        if wait:
-            if self._queue is not None:
-                self._queue.join()
-            self._report_errors()
+        if wait and self._queue is not None:
+            self._queue.join()
+        self._report_errors()
 
     def _start_writer(self) -> None:
         # The thread gets what it writes with, not the logger: a logger dropped without
@@ -442,7 +454,8 @@ class MLflowLogger(Logger):
             target=_writer_loop, args=args, name="MLflowLogger-writer", daemon=True
         )
         self._thread.start()
-        weakref.finalize(self, q.put, None)
+        # Also run at interpreter exit: what the thread was handed is written before it ends.
+        weakref.finalize(self, _stop_writer_thread, q, self._thread)
 
     def _stop_writer(self) -> None:
         """Stop the writer thread after what is queued (none is held while pickled)."""
@@ -515,6 +528,15 @@ class MLflowLogger(Logger):
 
 
 # ---------------------------------------------------------------------------- writing
+
+
+def _stop_writer_thread(q: queue.Queue[Any], thread: threading.Thread) -> None:
+    """End a dropped logger's writer after what is queued (at garbage collection or exit)."""
+    if not thread.is_alive():  # stopped by finalize() or pickling
+        return
+    q.put(None)
+    if thread is not threading.current_thread():
+        thread.join(60)
 
 
 def _writer_loop(
