@@ -2,19 +2,20 @@
 sweep's overhead per trial over fitting the same trials directly; the best trial's objective
 against the default config's.
 
-    PYTHONPATH=. .venv/bin/python bench/sweep.py [--trials 16] [--epochs E]
+    PYTHONPATH=. .venv/bin/python bench/sweep.py [--trials 16] [--epochs E] [--repeats R]
 
 ``--epochs``: the trials' epochs (default: configs/sweep.yaml's, a realistic trial; 3 shows
 how a tiny trial fares). Each case runs in a fresh project folder (nothing cached) after an
 unmeasured warm-up sweep (Prefect's local API, imports); registry and export are off.
 
 - *trial rounds*: the sweep's own clock around its trials (asks, Prefect tasks, fits with
-  pruning reports and MLflow child runs, tells); *wall*: the whole flow, plus prepare, the
-  study and parent run, the Optuna plots and the best trial's evaluation.
+  pruning reports and curves, tells, the MLflow child runs written while the next trial
+  trains, and waiting for the last ones); *wall*: the whole flow, plus prepare, the study and
+  parent run, the Optuna plots and the best trial's evaluation.
 - *direct*: the same trials (the sequential, unpruned case's parameters) fitted one after
   another with ``tasks.train.fit(track=False)``: the Trainer with the stage's checkpoints, no
-  Prefect, Optuna or MLflow. Overhead per trial = (trial rounds − direct) / N, each the faster
-  of two alternated runs.
+  Prefect, Optuna or MLflow. Overhead per trial = (trial rounds − direct) / N, each the
+  fastest of ``--repeats`` alternated runs (direct, sweep, direct, sweep, ...).
 - *default*: configs/default.yaml's model settings fitted the same way, its best validation
   loss (the objective's definition: best over the validations).
 Prints markdown tables.
@@ -70,6 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=None, help="default: configs/sweep.yaml's")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="alternated direct/sweep pairs for the overhead (default 2)")
     args = ap.parse_args()
     # Made here, not at import: worker processes re-import this module.
     global _TMP
@@ -103,17 +106,20 @@ def main() -> None:
                 rows.append((parallel, pruner, wall, result))
         seq = rows[0][3]
 
-        # The overhead pair, alternated: direct fits, the sequential unpruned sweep again, direct
-        # fits again. The machine's load drifts (other jobs); the faster of each is compared.
+        # The overhead pairs, alternated: direct fits, the sequential unpruned sweep again, ...
+        # The machine's load drifts (other jobs); the fastest of each is compared.
         _use_project(_TMP / "direct")
         cfg = load_config(sweep_yaml, base)
         data = prepare(cfg.data, _TMP / "direct" / "data")
         cfgs = [with_params(cfg, t.params) for t in seq.trials]
-        direct, _ = _direct(data, cfgs, _TMP / "direct", cfg.sweep.objective)
-        _use_project(_TMP / "again")
-        again = run_sweep(load_config(sweep_yaml, [*base, "sweep.pruner=none"]))
-        rounds = min(seq.trial_seconds, again.trial_seconds)
-        direct = min(direct, _direct(data, cfgs, _TMP / "direct2", cfg.sweep.objective)[0])
+        rounds, direct = seq.trial_seconds, float("inf")
+        for i in range(args.repeats):
+            _use_project(_TMP / f"direct{i}")
+            direct = min(direct, _direct(data, cfgs, _TMP / f"direct{i}", cfg.sweep.objective)[0])
+            if i + 1 < args.repeats:
+                _use_project(_TMP / f"again{i}")
+                again = run_sweep(load_config(sweep_yaml, [*base, "sweep.pruner=none"]))
+                rounds = min(rounds, again.trial_seconds)
         # The default config's model and training, on the sweep's data split and epochs.
         default = load_config(REPO / "configs" / "default.yaml", [])
         dcfg = cfg.model_copy(update={"model": default.model})

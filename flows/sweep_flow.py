@@ -42,6 +42,7 @@ from flows.sweep import (  # noqa: E402
     with_params,
 )
 from flows.sweep_lock import study_lock  # noqa: E402
+from flows.sweep_runs import ChildRuns  # noqa: E402
 from tasks.config import PipelineConfig, load_config  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.export import export  # noqa: E402
@@ -157,35 +158,20 @@ def _finished(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def _tell(study: Any, t: Any, outcome: TrialOutcome, cached: bool) -> None:
-    """Record the outcome; a cached trial's curve is replayed so the pruner sees its history."""
+def _tell(study: Any, t: Any, outcome: TrialOutcome, cached: bool) -> Any:
+    """Record the outcome (returns the finished trial); a cached trial's curve is replayed so
+    the pruner sees its history."""
     from optuna.trial import TrialState
 
     if cached:
         for step, value in sorted(outcome.curve.items()):
             t.report(value, step)
     if outcome.pruned:
-        study.tell(t, state=TrialState.PRUNED)
-    elif outcome.value is None:
+        return study.tell(t, state=TrialState.PRUNED)
+    if outcome.value is None:
         study.tell(t, state=TrialState.FAIL)
         raise StageError(f"sweep.objective: trial {t.number} never validated; set data.split.val")
-    else:
-        study.tell(t, outcome.value)
-
-
-def _log_trial(cfg: PipelineConfig, t: Any, outcome: TrialOutcome, name: str) -> None:
-    """The trial's child run: its parameters, number and state (curves came from the fit)."""
-    run_id = outcome.trained.mlflow_run_id
-    if not run_id:
-        return
-    from mlflow.entities import Param, RunTag
-
-    state = "pruned" if outcome.pruned else "complete"
-    _tracking_client(cfg).log_batch(  # one write, not one per value
-        run_id,
-        params=[Param(f"sweep.{k}", str(v)) for k, v in t.params.items()],
-        tags=[RunTag("trainflow.trial", str(t.number)), RunTag("trainflow.trial_state", state)],
-    )
+    return study.tell(t, outcome.value)
 
 
 def _log_summary(cfg: PipelineConfig, study: Any, run_id: str) -> None:
@@ -282,24 +268,34 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     out.parent_run_id = parent = _parent_run(cfg, study, name)
     space = distributions(sweep)
     runner_task = trial_task.with_options(result_storage=results_dir(home), persist_result=True)
+
+    def folder_of(t: Any) -> tuple[Path, str]:  # its key follows from its params
+        key = trial_key(data, with_params(cfg, t.params))
+        return stage_dir("trial", home) / key, key
+
     # Rounds of `parallel` trials: asked together, told together, so the sampler's history at
     # each ask does not depend on which worker finished first.
-    tags = {"mlflow.parentRunId": parent, "trainflow.sweep": name}
+    runs = ChildRuns(_tracking_client(cfg), parent, name)
     t0 = time.perf_counter()
-    with runner:  # started here whatever the flow's own runner is (a schedule runs the default)
-        while (todo := sweep.trials - _finished(study)) > 0:
-            _round(cfg, study, space, min(sweep.parallel, todo), runner, runner_task, data,
-                   str(home), storage, tags, out)
+    try:
+        with runner:  # started here whatever the flow's own runner is (a schedule: the default)
+            while (todo := sweep.trials - _finished(study)) > 0:
+                _round(cfg, study, space, min(sweep.parallel, todo), runner, runner_task, data,
+                       str(home), storage, runs, out)
+        child_runs = runs.close(study, folder_of, data.content_hash)
+    finally:
+        runs.shutdown()  # the queued child runs are written whatever happened
     out.trial_seconds = time.perf_counter() - t0
     out.finished = _finished(study)
 
     best = study.best_trial
     out.best_number, out.best_params, out.best_value = best.number, best.params, best.value
     _log_summary(cfg, study, parent)
-    bcfg = with_params(cfg, best.params)  # its key follows from its params: nothing stored
-    outcome = TrialOutcome.model_validate_json(
-        (stage_dir("trial", home) / trial_key(data, bcfg) / "trial.json").read_text())
-    trained = pipe.trained = outcome.trained
+    bcfg = with_params(cfg, best.params)
+    outcome = TrialOutcome.model_validate_json((folder_of(best)[0] / "trial.json").read_text())
+    # evaluate logs into the best trial's child run, as the train stage's run in `run`
+    trained = pipe.trained = outcome.trained.model_copy(
+        update={"mlflow_run_id": child_runs.get(best.number)})
     report = pipe.report = _run(
         "evaluate", evaluate, r.evaluate, home, pipe, store, trained, data, bcfg
     )
@@ -322,13 +318,14 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
 
 def _round(
     cfg: PipelineConfig, study: Any, space: dict[str, Any], n: int, runner: Any, task: Any,
-    data: Any, home: str, storage: str, tags: dict[str, str], out: SweepResult,
+    data: Any, home: str, storage: str, runs: ChildRuns, out: SweepResult,
 ) -> None:
-    """Ask ``n`` trials, run them at once on ``runner``, tell their outcomes in asked order."""
+    """Ask ``n`` trials, run them at once on ``runner``, tell their outcomes in asked order;
+    their child runs are queued on ``runs``."""
     running = []
     for t in [study.ask(space) for _ in range(n)]:
         params = {"data": data, "cfg": with_params(cfg, t.params), "home": home, "storage": storage,
-                  "study_name": out.study_name, "trial_id": t._trial_id, "tags": tags}
+                  "study_name": out.study_name, "trial_id": t._trial_id}
         running.append((t, runner.submit(task, params)))
     for t, fut in running:
         fut.wait()
@@ -338,11 +335,13 @@ def _round(
             study.tell(t, state=TrialState.FAIL)
             raise
         cached = fut.state.name == "Cached"
-        _tell(study, t, outcome, cached)
-        _log_trial(cfg, t, outcome, out.study_name)
+        finished = _tell(study, t, outcome, cached)
+        state = "pruned" if outcome.pruned else "complete"
+        folder = stage_dir("trial", Path(home)) / outcome.cache_key
+        runs.submit(finished, folder, state, data.content_hash, outcome.cache_key)
         out.trials.append(TrialRecord(
             number=t.number, params=t.params, value=outcome.value, epochs=outcome.epochs,
-            state="pruned" if outcome.pruned else "complete", cached=cached))
+            state=state, cached=cached))
 
 
 def run_sweep(

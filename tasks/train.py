@@ -251,12 +251,16 @@ def fit(
     callbacks: list[Any] | None = None,
     tags: dict[str, str] | None = None,
     plots: bool = True,
+    logger: Any = None,
 ) -> TrainResult:
     """Run the stage without Prefect: fit into ``root`` (resuming from ``last.ckpt`` if there).
 
     ``callbacks`` join the stage's own (a sweep's pruning callback); ``tags`` go on the MLflow run;
-    ``plots``: draw the metric curves into it at the end (a sweep's trials skip them).
+    ``plots``: draw the metric curves into it at the end (a sweep's trials skip them);
+    ``logger``: with ``track=False``, the Trainer's logger (a sweep's trial logs to a file).
     """
+    if track and logger is not None:
+        raise ValueError("train.fit: logger= is for track=False (track=True logs to MLflow)")
     import torch
 
     done = root / "result.json"
@@ -282,7 +286,6 @@ def fit(
 
     resume = _resume_point(root / "checkpoints")
     run_id_file = root / "mlflow_run_id"
-    logger = None
     if track:
         prior = run_id_file.read_text().strip() if run_id_file.exists() else None
         logger = mlflow_logger(
@@ -317,7 +320,7 @@ def fit(
         metrics=metrics,
         epochs=int(trainer.current_epoch),
         global_step=int(trainer.global_step),
-        mlflow_run_id=logger.run_id if logger is not None else None,
+        mlflow_run_id=logger.run_id if track else None,
         resumed_from=resume,
         data_hash=data.content_hash,
         config_hash=hashlib.sha256(

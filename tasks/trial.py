@@ -6,12 +6,21 @@ stage's key hashes (data, model and trainer sections, code) plus the objective a
 a rerun of the same trial is served from cache, and a trial killed mid-fit resumes from its
 ``last.ckpt`` like the train stage. A pruned fit lives in its own folder, never in the train
 stage's, so ``trainflow run`` with the same config never picks up a model cut short.
+
+Nothing in a trial waits for a database commit (each waits 10-35 ms for the disk on SQLite,
+a dozen per trial were half a 15-epoch trial's overhead): the Trainer logs into ``curves.jsonl``
+in the trial's folder (the flow writes the MLflow child run from it, off the trials' path:
+``flows/sweep_runs.py``), and the objective's reports go to the study on a background thread,
+all written before the trial returns.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +33,11 @@ from tasks.train import stage_key as train_key
 from tasks.types import DatasetRef, StageError, TrainResult, content_key
 from trainer.callbacks import Callback
 from trainer.fileio import atomic_write_text
+from trainer.loggers.base import Logger, rank_zero_only
+from trainer.loggers.mlflow import flatten_params
 
-CODE_VERSION = "trial-1"
+CODE_VERSION = "trial-2"  # 2: no MLflow run of its own, curves.jsonl
+CURVES = "curves.jsonl"
 
 
 class TrialOutcome(BaseModel):
@@ -45,14 +57,22 @@ class OptunaPruning(Callback):
     """Report ``monitor`` to an Optuna trial after each validation; stop when it should prune.
 
     Lightning's integration raises ``TrialPruned`` from ``on_validation_end``; here the fit ends
-    cleanly instead (``trainer.should_stop``), so the checkpoint and the MLflow run are closed
-    as usual, and the caller tells Optuna the trial was pruned.
+    cleanly instead (``trainer.should_stop``), so the checkpoint and the curves are closed as
+    usual, and the caller tells Optuna the trial was pruned. The pruner decides on the curve
+    kept here; the reports are written to the study on a background thread (a commit each),
+    and :meth:`wait` (before the trial is told) has them all in, or raises the first error.
     """
 
     def __init__(self, trial: Any, monitor: str) -> None:
         self.trial = trial
         self.monitor = monitor
         self.pruned = False
+        self.curve: dict[int, float] = {}
+        self._writer: ThreadPoolExecutor | None = None
+        self._writes: list[Future[Any]] = []
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled to DDP workers: no thread
+        return {**self.__dict__, "_writer": None, "_writes": []}
 
     def on_validation_end(self, trainer: Any, module: Any) -> None:
         if trainer.sanity_checking:
@@ -64,10 +84,76 @@ class OptunaPruning(Callback):
                 f"sweep.objective: {self.monitor!r} is not logged at validation "
                 f"(the model logs {logged}); pick one of those"
             )
-        self.trial.report(float(value), step=int(trainer.current_epoch))
-        if self.trial.should_prune():
+        import optuna
+
+        step, value = int(trainer.current_epoch), float(value)
+        self.curve[step] = value
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="optuna-report")
+        self._writes.append(self._writer.submit(self.trial.report, value, step))
+        # What Trial.should_prune() asks the pruner, on this curve instead of the stored one.
+        seen = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING, params=self.trial.params,
+            distributions=self.trial.distributions, intermediate_values=dict(self.curve))
+        if self.trial.study.pruner.prune(self.trial.study, seen):
             self.pruned = True
             trainer.should_stop = True
+
+    def wait(self) -> None:
+        """Until every report is in the study; the first failed one is raised here."""
+        writes, self._writes = self._writes, []
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        for w in writes:
+            w.result()
+
+
+class CurvesLogger(Logger):
+    """What the Trainer logs, appended to ``<folder>/curves.jsonl`` at each epoch end.
+
+    A line per ``log_metrics`` call (``{"t", "step", "metrics"}``) and one per
+    ``log_hyperparams`` (``{"params"}``, flattened as MLflow params). No fsync: a killed process
+    loses nothing written (a power cut may lose the last lines). A resumed fit appends.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / CURVES
+        self._lines: list[str] = []
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        self._lines.append(json.dumps({"params": flatten_params(params)}))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        vals = {k: float(v) for k, v in metrics.items()}
+        self._lines.append(json.dumps({"t": time.time(), "step": int(step), "metrics": vals}))
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._lines:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write("\n".join(self._lines) + "\n")
+            self._lines = []
+
+
+def read_curves(folder: Path) -> tuple[dict[str, str], list[tuple[float, int, dict[str, float]]]]:
+    """``curves.jsonl`` back: the params, and the metric rows ``(time_s, step, values)``."""
+    params: dict[str, str] = {}
+    rows: list[tuple[float, int, dict[str, float]]] = []
+    path = Path(folder) / CURVES
+    if not path.exists():
+        return params, rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if "params" in item:
+            params.update(item["params"])
+        else:
+            rows.append((item["t"], item["step"], item["metrics"]))
+    return params, rows
 
 
 def make_pruner(sweep: SweepConfig) -> Any:
@@ -126,12 +212,7 @@ def trial_key(data: DatasetRef, cfg: PipelineConfig) -> str:
 
 
 def run_trial(
-    data: DatasetRef,
-    cfg: PipelineConfig,
-    root: Path,
-    key: str,
-    trial: Any,
-    tags: dict[str, str] | None = None,
+    data: DatasetRef, cfg: PipelineConfig, root: Path, key: str, trial: Any
 ) -> TrialOutcome:
     """Fit one trial into ``root`` without Prefect (resumes; a finished one is read back)."""
     done = root / "trial.json"
@@ -139,10 +220,13 @@ def run_trial(
         return TrialOutcome.model_validate_json(done.read_text())
     sw = cfg.sweep or SweepConfig()
     pruning = OptunaPruning(trial, sw.objective)
-    # No curve plots on a trial's run: drawing them cost ≈ 0.5 s a trial; MLflow charts its
-    # metrics itself, and the parent run has the study's plots.
-    trained = fit(data, cfg, root, key, callbacks=[pruning], tags=tags, plots=False)
-    curve = dict(trial.storage.get_trial(trial._trial_id).intermediate_values)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        trained = fit(data, cfg, root, key, track=False, callbacks=[pruning],
+                      logger=CurvesLogger(root))
+    finally:
+        pruning.wait()  # the reports are in the study before it is told (or the error raised)
+    curve = pruning.curve
     best = (min if sw.mode == "min" else max)(curve.values()) if curve else None
     outcome = TrialOutcome(value=best, pruned=pruning.pruned, epochs=trained.epochs,
                            curve=curve, trained=trained, cache_key=key)
@@ -162,7 +246,6 @@ def trial(
     storage: str,
     study_name: str,
     trial_id: int,
-    tags: dict[str, str],
 ) -> TrialOutcome:
     """Prefect task: one trial, reporting to the study in ``storage`` (any worker can reach it)."""
     import optuna
@@ -174,4 +257,4 @@ def trial(
                               pruner=make_pruner(cfg.sweep or SweepConfig()))
     key = trial_key(data, cfg)
     return run_trial(data, cfg, stage_dir("trial", Path(home)) / key, key,
-                     optuna.trial.Trial(study, trial_id), tags)
+                     optuna.trial.Trial(study, trial_id))

@@ -102,10 +102,21 @@ def test_sweep_promotes_best_prunes_and_continues_without_retraining(project: Pa
     assert all("sweep.model.kwargs.lr" in c.data.params for c in children)
     assert all("val_loss" in c.data.metrics for c in children)
 
-    # The same command again: nothing to train.
+    # The same command again: nothing to train; a child run lost (its write never happened,
+    # e.g. a kill right after the trial was told) is written from the trial's curves.
+    lost = next(c for c in children if c.data.tags["trainflow.trial"] != str(best.number))
+    client.delete_run(lost.info.run_id)
     third = _sweep(_cfg("sweep.trials=6"))
     assert third.trials == [] and third.finished == 6
     assert third.best_number == second.best_number
+    again = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{second.parent_run_id}'")
+    assert sorted(c.data.tags["trainflow.trial"] for c in again) == sorted(
+        c.data.tags["trainflow.trial"] for c in children)
+    rewritten = next(c for c in again if c.data.tags["trainflow.trial"] == lost.data.tags[
+        "trainflow.trial"])
+    assert rewritten.data.params == lost.data.params
+    assert rewritten.data.metrics.keys() == lost.data.metrics.keys()
 
 
 def test_seeded_sweep_is_reproducible(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
