@@ -16,6 +16,7 @@ all written before the trial returns.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
@@ -224,8 +225,11 @@ def run_trial(
     try:
         trained = fit(data, cfg, root, key, track=False, callbacks=[pruning],
                       logger=CurvesLogger(root))
-    finally:
-        pruning.wait()  # the reports are in the study before it is told (or the error raised)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the fit's error is the one to raise
+            pruning.wait()
+        raise
+    pruning.wait()  # the reports are in the study before it is told
     curve = pruning.curve
     best = (min if sw.mode == "min" else max)(curve.values()) if curve else None
     outcome = TrialOutcome(value=best, pruned=pruning.pruned, epochs=trained.epochs,
