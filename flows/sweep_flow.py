@@ -12,7 +12,10 @@ study at a time (``flows/sweep_lock.py``). The flow takes a YAML path and overri
 pipeline, and starts its own task runner, so ``trainflow serve --sweep`` and the deployments
 schedule it unchanged.
 
-What a trial costs beyond its fit, and what was cut: ``bench/sweep.py``, ``bench/RESULTS.md``.
+Nothing on a trial's path waits for a database commit: each trial's MLflow child run is written
+from its ``curves.jsonl`` on a background thread while the next trial trains
+(``flows/sweep_runs.py``). What a trial costs beyond its fit, and what was cut:
+``bench/sweep.py``, ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
