@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache  # pyproject.toml [tool.importlinter]: flows -> tasks -> trainer
-.venv/bin/python -m pytest -q --durations=25 "$@"
+# two workers, a test file each at a time (its module fixtures stay in one process): most tests
+# wait on subprocesses and servers, so the two cores overlap them (CI has two)
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 "$@"
