@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tasks.settings import configure_environment, home_dir, results_dir, stage_dir
+from tasks.settings import configure_environment, home_dir, stage_dir
 
 configure_environment()  # before prefect is imported: PREFECT_HOME inside the project
 
@@ -270,7 +270,6 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     pipe.data = data
     out.parent_run_id = parent = _parent_run(cfg, study, name)
     space = distributions(sweep)
-    runner_task = trial_task.with_options(result_storage=results_dir(home), persist_result=True)
 
     def folder_of(t: Any) -> tuple[Path, str]:  # its key follows from its params
         key = trial_key(data, with_params(cfg, t.params))
@@ -283,8 +282,8 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     try:
         with runner:  # started here whatever the flow's own runner is (a schedule: the default)
             while (todo := sweep.trials - _finished(study)) > 0:
-                _round(cfg, study, space, min(sweep.parallel, todo), runner, runner_task, data,
-                       str(home), storage, runs, out)
+                _round(cfg, study, space, min(sweep.parallel, todo), runner, trial_task, data,
+                       home, storage, runs, out)
         child_runs = runs.close(study, folder_of, data.content_hash)
     finally:
         runs.shutdown()  # the queued child runs are written whatever happened
@@ -321,26 +320,32 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
 
 def _round(
     cfg: PipelineConfig, study: Any, space: dict[str, Any], n: int, runner: Any, task: Any,
-    data: Any, home: str, storage: str, runs: ChildRuns, out: SweepResult,
+    data: Any, home: Path, storage: str, runs: ChildRuns, out: SweepResult,
 ) -> None:
     """Ask ``n`` trials, run them at once on ``runner``, tell their outcomes in asked order;
-    their child runs are queued on ``runs``."""
+    their child runs are queued on ``runs``.
+
+    A trial whose folder already holds its ``trial.json`` is served from it (``cached``): the
+    task reads it back instead of fitting, and its curve is replayed to the study on tell.
+    """
     running = []
     for t in [study.ask(space) for _ in range(n)]:
-        params = {"data": data, "cfg": with_params(cfg, t.params), "home": home, "storage": storage,
+        tcfg = with_params(cfg, t.params)
+        key = trial_key(data, tcfg)  # once per trial: the task and the flow both use it
+        folder = stage_dir("trial", home) / key
+        params = {"data": data, "cfg": tcfg, "key": key, "home": str(home), "storage": storage,
                   "study_name": out.study_name, "trial_id": t._trial_id}
-        running.append((t, runner.submit(task, params)))
-    for t, fut in running:
+        cached = (folder / "trial.json").exists()
+        running.append((t, folder, cached, runner.submit(task, params)))
+    for t, folder, cached, fut in running:
         fut.wait()
         try:
             outcome = fut.result()
         except BaseException:
             study.tell(t, state=TrialState.FAIL)
             raise
-        cached = fut.state.name == "Cached"
         finished = _tell(study, t, outcome, cached)
         state = "pruned" if outcome.pruned else "complete"
-        folder = stage_dir("trial", Path(home)) / outcome.cache_key
         runs.submit(finished, folder, state, data.content_hash, outcome.cache_key)
         out.trials.append(TrialRecord(
             number=t.number, params=t.params, value=outcome.value, epochs=outcome.epochs,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import PipelineConfig, SweepConfig
@@ -238,20 +239,22 @@ def run_trial(
     return outcome
 
 
-def _cache_key(context: object, params: dict) -> str:
-    return "trial-" + trial_key(params["data"], params["cfg"])
-
-
-@task(name="trial", cache_key_fn=_cache_key, persist_result=True)
+@task(name="trial", cache_policy=NO_CACHE, persist_result=False)
 def trial(
     data: DatasetRef,
     cfg: PipelineConfig,
+    key: str,
     home: str,
     storage: str,
     study_name: str,
     trial_id: int,
 ) -> TrialOutcome:
-    """Prefect task: one trial, reporting to the study in ``storage`` (any worker can reach it)."""
+    """Prefect task: one trial, reporting to the study in ``storage`` (any worker can reach it).
+
+    ``key`` is :func:`trial_key` of ``data`` and ``cfg``, computed once by the flow. The trial's
+    own folder is its cache (``trial.json``, read back by :func:`run_trial`), so Prefect neither
+    looks up nor persists a result: that was ≈ 10 ms a trial for a second copy of it.
+    """
     import optuna
 
     from tasks.settings import stage_dir
@@ -259,6 +262,5 @@ def trial(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
                               pruner=make_pruner(cfg.sweep or SweepConfig()))
-    key = trial_key(data, cfg)
     return run_trial(data, cfg, stage_dir("trial", Path(home)) / key, key,
                      optuna.trial.Trial(study, trial_id))
