@@ -15,7 +15,10 @@ schedule it unchanged.
 Nothing on a trial's path waits for a database commit: each trial's MLflow child run is written
 from its ``curves.jsonl`` on a background thread while the next trial trains
 (``flows/sweep_runs.py``). What a trial costs beyond its fit, and what was cut:
-``bench/sweep.py``, ``bench/RESULTS.md``.
+``bench/sweep.py``, ``bench/RESULTS.md``. Measured per trial (16 × 15 epochs, 2 cores): TPE's
+ask 25-35 ms and tell 10-15 ms, nearly all SQLAlchemy round trips to the study database (the
+same asks on Optuna's in-memory storage: 1.3 ms and 0.1 ms); the Prefect task ≈ 30 ms; the child
+run's ≈ 100-170 ms of writes on its thread slow the next ask by ≈ 20 ms (the GIL).
 """
 
 from __future__ import annotations
