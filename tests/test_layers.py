@@ -43,22 +43,23 @@ def test_pristine_packages_keep_the_contracts(copy: Path) -> None:
     assert "0 broken" in proc.stdout
 
 
-def test_trainer_importing_flows_breaks_the_contracts(copy: Path) -> None:
-    module = copy / "trainer" / "seed.py"
-    module.write_text(module.read_text() + "\nimport flows  # noqa: E402,F401\n")
+def _broken_by(copy: Path, module: str, line: str) -> str:
+    """lint-imports' output once ``line`` is appended to ``module`` in the copy; it must fail."""
+    path = copy / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa: E402,F401\n")
     proc = _lint(copy)
     assert proc.returncode != 0, proc.stdout
-    out = proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_trainer_importing_flows_breaks_the_contracts(copy: Path) -> None:
+    out = _broken_by(copy, "trainer/seed.py", "import flows")
     assert "BROKEN" in out
     assert "trainer.seed -> flows" in out, out
 
 
 def test_a_circle_between_sibling_modules_breaks_the_contracts(copy: Path) -> None:
     """flows/sweep.py once imported flows/cli.py, which imports it: no ignore line hides that."""
-    module = copy / "flows" / "sweep.py"
-    module.write_text(module.read_text() + "\nimport flows.cli  # noqa: E402,F401\n")
-    proc = _lint(copy)
-    assert proc.returncode != 0, proc.stdout
-    out = proc.stdout + proc.stderr
+    out = _broken_by(copy, "flows/sweep.py", "import flows.cli")
     assert "no import circles between the modules of a package BROKEN" in out, out
     assert ".sweep -> .cli" in out, out
