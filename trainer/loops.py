@@ -348,7 +348,7 @@ class FitLoop:
             c.interval == "step" and not c.reduce_on_plateau for c in t.lr_scheduler_configs)
         plateau_scheds = automatic and any(
             c.interval == "step" and c.reduce_on_plateau for c in t.lr_scheduler_configs)
-        last = True  # (manual optimization: every batch ends a "window")
+        first = last = True  # (manual optimization: every batch ends a "window")
         max_steps = t.max_steps if t.max_steps != -1 else math.inf
         log_every = t.log_every_n_steps if t.loggers and t.is_global_zero else 0
         no_sync = t.strategy.no_sync if t.strategy.world_size > 1 and accum > 1 else None
@@ -373,9 +373,9 @@ class FitLoop:
                     break  # the module's on_train_batch_start returned -1: end the epoch
 
                 if automatic:
-                    first = accum == 1 or batch_idx % accum == 0
-                    last = accum == 1 or (batch_idx + 1) % accum == 0 or (
-                        batch_idx + 1 == n_batches)
+                    if accum > 1:  # (else every batch is a whole window: first = last = True)
+                        first = batch_idx % accum == 0
+                        last = (batch_idx + 1) % accum == 0 or batch_idx + 1 == n_batches
                     if no_sync is None or last:
                         stepped = opt.training_batch(batch, batch_idx, first, last)
                     else:  # DDP skips the gradient all-reduce only when forward AND backward
