@@ -15,9 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from trainer.loggers.mlflow import write_rows
-
-_MAX_PARAMS = 100  # MLflow: params per log_batch call
+from trainer.loggers.mlflow import write_params, write_rows
 
 
 class ChildRuns:
@@ -78,7 +76,7 @@ class ChildRuns:
 
     def _write(self, trial: Any, folder: Path, state: str, data_hash: str,
                key: str) -> tuple[int, str]:
-        from mlflow.entities import Param, RunStatus
+        from mlflow.entities import RunStatus
 
         from tasks.trial import read_curves
 
@@ -97,10 +95,8 @@ class ChildRuns:
             self._experiment, run_name=f"trial-{trial.number}", tags=tags,
             start_time=int(start.timestamp() * 1000) if start else None)
         run_id = run.info.run_id
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), _MAX_PARAMS):
-            self.client.log_batch(run_id, params=items[i: i + _MAX_PARAMS])
-        write_rows(self.client, run_id, rows, {}, None, [None])
+        write_params(self.client, run_id, params)
+        write_rows(self.client, run_id, rows, keymap={}, history=None, last_epoch=[None])
         end = trial.datetime_complete
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED),
                                    end_time=int(end.timestamp() * 1000) if end else None)

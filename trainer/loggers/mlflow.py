@@ -295,8 +295,6 @@ class MLflowLogger(Logger):
         if global_rank() != 0:
             return
         self._ensure_run()
-        from mlflow.entities import Param
-
         flat = {_sanitize_key(k): v for k, v in flatten_params(params).items()}
         existing = self._client.get_run(self._run_id).data.params
         changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
@@ -307,9 +305,8 @@ class MLflowLogger(Logger):
                 changed[:10],
                 self._run_id,
             )
-        items = [Param(k, v) for k, v in flat.items() if k not in existing]
-        for i in range(0, len(items), _MAX_PARAMS):
-            self._client.log_batch(self._run_id, params=items[i : i + _MAX_PARAMS])
+        write_params(self._client, self._run_id,
+                     {k: v for k, v in flat.items() if k not in existing})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer metric values at ``step`` (written at the next epoch end; no I/O here)."""
@@ -593,6 +590,16 @@ def _as_floats(rows: list[tuple[float, int, Mapping[str, Any]]]) -> list[list[fl
         for (i, j), v in zip(slots, flat):
             out[i][j] = v
     return out
+
+
+def write_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
+    """Log ``params`` (flat ``name -> str``) into ``run_id``, keys made valid for MLflow, at
+    most 100 per ``log_batch`` call."""
+    from mlflow.entities import Param
+
+    items = [Param(_sanitize_key(k), v) for k, v in params.items()]
+    for i in range(0, len(items), _MAX_PARAMS):
+        client.log_batch(run_id, params=items[i : i + _MAX_PARAMS])
 
 
 def write_rows(
