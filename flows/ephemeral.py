@@ -51,6 +51,7 @@ __all__ = ["EphemeralAPI", "start"]
 MARKER = "trainflow-api.json"
 _RECORD_TIMEOUT_S = 5.0  # at most this long for the server to record the last task-run states
 _FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the API: no proxy
 _PREFECT_DB_VARS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
@@ -98,7 +99,6 @@ class EphemeralAPI:
             timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
                             or 90)
         deadline = self.started_at + timeout
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
@@ -108,7 +108,7 @@ class EphemeralAPI:
                     "why, or set TRAINFLOW_FAST_API=0 to let Prefect start it"
                 )
             try:
-                with opener.open(f"{self.api_url}/health", timeout=2) as resp:
+                with _LOOPBACK.open(f"{self.api_url}/health", timeout=2) as resp:
                     if resp.status == 200:
                         self.healthy_after = time.monotonic() - self.started_at
                         if self.migrated:
@@ -190,13 +190,12 @@ class EphemeralAPI:
 
     def _read_all(self, path: str, body: dict) -> list[dict]:
         """Every object a ``.../filter`` endpoint returns, page by page."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         out: list[dict] = []
         while True:
             page = {**body, "offset": len(out), "limit": 200}
             req = urllib.request.Request(f"{self.api_url}{path}", json.dumps(page).encode(),
                                          {"Content-Type": "application/json"})
-            with opener.open(req, timeout=5) as resp:
+            with _LOOPBACK.open(req, timeout=5) as resp:
                 got = json.loads(resp.read())
             out += got
             if len(got) < 200:
