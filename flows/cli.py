@@ -538,7 +538,16 @@ def sweep(
         acquire(storage or cfg.sweep.storage or default_storage(home_dir()), study_name(cfg))
     except StudyBusy as err:
         _fail(str(err), 1)
-    if sys.stderr.isatty():
+    interactive = sys.stderr.isatty()
+    _exit_on_signals()  # SIGTERM / SIGHUP: exit handlers stop Prefect's local API
+    with _logs_to_file("sweep"):  # as `run`: the libraries' output goes to the log file
+        result = _run_sweep(cfg, storage, dask_address, interactive)
+    _print_sweep(result)
+
+
+def _run_sweep(cfg, storage: str | None, dask_address: str | None,  # noqa: ANN001
+               interactive: bool) -> Any:
+    if interactive and _VERBOSE:  # the bar needs the terminal's stderr
         os.environ.setdefault("TRAINFLOW_PROGRESS", "1")
     from flows import ephemeral
 
@@ -550,12 +559,13 @@ def sweep(
 
     try:
         with api.use() if api is not None else heartbeats_if_configured():
-            result = run_sweep(cfg, storage, dask_address)
+            return run_sweep(cfg, storage, dask_address)
     except (ConfigError, DataError, StageError) as err:
         _fail(str(err), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; run again to continue where it stopped", 130)
     except Exception as err:  # noqa: BLE001 - one line for the user; Prefect logged the trace
         _fail(f"{type(err).__name__}: {err}", 1)
-    _print_sweep(result)
 
 
 def _print_sweep(result: Any) -> None:

@@ -204,3 +204,24 @@ def test_cli_refuses_a_bad_space_key_in_one_line(tmp_path: Path) -> None:
         "error: sweep.space.trainer.lrr: not a usable config key "
         "(trainer.lrr: unknown key (remove it or check the spelling))"]
     assert not (tmp_path / ".trainflow").exists()  # refused before anything ran
+
+
+def test_cli_sweep_keeps_the_libraries_output_in_its_log_file(tmp_path: Path) -> None:
+    """As `run`: Prefect's logs and the trials' model summaries go to the log file; a failing
+    sweep ends with the log's path and one line saying why."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRAINFLOW_PROJECT_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "sweep", "--trials", "1",
+         "--set", "trainer.max_epochs=1", "--set", "sweep.objective=nope"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr[-3000:]
+    assert lines[0].startswith("full log: ") and lines[1].startswith("error: sweep.objective:")
+    log = Path(lines[0].removeprefix("full log: "))
+    assert log.parent == tmp_path / ".trainflow" / "logs"
+    assert "Beginning flow run" in log.read_text()  # Prefect's logs are there instead
