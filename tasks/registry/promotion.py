@@ -2,7 +2,8 @@
 
 Read the candidate and the current champion, decide (tasks/registry/gate.py), move the alias,
 record the decision on the candidate: all under the registry lock, so of two racing promotions
-the later one compares against the earlier one's result.
+the later one compares against the earlier one's result. A version that already holds the alias
+(a rerun) is answered from one read, without the lock, and its record is left as it was.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def promote(
     uri = store_uri(tracking_uri)
     client = client_for(uri)
     version = str(version)
+    gate = {"metric": metric, "mode": mode, "min_delta": float(min_delta), "alias": alias,
+            "require_verified": require_verified}
+    holder = alias_version(client, name, alias)
+    if holder is not None and str(holder.version) == version:
+        # Already the alias holder (a rerun of a finished pipeline): nothing to move, so no
+        # lock and no write, and the record of why it was promoted stays on it.
+        return _decision(name, holder, holder, **gate)
     with registry_lock(uri, name=name):
         try:
             cand = client.get_model_version(name, version)
@@ -57,46 +65,54 @@ def promote(
                     f"promote: no version {version} of registered model {name!r} in {uri}"
                 ) from None
             raise
-        current = alias_version(client, name, alias)
-        champ_version = str(current.version) if current is not None else None
-        champ_value = (
-            to_float(current.tags.get(METRIC_TAG + metric)) if current is not None else None
-        )
-        cand_value = to_float(cand.tags.get(METRIC_TAG + metric))
-        promoted, reason = decide(
-            version=version,
-            metric=metric,
-            mode=mode,
-            min_delta=float(min_delta),
-            alias=alias,
-            candidate_value=cand_value,
-            recorded_metrics=sorted(
-                k[len(METRIC_TAG) :] for k in cand.tags if k.startswith(METRIC_TAG)
-            ),
-            verified=cand.tags.get(f"{TAG_PREFIX}export_verified", "unknown"),
-            require_verified=require_verified,
-            champion_version=champ_version,
-            champion_value=champ_value,
-        )
-        decision = PromotionDecision(
-            name=name,
-            version=version,
-            alias=alias,
-            metric=metric,
-            mode=mode,
-            min_delta=float(min_delta),
-            promoted=promoted,
-            reason=reason,
-            candidate_value=cand_value,
-            champion_version=champ_version,
-            champion_value=champ_value,
-            decided_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        )
-        if promoted:
+        current = alias_version(client, name, alias)  # again: it may have moved meanwhile
+        decision = _decision(name, cand, current, **gate)
+        if decision.promoted:
             client.set_registered_model_alias(name, alias, version)
-            if champ_version is not None:
+            if decision.champion_version is not None:
                 client.set_model_version_tag(
-                    name, champ_version, f"{TAG_PREFIX}superseded_by", version
+                    name, decision.champion_version, f"{TAG_PREFIX}superseded_by", version
                 )
         client.set_model_version_tag(name, version, DECISION_TAG, decision.to_json())
     return decision
+
+
+def _decision(
+    name: str, cand: object, current: object | None, *, metric: str, mode: str,
+    min_delta: float, alias: str, require_verified: bool,
+) -> PromotionDecision:
+    """The gate's decision for candidate version ``cand`` against the alias holder ``current``
+    (both MLflow ``ModelVersion``s; ``current`` None when the alias is unset)."""
+    version = str(cand.version)
+    champ_version = str(current.version) if current is not None else None
+    champ_value = to_float(current.tags.get(METRIC_TAG + metric)) if current is not None else None
+    cand_value = to_float(cand.tags.get(METRIC_TAG + metric))
+    promoted, reason = decide(
+        version=version,
+        metric=metric,
+        mode=mode,
+        min_delta=min_delta,
+        alias=alias,
+        candidate_value=cand_value,
+        recorded_metrics=sorted(
+            k[len(METRIC_TAG) :] for k in cand.tags if k.startswith(METRIC_TAG)
+        ),
+        verified=cand.tags.get(f"{TAG_PREFIX}export_verified", "unknown"),
+        require_verified=require_verified,
+        champion_version=champ_version,
+        champion_value=champ_value,
+    )
+    return PromotionDecision(
+        name=name,
+        version=version,
+        alias=alias,
+        metric=metric,
+        mode=mode,
+        min_delta=min_delta,
+        promoted=promoted,
+        reason=reason,
+        candidate_value=cand_value,
+        champion_version=champ_version,
+        champion_value=champ_value,
+        decided_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )

@@ -118,6 +118,9 @@ def test_promotion_gate_both_ways(store_uri: str, exports) -> None:
     assert client.get_model_version(name, v1).tags["trainflow.superseded_by"] == v3
     again = promote(name, v3, "acc", "max", 0.0, tracking_uri=store_uri)
     assert not again.promoted and "already the champion" in again.reason
+    # a rerun's promote leaves the record of why v3 became champion as it was
+    kept = json.loads(client.get_model_version(name, v3).tags["trainflow.promotion_decision"])
+    assert kept["promoted"] is True and kept["champion_version"] == v1
     # "min" mode on the same numbers: lower is better, v1 (0.80) beats v3 (0.95)
     d4 = promote(name, v1, "acc", "min", 0.0, tracking_uri=store_uri)
     assert d4.promoted and d4.champion_value == 0.95
