@@ -400,3 +400,17 @@ def test_an_optimizer_of_the_users_own_gets_the_closure():
 
     t = _fit(M())
     assert TwoEvals.calls == 4 and M.steps == 8 and t.global_step == 4
+
+
+def test_fit_inside_no_grad_trains_as_outside():
+    """fit called under torch.no_grad() still computes gradients (the optimization enables
+    them for training_step, as Lightning's closure does) and gives the same weights."""
+    ref, inside = TinyModule(), TinyModule()
+    inside.load_state_dict(ref.state_dict())
+    torch.manual_seed(1)  # (dropout draws from the global generator)
+    _t(max_epochs=2).fit(ref, make_loader(make_data(n=32), batch_size=8))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        _t(max_epochs=2).fit(inside, make_loader(make_data(n=32), batch_size=8))
+    assert torch.equal(flat(ref), flat(inside))
+    assert not torch.equal(flat(ref), flat(TinyModule()))
