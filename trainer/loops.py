@@ -407,6 +407,11 @@ class FitLoop:
                     outs = batch_output(out, accum, automatic) if build_outputs else None
                     for f in batch_end:
                         f(outs, batch, batch_idx - 1)
+                    outs = None
+                # the step's output (the loss and its autograd graph) goes now, not once the
+                # next step has run: held, the next step allocates all its tensors before the
+                # graph's memory is freed, which costs time in malloc on a small model
+                out = None
                 if val_every and (
                         self.batches_total if val_across else batch_idx) % val_every == 0:
                     ctx.validate(val_dls)
