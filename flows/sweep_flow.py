@@ -49,6 +49,7 @@ from flows.sweep import (  # noqa: E402
 )
 from flows.sweep_lock import study_lock  # noqa: E402
 from flows.sweep_runs import ChildRuns  # noqa: E402
+from flows.sweep_study import SweepStudy  # noqa: E402
 from tasks.config import PipelineConfig, load_config  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.export import export  # noqa: E402
@@ -60,11 +61,11 @@ from tasks.types import RegistryRef, StageError  # noqa: E402
 SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
 
 
-def open_study(cfg: PipelineConfig, storage: str, name: str) -> Any:
-    """Create or load the study; a trial a killed run left RUNNING is failed and re-queued."""
+def open_study(cfg: PipelineConfig, storage: str, name: str) -> SweepStudy:
+    """The study, loaded from its database into memory (created there on the first run)."""
     import optuna
 
-    from tasks.trial import make_pruner, open_storage
+    from tasks.trial import make_pruner
 
     sweep = sweep_section(cfg)
     seed = cfg.trainer.seed
@@ -72,15 +73,9 @@ def open_study(cfg: PipelineConfig, storage: str, name: str) -> Any:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.startup_trials)
-    study = optuna.create_study(
-        storage=open_storage(storage), study_name=name, sampler=sampler, pruner=make_pruner(sweep),
-        direction="minimize" if sweep.mode == "min" else "maximize", load_if_exists=True,
-    )
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        # Its fit left a checkpoint under the same key: asking the same params resumes it.
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"resumes": t.number})
-    return study
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return SweepStudy(storage, name, sampler, make_pruner(sweep),
+                      "minimize" if sweep.mode == "min" else "maximize")
 
 
 # ------------------------------------------------------------------------------- the flow
@@ -139,12 +134,12 @@ def _tracking_client(cfg: PipelineConfig) -> Any:
     return _client(cfg.tracking.uri)
 
 
-def _parent_run(cfg: PipelineConfig, study: Any, name: str) -> str:
+def _parent_run(cfg: PipelineConfig, study: SweepStudy, name: str) -> str:
     """The sweep's MLflow run (created once per study; a rerun continues it)."""
     from trainer.loggers.mlflow_store import get_or_create_experiment
 
     client = _tracking_client(cfg)
-    prior = study.user_attrs.get("mlflow_parent_run_id")
+    prior = study.study.user_attrs.get("mlflow_parent_run_id")
     if prior:
         return prior
     exp = get_or_create_experiment(client, cfg.tracking.experiment, cfg.tracking.uri)
@@ -164,20 +159,15 @@ def _finished(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def _tell(study: Any, t: Any, outcome: TrialOutcome, cached: bool) -> Any:
-    """Record the outcome (returns the finished trial); a cached trial's curve is replayed so
-    the pruner sees its history."""
-    from optuna.trial import TrialState
-
-    if cached:
-        for step, value in sorted(outcome.curve.items()):
-            t.report(value, step)
+def _tell(study: SweepStudy, t: Any, outcome: TrialOutcome) -> Any:
+    """Record the outcome with its curve (the worker reported it to its own copy of the study);
+    returns the finished trial."""
     if outcome.pruned:
-        return study.tell(t, state=TrialState.PRUNED)
+        return study.tell(t, state=TrialState.PRUNED, curve=outcome.curve)
     if outcome.value is None:
-        study.tell(t, state=TrialState.FAIL)
+        study.tell(t, state=TrialState.FAIL, curve=outcome.curve)
         raise StageError(f"sweep.objective: trial {t.number} never validated; set data.split.val")
-    return study.tell(t, outcome.value)
+    return study.tell(t, outcome.value, curve=outcome.curve)
 
 
 def _log_summary(cfg: PipelineConfig, study: Any, run_id: str) -> None:
@@ -262,7 +252,7 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     store = store_identity(cfg.tracking.uri)  # part of the keys of the stages writing to it
     sweep = sweep_section(cfg)
     home = home_dir()
-    study = open_study(cfg, storage, name)
+    study = open_study(cfg, storage, name)  # ask, tell through it; read study.study
     pipe = PipelineResult(home=home, flow_run_id=flow_run.get_id())
     out = SweepResult(study_name=name, storage=storage, pipeline=pipe)
     r = cfg.retries
@@ -284,18 +274,18 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     t0 = time.perf_counter()
     try:
         with runner:  # started here whatever the flow's own runner is (a schedule: the default)
-            while (todo := sweep.trials - _finished(study)) > 0:
+            while (todo := sweep.trials - _finished(study.study)) > 0:
                 _round(cfg, study, space, min(sweep.parallel, todo), runner, trial_task, data,
-                       home, storage, runs, out)
-        child_runs = runs.close(study, folder_of, data.content_hash)
+                       home, runs, out)
+        child_runs = runs.close(study.study, folder_of, data.content_hash)
     finally:
         runs.shutdown()  # the queued child runs are written whatever happened
     out.trial_seconds = time.perf_counter() - t0
-    out.finished = _finished(study)
+    out.finished = _finished(study.study)
 
-    best = study.best_trial
+    best = study.study.best_trial
     out.best_number, out.best_params, out.best_value = best.number, best.params, best.value
-    _log_summary(cfg, study, parent)
+    _log_summary(cfg, study.study, parent)
     bcfg = with_params(cfg, best.params)
     outcome = TrialOutcome.model_validate_json((folder_of(best)[0] / "trial.json").read_text())
     # evaluate logs into the best trial's child run, as the train stage's run in `run`
@@ -322,22 +312,26 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
 
 
 def _round(
-    cfg: PipelineConfig, study: Any, space: dict[str, Any], n: int, runner: Any, task: Any,
-    data: Any, home: Path, storage: str, runs: ChildRuns, out: SweepResult,
+    cfg: PipelineConfig, study: SweepStudy, space: dict[str, Any], n: int, runner: Any,
+    task: Any, data: Any, home: Path, runs: ChildRuns, out: SweepResult,
 ) -> None:
     """Ask ``n`` trials, run them at once on ``runner``, tell their outcomes in asked order;
     their child runs are queued on ``runs``.
 
     A trial whose folder already holds its ``trial.json`` is served from it (``cached``): the
-    task reads it back instead of fitting, and its curve is replayed to the study on tell.
+    task reads it back instead of fitting. Each trial is pruned against the study's finished
+    trials as the round starts (the median pruner looks at COMPLETE ones only, and they change
+    only between rounds), so no worker needs the database.
     """
+    history = study.study.get_trials(deepcopy=False,
+                                     states=(TrialState.COMPLETE, TrialState.PRUNED))
     running = []
-    for t in [study.ask(space) for _ in range(n)]:
+    for t, asked in [study.ask(space) for _ in range(n)]:
         tcfg = with_params(cfg, t.params)
         key = trial_key(data, tcfg)  # once per trial: the task and the flow both use it
         folder = stage_dir("trial", home) / key
-        params = {"data": data, "cfg": tcfg, "key": key, "home": str(home), "storage": storage,
-                  "study_name": out.study_name, "trial_id": t._trial_id}
+        params = {"data": data, "cfg": tcfg, "key": key, "home": str(home), "asked": asked,
+                  "history": history}
         cached = (folder / "trial.json").exists()
         running.append((t, folder, cached, runner.submit(task, params)))
     for t, folder, cached, fut in running:
@@ -347,7 +341,7 @@ def _round(
         except BaseException:
             study.tell(t, state=TrialState.FAIL)
             raise
-        finished = _tell(study, t, outcome, cached)
+        finished = _tell(study, t, outcome)
         state = "pruned" if outcome.pruned else "complete"
         runs.submit(finished, folder, state, data.content_hash, outcome.cache_key)
         out.trials.append(TrialRecord(

@@ -7,21 +7,17 @@ a rerun of the same trial is served from cache, and a trial killed mid-fit resum
 ``last.ckpt`` like the train stage. A pruned fit lives in its own folder, never in the train
 stage's, so ``trainflow run`` with the same config never picks up a model cut short.
 
-Nothing in a trial waits for a database commit (each waits 10-35 ms for the disk on SQLite,
-a dozen per trial were half a 15-epoch trial's overhead): the Trainer logs into ``curves.jsonl``
-in the trial's folder (the flow writes the MLflow child run from it, off the trials' path:
-``flows/sweep_runs.py``), and the objective's reports go to the study on a background thread,
-all written before the trial returns.
+A trial touches no database: the Trainer logs into ``curves.jsonl`` in the trial's folder (the
+flow writes the MLflow child run from it, off the trials' path: ``flows/sweep_runs.py``), and
+the pruner judges the trial against a copy of the study in memory (:class:`OptunaPruning`); the
+flow records the outcome in the study (``flows/sweep_study.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import sqlite3
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,25 +52,46 @@ class TrialOutcome(BaseModel):
 
 
 class OptunaPruning(Callback):
-    """Report ``monitor`` to an Optuna trial after each validation; stop when it should prune.
+    """Report ``monitor`` to the trial after each validation; stop when the pruner says so.
+
+    The trial lives in a study of its own, in memory: ``history``, the trials the sweep's study
+    had finished when this one was asked, and the trial itself. Optuna's pruners judge a trial
+    by its own reports against finished trials (the median pruner: COMPLETE ones only), and the
+    sweep tells trials only at the end of each round, so this copy decides what the study would,
+    without the database. The sweep reports the curve to its study when it tells the trial.
 
     Lightning's integration raises ``TrialPruned`` from ``on_validation_end``; here the fit ends
     cleanly instead (``trainer.should_stop``), so the checkpoint and the curves are closed as
-    usual, and the caller tells Optuna the trial was pruned. The pruner decides on the curve
-    kept here; the reports are written to the study on a background thread (a commit each),
-    and :meth:`wait` (before the trial is told) has them all in, or raises the first error.
+    usual, and the sweep tells Optuna the trial was pruned.
     """
 
-    def __init__(self, trial: Any, monitor: str) -> None:
-        self.trial = trial
+    def __init__(self, trial: Any, monitor: str, pruner: Any, direction: str,
+                 history: Sequence[Any] = ()) -> None:
         self.monitor = monitor
         self.pruned = False
         self.curve: dict[int, float] = {}
-        self._writer: ThreadPoolExecutor | None = None
-        self._writes: list[Future[Any]] = []
+        self._template = trial  # params and distributions: a FrozenTrial or a Trial
+        self._pruner = pruner
+        self._direction = direction
+        self._history = list(history)
+        self._trial: Any = None  # made on first use, in the process that fits
 
-    def __getstate__(self) -> dict[str, Any]:  # pickled to DDP workers: no thread
-        return {**self.__dict__, "_writer": None, "_writes": []}
+    def __getstate__(self) -> dict[str, Any]:  # pickled to DDP workers: each makes its own
+        return {**self.__dict__, "_trial": None}
+
+    def _own_trial(self) -> Any:
+        import optuna
+
+        storage = optuna.storages.InMemoryStorage()
+        study = optuna.create_study(storage=storage, pruner=self._pruner,
+                                    direction=self._direction)
+        sid = storage.get_study_id_from_name(study.study_name)
+        for t in self._history:
+            storage.create_new_trial(sid, template_trial=t)
+        me = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING, params=self._template.params,
+            distributions=self._template.distributions)
+        return optuna.trial.Trial(study, storage.create_new_trial(sid, template_trial=me))
 
     def on_validation_end(self, trainer: Any, module: Any) -> None:
         if trainer.sanity_checking:
@@ -86,29 +103,14 @@ class OptunaPruning(Callback):
                 f"sweep.objective: {self.monitor!r} is not logged at validation "
                 f"(the model logs {logged}); pick one of those"
             )
-        import optuna
-
         step, value = int(trainer.current_epoch), float(value)
         self.curve[step] = value
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="optuna-report")
-        self._writes.append(self._writer.submit(self.trial.report, value, step))
-        # What Trial.should_prune() asks the pruner, on this curve instead of the stored one.
-        seen = optuna.trial.create_trial(
-            state=optuna.trial.TrialState.RUNNING, params=self.trial.params,
-            distributions=self.trial.distributions, intermediate_values=dict(self.curve))
-        if self.trial.study.pruner.prune(self.trial.study, seen):
+        if self._trial is None:
+            self._trial = self._own_trial()
+        self._trial.report(value, step)
+        if self._trial.should_prune():
             self.pruned = True
             trainer.should_stop = True
-
-    def wait(self) -> None:
-        """Until every report is in the study; the first failed one is raised here."""
-        writes, self._writes = self._writes, []
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-            self._writer = None
-        for w in writes:
-            w.result()
 
 
 class CurvesLogger(Logger):
@@ -167,38 +169,6 @@ def make_pruner(sweep: SweepConfig) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=sweep.warmup_epochs)
 
 
-@functools.cache
-def open_storage(url: str) -> Any:
-    """The study database, opened once per process and shared by its threads.
-
-    Opening one checks its schema with alembic (≈ 0.3 s): once per trial it was a third of a
-    small trial's overhead. A SQLite file is switched to write-ahead logging (kept in the file)
-    and its connections to ``synchronous=NORMAL``: each report (one per epoch) and tell commits
-    without waiting for the disk (10-40 ms each with the rollback journal on a busy machine).
-    A crash of the process loses nothing; a power cut may lose the last reports, never the
-    file's consistency, and a trial that lost its end is asked again.
-    """
-    import optuna
-
-    db = url.removeprefix("sqlite:///")
-    sqlite = db != url and "?" not in db and db != ":memory:"
-    if sqlite:
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(db) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.close()
-    rdb = optuna.storages.RDBStorage(url)
-    if sqlite:
-        from sqlalchemy import event
-
-        def _no_wait(conn: Any, _record: Any) -> None:
-            conn.execute("PRAGMA synchronous=NORMAL")
-
-        event.listen(rdb.engine, "connect", _no_wait)
-        rdb.engine.dispose()  # the connections opened while checking the schema lack it
-    return optuna.storages.get_storage(rdb)
-
-
 def trial_key(data: DatasetRef, cfg: PipelineConfig) -> str:
     """Cache key: the train stage's key for this config, plus the objective and the pruner."""
     sw = cfg.sweep or SweepConfig()
@@ -214,23 +184,23 @@ def trial_key(data: DatasetRef, cfg: PipelineConfig) -> str:
 
 
 def run_trial(
-    data: DatasetRef, cfg: PipelineConfig, root: Path, key: str, trial: Any
+    data: DatasetRef, cfg: PipelineConfig, root: Path, key: str, trial: Any,
+    history: Sequence[Any] = (),
 ) -> TrialOutcome:
-    """Fit one trial into ``root`` without Prefect (resumes; a finished one is read back)."""
+    """Fit one trial into ``root`` without Prefect (resumes; a finished one is read back).
+
+    ``trial``: its params and distributions (an Optuna FrozenTrial or Trial); ``history``: the
+    study's finished trials when it was asked (FrozenTrials), what the pruner compares it with.
+    """
     done = root / "trial.json"
     if done.exists():
         return TrialOutcome.model_validate_json(done.read_text())
     sw = cfg.sweep or SweepConfig()
-    pruning = OptunaPruning(trial, sw.objective)
+    pruning = OptunaPruning(trial, sw.objective, make_pruner(sw),
+                            "minimize" if sw.mode == "min" else "maximize", history)
     root.mkdir(parents=True, exist_ok=True)
-    try:
-        trained = fit(data, cfg, root, key, track=False, callbacks=[pruning],
-                      logger=CurvesLogger(root))
-    except BaseException:
-        with contextlib.suppress(Exception):  # the fit's error is the one to raise
-            pruning.wait()
-        raise
-    pruning.wait()  # the reports are in the study before it is told
+    trained = fit(data, cfg, root, key, track=False, callbacks=[pruning],
+                  logger=CurvesLogger(root))
     curve = pruning.curve
     best = (min if sw.mode == "min" else max)(curve.values()) if curve else None
     outcome = TrialOutcome(value=best, pruned=pruning.pruned, epochs=trained.epochs,
@@ -245,11 +215,11 @@ def trial(
     cfg: PipelineConfig,
     key: str,
     home: str,
-    storage: str,
-    study_name: str,
-    trial_id: int,
+    asked: Any,
+    history: list[Any],
 ) -> TrialOutcome:
-    """Prefect task: one trial, reporting to the study in ``storage`` (any worker can reach it).
+    """Prefect task: one trial (``asked``: its FrozenTrial; ``history``: the study's
+    finished trials then), pruned against that copy of the study: no worker needs the database.
 
     ``key`` is :func:`trial_key` of ``data`` and ``cfg``, computed once by the flow. The trial's
     own folder is its cache (``trial.json``, read back by :func:`run_trial`), so Prefect neither
@@ -260,7 +230,4 @@ def trial(
     from tasks.settings import stage_dir
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
-                              pruner=make_pruner(cfg.sweep or SweepConfig()))
-    return run_trial(data, cfg, stage_dir("trial", Path(home)) / key, key,
-                     optuna.trial.Trial(study, trial_id))
+    return run_trial(data, cfg, stage_dir("trial", Path(home)) / key, key, asked, history)
