@@ -23,6 +23,7 @@ run's ≈ 100-170 ms of writes on its thread slow the next ask by ≈ 20 ms (the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -36,6 +37,7 @@ configure_environment()  # before prefect is imported: PREFECT_HOME inside the p
 
 from optuna.trial import TrialState  # noqa: E402
 from prefect import flow  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
 from flows.pipeline import PipelineResult, _run  # noqa: E402
@@ -277,9 +279,12 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
             while (todo := sweep.trials - _finished(study.study)) > 0:
                 _round(cfg, study, space, min(sweep.parallel, todo), runner, trial_task, data,
                        home, runs, out)
+        study.close()
         child_runs = runs.close(study.study, folder_of, data.content_hash)
     finally:
-        runs.shutdown()  # the queued child runs are written whatever happened
+        with contextlib.suppress(Exception):  # raised by close() above, unless already raising
+            study.close()  # the trials told are in the database whatever happened
+        runs.shutdown()  # and their child runs queued are written
     out.trial_seconds = time.perf_counter() - t0
     out.finished = _finished(study.study)
 
@@ -326,14 +331,20 @@ def _round(
     history = study.study.get_trials(deepcopy=False,
                                      states=(TrialState.COMPLETE, TrialState.PRUNED))
     running = []
-    for t, asked in [study.ask(space) for _ in range(n)]:
+    for t, asked in study.ask(space, n):
         tcfg = with_params(cfg, t.params)
         key = trial_key(data, tcfg)  # once per trial: the task and the flow both use it
         folder = stage_dir("trial", home) / key
-        params = {"data": data, "cfg": tcfg, "key": key, "home": str(home), "asked": asked,
-                  "history": history}
+        # quote: Prefect neither walks these (the config's fields, the trials) looking for
+        # futures to wait on, nor records them as the task's inputs; the task gets them as is.
+        params = {"data": quote(data), "cfg": quote(tcfg), "key": key, "home": str(home),
+                  "asked": quote(asked), "history": quote(history)}
         cached = (folder / "trial.json").exists()
         running.append((t, folder, cached, runner.submit(task, params)))
+    # The last round's database rows and child runs are written while this one trains; started
+    # before these asks and submits, they slowed them (the GIL, the study's write lock).
+    study.start_writes()
+    runs.start_writes()
     for t, folder, cached, fut in running:
         fut.wait()
         try:
@@ -343,7 +354,7 @@ def _round(
             raise
         finished = _tell(study, t, outcome)
         state = "pruned" if outcome.pruned else "complete"
-        runs.submit(finished, folder, state, data.content_hash, outcome.cache_key)
+        runs.add(finished, folder, state, data.content_hash, outcome.cache_key)
         out.trials.append(TrialRecord(
             number=t.number, params=t.params, value=outcome.value, epochs=outcome.epochs,
             state=state, cached=cached))

@@ -4,7 +4,9 @@ A trial logs into ``curves.jsonl`` in its folder (``tasks/trial.py``); once it i
 child run (nested under the sweep's run: the trial's params, curves and state) is written here
 on one background thread while the next trial trains: each of the run's commits (create, params
 and metrics, end) waits 10-35 ms for the disk on the embedded SQLite store, and a trial's fit
-is well under a second. :meth:`ChildRuns.close` waits for them, and also writes the run of any
+is well under a second. The writes (≈ 100 ms of Python a run) start once the next round is
+asked and submitted (:meth:`ChildRuns.start_writes`): started at the tell, they took half the
+GIL from the next asks. :meth:`ChildRuns.close` waits for them, and also writes the run of any
 finished trial that has none (a process killed between a trial's end and its run's), so every
 finished trial in the study has one child run.
 """
@@ -28,11 +30,16 @@ class ChildRuns:
         self._experiment = client.get_run(parent).info.experiment_id
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweep-child-runs")
         self._pending: list[Future[tuple[int, str]]] = []
+        self._held: list[tuple[Any, Path, str, str, str]] = []
 
-    def submit(self, trial: Any, folder: Path, state: str, data_hash: str, key: str) -> None:
-        """Queue the child run of a told ``trial`` (an Optuna FrozenTrial) from ``folder``."""
-        self._pending.append(
-            self._pool.submit(self._write, trial, Path(folder), state, data_hash, key))
+    def add(self, trial: Any, folder: Path, state: str, data_hash: str, key: str) -> None:
+        """Hold the child run of a told ``trial`` (an Optuna FrozenTrial) from ``folder``."""
+        self._held.append((trial, Path(folder), state, data_hash, key))
+
+    def start_writes(self) -> None:
+        """Start writing the held runs, on the background thread."""
+        held, self._held = self._held, []
+        self._pending.extend(self._pool.submit(self._write, *h) for h in held)
 
     def close(self, study: Any, folder_of: Any, data_hash: str) -> dict[int, str]:
         """Wait for the queued runs; write those finished trials still lack; return the child
@@ -40,6 +47,7 @@ class ChildRuns:
         from optuna.trial import TrialState
 
         try:
+            self.start_writes()
             for f in self._pending:
                 f.result()  # a failed write raises here, on the flow's thread
             runs = self.existing()
@@ -54,7 +62,8 @@ class ChildRuns:
             self.shutdown()
 
     def shutdown(self) -> None:
-        """Wait for the queued runs (errors are raised by :meth:`close`, not here)."""
+        """Write the held runs and wait (errors are raised by :meth:`close`, not here)."""
+        self.start_writes()
         self._pool.shutdown(wait=True)
         self._pending = []
 

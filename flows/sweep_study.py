@@ -11,7 +11,11 @@ once, asks and tells there, and writes each trial to the database twice:
 - when asked: the trial, RUNNING with its params, in one transaction; a run killed during the
   trial leaves it so, and the next run asks those params again (its fit resumes from its
   checkpoint, or is read back from its folder if it had finished);
-- when told: its intermediate values, state and value.
+- when told: its intermediate values, state and value, on a background thread while the next
+  round trains (≈ 10 ms of SQLAlchemy for a 15-epoch trial), started by :meth:`start_writes`
+  once that round is asked and submitted, so the asks wait neither for the database's write
+  lock nor for the GIL; a run killed before that write asks the trial again, and it is read
+  back from its folder.
 
 Trial numbers are the same in memory and in the database: both number trials in creation order,
 and this process is the only one writing to the study.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +67,7 @@ class SweepStudy:
     Read the trials from :attr:`study` (an ordinary ``optuna.Study``); ask, tell and set user
     attributes through this object, so they reach the database too. A trial a killed run left
     unfinished is failed and queued again with its params (user attribute ``resumes``: its
-    number), as the first to be asked.
+    number), as the first to be asked. :meth:`close` writes what is left and waits.
     """
 
     def __init__(self, url: str, name: str, sampler: Any, pruner: Any, direction: str) -> None:
@@ -81,6 +86,9 @@ class SweepStudy:
             self._mem.set_study_user_attr(self._mem_study, key, value)
         self._db_ids: dict[int, int] = {}  # trial number -> database trial id, while running
         self._replaces: dict[int, int] = {}  # queued trial's number -> the unfinished one's id
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sweep-study-writes")
+        self._writes: list[Future[None]] = []
+        self._told: list[tuple[int, Any]] = []  # (database id, finished trial) to write
         unfinished = []
         for t in self._db.get_all_trials(self._db_study, deepcopy=False):
             if not t.state.is_finished():
@@ -95,32 +103,55 @@ class SweepStudy:
             params = {**t.system_attrs.get("fixed_params", {}), **t.params}
             self.study.enqueue_trial(params, user_attrs={"resumes": t.number})
 
-    def ask(self, space: dict[str, Any]) -> tuple[Any, Any]:
-        """A new trial over ``space``, recorded RUNNING with its params in the database; returns
-        it and a frozen copy (what a worker needs to prune it)."""
+    def ask(self, space: dict[str, Any], n: int = 1) -> list[tuple[Any, Any]]:
+        """``n`` new trials over ``space``, each recorded RUNNING with its params in the
+        database; returns each with a frozen copy (what a worker needs to prune it)."""
         from optuna.trial import TrialState
 
-        t = self.study.ask(space)
-        frozen = self._mem.get_trial(
-            self._mem.get_trial_id_from_study_id_trial_number(self._mem_study, t.number))
-        self._db_ids[t.number] = self._db.create_new_trial(self._db_study, template_trial=frozen)
-        old = self._replaces.pop(t.number, None)
-        if old is not None:  # only now: killed before this point, the next run re-queues it
-            self._db.set_trial_state_values(old, TrialState.FAIL)
-        return t, frozen
+        asked = []
+        for _ in range(n):
+            t = self.study.ask(space)
+            frozen = self._mem.get_trial(
+                self._mem.get_trial_id_from_study_id_trial_number(self._mem_study, t.number))
+            self._db_ids[t.number] = self._db.create_new_trial(self._db_study,
+                                                               template_trial=frozen)
+            old = self._replaces.pop(t.number, None)
+            if old is not None:  # only now: killed before this point, the next run re-queues it
+                self._db.set_trial_state_values(old, TrialState.FAIL)
+            asked.append((t, frozen))
+        return asked
 
     def tell(self, trial: Any, value: float | None = None, state: Any = None,
              curve: dict[int, float] | None = None) -> Any:
         """Finish ``trial`` with its ``curve`` (the objective by step, reported by its worker to
         a copy of the study) and ``value`` or ``state``; returns the finished FrozenTrial."""
+        for w in self._writes:  # a failed write stops the sweep at the next trial
+            if w.done() and w.exception() is not None:
+                raise w.exception()  # type: ignore[misc]
         for step, v in sorted((curve or {}).items()):
             trial.report(v, step)
         done = self.study.tell(trial, value, state=state)
-        db_id = self._db_ids.pop(trial.number)
+        self._told.append((self._db_ids.pop(trial.number), done))
+        return done
+
+    def start_writes(self) -> None:
+        """Start writing the trials told so far to the database, on the background thread."""
+        told, self._told = self._told, []
+        self._writes.extend(self._writer.submit(self._write_end, *t) for t in told)
+
+    def _write_end(self, db_id: int, done: Any) -> None:
         for step, v in done.intermediate_values.items():
             self._db.set_trial_intermediate_value(db_id, step, v)
         self._db.set_trial_state_values(db_id, done.state, done.values)
-        return done
+
+    def close(self) -> None:
+        """Write the trials told and wait for the database writes; the first failed one is
+        raised here."""
+        self.start_writes()
+        self._writer.shutdown(wait=True)
+        writes, self._writes = self._writes, []
+        for w in writes:
+            w.result()
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)
