@@ -119,6 +119,27 @@ def test_sweep_promotes_best_prunes_and_continues_without_retraining(project: Pa
     assert rewritten.data.metrics.keys() == lost.data.metrics.keys()
 
 
+def test_the_database_holds_every_trial_as_the_sweep_saw_it(project: Path) -> None:
+    """The sweep asks and tells in memory and writes each trial to the database when asked and
+    when told (flows/sweep_study.py): after the run, the database has every trial finished,
+    with its state, value and one intermediate value per validation."""
+    import optuna
+
+    result = _sweep(_cfg("sweep.trials=4", "trainer.max_epochs=2", "registry.enabled=false",
+                         "export.onnx=false"))
+    trials = _study(result).get_trials()
+    assert [t.number for t in trials] == [r.number for r in result.trials] == [0, 1, 2, 3]
+    for t, r in zip(trials, result.trials, strict=True):
+        assert t.state.name.lower() == r.state
+        assert sorted(t.intermediate_values) == list(range(r.epochs))
+        assert t.params == r.params
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == r.value == min(t.intermediate_values.values())
+        else:  # pruned: Optuna records its last report as its value
+            assert t.value == t.intermediate_values[r.epochs - 1]
+    assert result.best_number == _study(result).best_trial.number
+
+
 def test_seeded_sweep_is_reproducible(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     cfg = _cfg("sweep.trials=4", "registry.enabled=false", "export.onnx=false")
     runs = []
