@@ -23,11 +23,11 @@ run's ≈ 100-170 ms of writes on its thread slow the next ask by ≈ 20 ms (the
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import time
 import warnings
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from flows.sweep import (  # noqa: E402
 from flows.sweep_lock import study_lock  # noqa: E402
 from flows.sweep_runs import ChildRuns  # noqa: E402
 from flows.sweep_study import SweepStudy  # noqa: E402
+from flows.sweep_writer import Writer  # noqa: E402
 from tasks.config import PipelineConfig, load_config  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.export import export  # noqa: E402
@@ -62,7 +63,7 @@ from tasks.types import RegistryRef, StageError  # noqa: E402
 SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
 
 
-def open_study(cfg: PipelineConfig, storage: str, name: str) -> SweepStudy:
+def open_study(cfg: PipelineConfig, storage: str, name: str, writer: Executor) -> SweepStudy:
     """The study, loaded from its database into memory (created there on the first run)."""
     import optuna
 
@@ -76,7 +77,18 @@ def open_study(cfg: PipelineConfig, storage: str, name: str) -> SweepStudy:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.startup_trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return SweepStudy(storage, name, sampler, make_pruner(sweep),
-                      "minimize" if sweep.mode == "min" else "maximize")
+                      "minimize" if sweep.mode == "min" else "maximize", writer)
+
+
+def writer_process() -> Writer:
+    """The process that writes the told trials to the study's database and their child runs to
+    MLflow (``flows/sweep_writer.py``). Started now, it imports what it needs while the data is
+    prepared."""
+    from flows import sweep_runs
+
+    writer = Writer()
+    writer.submit(sweep_runs.warm)
+    return writer
 
 
 # ------------------------------------------------------------------------------- the flow
@@ -240,11 +252,14 @@ def sweep_flow(
     sweep = sweep_section(cfg)
     storage = storage or sweep.storage or default_storage(home_dir())
     name = study_name(cfg)
-    with study_lock(storage, name):  # one sweep process per study (flows/sweep_lock.py)
-        return _sweep(cfg, storage, name, task_runner(sweep.parallel, dask_address))
+    # one sweep process per study (flows/sweep_lock.py)
+    with study_lock(storage, name), writer_process() as writer:
+        return _sweep(cfg, storage, name, task_runner(sweep.parallel, dask_address), writer)
 
 
-def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepResult:
+def _sweep(
+    cfg: PipelineConfig, storage: str, name: str, runner: Any, writer: Executor
+) -> SweepResult:
     from prefect.runtime import flow_run
 
     from tasks.trial import trial as trial_task
@@ -253,7 +268,7 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     store = store_identity(cfg.tracking.uri)  # part of the keys of the stages writing to it
     sweep = sweep_section(cfg)
     home = home_dir()
-    study = open_study(cfg, storage, name)  # ask, tell through it; read study.study
+    study = open_study(cfg, storage, name, writer)  # ask, tell through it; read study.study
     pipe = PipelineResult(home=home, flow_run_id=flow_run.get_id())
     out = SweepResult(study_name=name, storage=storage, pipeline=pipe)
     r = cfg.retries
@@ -271,7 +286,7 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
 
     # Rounds of `parallel` trials: asked together, told together, so the sampler's history at
     # each ask does not depend on which worker finished first.
-    runs = ChildRuns(_tracking_client(cfg), parent, name)
+    runs = ChildRuns(cfg.tracking.uri, parent, name, writer)
     t0 = time.perf_counter()
     try:
         with runner:  # started here whatever the flow's own runner is (a schedule: the default)
@@ -280,10 +295,9 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
                        home, runs, out)
         study.close()
         child_runs = runs.close(study.study, folder_of, data.content_hash)
-    finally:
-        with contextlib.suppress(Exception):  # raised by close() above, unless already raising
-            study.close()  # the trials told are in the database whatever happened
-        runs.shutdown()  # and their child runs queued are written
+    finally:  # the trials told are written whatever happened (the writer's exit waits)
+        study.start_writes()
+        runs.start_writes()
     out.trial_seconds = time.perf_counter() - t0
     out.finished = _finished(study.study)
 
