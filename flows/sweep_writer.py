@@ -81,6 +81,11 @@ class Writer(Executor):
 
 def _serve() -> None:
     """The child: run each job read from stdin, send back its result or its error."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the sweep stops, and this one writes what was
+    # told before it, then ends when the sweep closes its stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     jobs, results = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # what the libraries print must not go into the results
     while True:
