@@ -2,7 +2,7 @@
 
 A trial logs into ``curves.jsonl`` in its folder (``tasks/trial.py``); once it is told, its
 child run (nested under the sweep's run: the trial's params, curves and state) is written here
-by the sweep's writer process (``flows/sweep_flow.py``) while the next trial trains: each of
+by the sweep's writer process (``flows/sweep_writer.py``) while the next trial trains: each of
 the run's commits (create, params and metrics, end) waits 10-35 ms for the disk on the embedded
 SQLite store, and a trial's fit is well under a second. Written from a thread of the sweep's
 process, its ≈ 25 ms of Python took the GIL from the asks and the fit; the writes start once
@@ -53,10 +53,17 @@ class ChildRuns:
         self._held.append((trial, Path(folder), state, data_hash, key))
 
     def start_writes(self) -> None:
-        """Start writing the held runs, on the writer."""
+        """Start writing the held runs, on the writer (their curves read here: the writer
+        imports neither torch nor prefect)."""
         held, self._held = self._held, []
-        self._pending.extend(self._pool.submit(
-            write_run, self.uri, self._experiment, self.parent, self.sweep, *h) for h in held)
+        self._pending.extend(self._pool.submit(write_run, *self._job(*h)) for h in held)
+
+    def _job(self, trial: Any, folder: Path, state: str, data_hash: str, key: str) -> tuple:
+        from tasks.trial import read_curves
+
+        params, rows = read_curves(folder)
+        return (self.uri, self._experiment, self.parent, self.sweep, trial, params, rows, state,
+                data_hash, key)
 
     def close(self, study: Any, folder_of: Any, data_hash: str) -> dict[int, str]:
         """Wait for the queued runs; write those finished trials still lack; return the child
@@ -73,8 +80,7 @@ class ChildRuns:
                 if t.number not in runs:
                     folder, key = folder_of(t)
                     state = "pruned" if t.state == TrialState.PRUNED else "complete"
-                    runs[t.number] = write_run(self.uri, self._experiment, self.parent,
-                                               self.sweep, t, folder, state, data_hash, key)[1]
+                    runs[t.number] = write_run(*self._job(t, folder, state, data_hash, key))[1]
             return runs
         finally:
             self._pending = []
@@ -97,16 +103,16 @@ class ChildRuns:
 
 
 
-def write_run(uri: str, experiment: str, parent: str, sweep: str, trial: Any, folder: Path,
-              state: str, data_hash: str, key: str) -> tuple[int, str]:
-    """Write the child run of a told ``trial`` (an Optuna FrozenTrial) from its ``folder``;
-    returns its number and the run's id."""
+def write_run(
+    uri: str, experiment: str, parent: str, sweep: str, trial: Any, params: dict[str, str],
+    rows: list[tuple[float, int, dict[str, float]]], state: str, data_hash: str, key: str,
+) -> tuple[int, str]:
+    """Write the child run of a told ``trial`` (an Optuna FrozenTrial) with the ``params`` and
+    metric ``rows`` of its curves; returns its number and the run's id."""
     from mlflow.entities import RunStatus
 
-    from tasks.trial import read_curves
-
     client = _client(uri)
-    params, rows = read_curves(folder)
+    params = dict(params)
     params.update({f"sweep.{k}": str(v) for k, v in trial.params.items()})
     tags = {
         "mlflow.parentRunId": parent,
