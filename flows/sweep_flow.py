@@ -351,14 +351,14 @@ def _round(
         tcfg = with_params(cfg, t.params)
         key = trial_key(data, tcfg)  # once per trial: the task and the flow both use it
         folder = stage_dir("trial", home) / key
-        # Not prefect's quote() (it would spare Prefect walking the config, ≈ 2 ms): Dask
-        # unpacks it into a plain tuple.
+        # Not wrapped in prefect's quote() (Prefect would not walk the config, ≈ 2 ms): Dask
+        # turns it into a plain tuple.
         params = {"data": data, "cfg": tcfg, "key": key, "home": str(home), "asked": asked,
                   "history": history}
         cached = (folder / "trial.json").exists()
         running.append((t, folder, cached, runner.submit(task, params)))
     # The last round's database rows and child runs are written while this one trains; started
-    # before these asks and submits, they slowed them (the GIL, the study's write lock).
+    # before these asks, their writes held the study database's write lock the asks wait for.
     study.start_writes()
     runs.start_writes()
     for t, folder, cached, fut in running:
