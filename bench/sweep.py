@@ -9,8 +9,8 @@ how a tiny trial fares). Each case runs in a fresh project folder (nothing cache
 unmeasured warm-up sweep (Prefect's local API, imports); registry and export are off.
 
 - *trial rounds*: the sweep's own clock around its trials (asks, Prefect tasks, fits with
-  pruning and curves, tells, the study's rows and MLflow child runs written by the writer
-  process while the next trial trains, and waiting for the last ones); *wall*: the whole flow,
+  pruning and curves, tells, the study's rows and MLflow child runs written on background
+  threads while the next trial trains, and waiting for the last ones); *wall*: the whole flow,
   plus prepare, the study and parent run, the Optuna plots and the best trial's evaluation.
 - *direct*: the same trials (the sequential, unpruned case's parameters) fitted one after
   another with ``tasks.train.fit(track=False)``: the Trainer with the stage's checkpoints, no

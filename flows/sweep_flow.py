@@ -15,22 +15,24 @@ schedule it unchanged.
 The study is asked and told in memory and written through to its database
 (``flows/sweep_study.py``); a trial is pruned against a copy of the study's finished trials and
 touches no database (``tasks/trial.py``); what a round told (the trials' ends in the study's
-database, their MLflow child runs from ``curves.jsonl``: ``flows/sweep_runs.py``) is written by
-a writer process while the next round trains (``flows/sweep_writer.py``). What a trial costs
-beyond its fit: ``bench/sweep.py``, ``bench/RESULTS.md``. Per trial (16 × 15 epochs, one at a
-time, 2 busy cores; medians): the ask 2 ms, its RUNNING row 3-9 ms (one transaction of
-SQLAlchemy ORM), the tell 0.2 ms, the Prefect task's start 3-10 ms and end ≈ 4 ms, the trial's
-config and key ≈ 4 ms. Before: asks and tells on the database 25-35 and 10-15 ms (≈ 47 round
-trips), and the child run's writes on a thread of this process slowed the next ask and fit.
+database, their MLflow child runs from ``curves.jsonl``: ``flows/sweep_runs.py``) is written on
+background threads while the next round trains, started once it is asked and submitted. What a
+trial costs beyond its fit: ``bench/sweep.py``, ``bench/RESULTS.md``. Per trial (16 × 15
+epochs, one at a time, 2 shared cores; medians of the per-trial timestamps): the ask 2 ms, its
+RUNNING row 3-9 ms (one transaction of SQLAlchemy ORM), the tell 0.2 ms, the Prefect task's
+start 3-10 ms and end ≈ 4 ms, the trial's config and key ≈ 4 ms; 25-40 ms a trial outside its
+fit, against 60-70 ms before (the asks and tells on the database: 22-35 and 8-15 ms, ≈ 47 round
+trips). Tried and dropped: the writes in a child process of their own (spared the GIL, but
+≈ 4 s of CPU to start it, and on busy cores the per-trial overhead rose from 14 to 36-68 %).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
 import warnings
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,6 @@ from flows.sweep import (  # noqa: E402
 from flows.sweep_lock import study_lock  # noqa: E402
 from flows.sweep_runs import ChildRuns  # noqa: E402
 from flows.sweep_study import SweepStudy  # noqa: E402
-from flows.sweep_writer import Writer  # noqa: E402
 from tasks.config import PipelineConfig, load_config  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.export import export  # noqa: E402
@@ -66,7 +67,7 @@ from tasks.types import RegistryRef, StageError  # noqa: E402
 SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
 
 
-def open_study(cfg: PipelineConfig, storage: str, name: str, writer: Executor) -> SweepStudy:
+def open_study(cfg: PipelineConfig, storage: str, name: str) -> SweepStudy:
     """The study, loaded from its database into memory (created there on the first run)."""
     import optuna
 
@@ -80,18 +81,7 @@ def open_study(cfg: PipelineConfig, storage: str, name: str, writer: Executor) -
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.startup_trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return SweepStudy(storage, name, sampler, make_pruner(sweep),
-                      "minimize" if sweep.mode == "min" else "maximize", writer)
-
-
-def writer_process() -> Writer:
-    """The process that writes the told trials to the study's database and their child runs to
-    MLflow (``flows/sweep_writer.py``). Started now, it imports what it needs while the data is
-    prepared."""
-    from flows import sweep_runs
-
-    writer = Writer()
-    writer.submit(sweep_runs.warm)
-    return writer
+                      "minimize" if sweep.mode == "min" else "maximize")
 
 
 # ------------------------------------------------------------------------------- the flow
@@ -255,14 +245,11 @@ def sweep_flow(
     sweep = sweep_section(cfg)
     storage = storage or sweep.storage or default_storage(home_dir())
     name = study_name(cfg)
-    # one sweep process per study (flows/sweep_lock.py)
-    with study_lock(storage, name), writer_process() as writer:
-        return _sweep(cfg, storage, name, task_runner(sweep.parallel, dask_address), writer)
+    with study_lock(storage, name):  # one sweep process per study (flows/sweep_lock.py)
+        return _sweep(cfg, storage, name, task_runner(sweep.parallel, dask_address))
 
 
-def _sweep(
-    cfg: PipelineConfig, storage: str, name: str, runner: Any, writer: Executor
-) -> SweepResult:
+def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepResult:
     from prefect.runtime import flow_run
 
     from tasks.trial import trial as trial_task
@@ -271,7 +258,7 @@ def _sweep(
     store = store_identity(cfg.tracking.uri)  # part of the keys of the stages writing to it
     sweep = sweep_section(cfg)
     home = home_dir()
-    study = open_study(cfg, storage, name, writer)  # ask, tell through it; read study.study
+    study = open_study(cfg, storage, name)  # ask, tell through it; read study.study
     pipe = PipelineResult(home=home, flow_run_id=flow_run.get_id())
     out = SweepResult(study_name=name, storage=storage, pipeline=pipe)
     r = cfg.retries
@@ -289,7 +276,7 @@ def _sweep(
 
     # Rounds of `parallel` trials: asked together, told together, so the sampler's history at
     # each ask does not depend on which worker finished first.
-    runs = ChildRuns(cfg.tracking.uri, parent, name, writer)
+    runs = ChildRuns(_tracking_client(cfg), parent, name)
     t0 = time.perf_counter()
     try:
         with runner:  # started here whatever the flow's own runner is (a schedule: the default)
@@ -298,9 +285,10 @@ def _sweep(
                        home, runs, out)
         study.close()
         child_runs = runs.close(study.study, folder_of, data.content_hash)
-    finally:  # the trials told are written whatever happened (the writer's exit waits)
-        study.start_writes()
-        runs.start_writes()
+    finally:
+        with contextlib.suppress(Exception):  # raised by close() above, unless already raising
+            study.close()  # the trials told are in the database whatever happened
+        runs.shutdown()  # and their child runs queued are written
     out.trial_seconds = time.perf_counter() - t0
     out.finished = _finished(study.study)
 

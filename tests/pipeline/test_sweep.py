@@ -246,22 +246,3 @@ def test_cli_sweep_keeps_the_libraries_output_in_its_log_file(tmp_path: Path) ->
     log = Path(lines[0].removeprefix("full log: "))
     assert log.parent == tmp_path / ".trainflow" / "logs"
     assert "Beginning flow run" in log.read_text()  # Prefect's logs are there instead
-
-
-def test_the_writer_process_runs_jobs_in_order_and_returns_their_errors() -> None:
-    """What a round told is written by a child process (flows/sweep_writer.py): results come
-    back in order, a job's error is raised by its future, and shutdown waits for the jobs."""
-    import operator
-    import os
-
-    from flows.sweep_writer import Writer
-
-    writer = Writer()
-    pid = writer.submit(os.getpid)
-    ok = writer.submit(operator.add, 2, 3)
-    bad = writer.submit(operator.truediv, 1, 0)
-    last = writer.submit(operator.mul, 4, 5)
-    writer.shutdown(wait=True)
-    assert pid.result() != os.getpid() and ok.result() == 5 and last.result() == 20
-    with pytest.raises(ZeroDivisionError):
-        bad.result()
