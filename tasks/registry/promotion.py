@@ -83,36 +83,28 @@ def _decision(
 ) -> PromotionDecision:
     """The gate's decision for candidate version ``cand`` against the alias holder ``current``
     (both MLflow ``ModelVersion``s; ``current`` None when the alias is unset)."""
-    version = str(cand.version)
-    champ_version = str(current.version) if current is not None else None
-    champ_value = to_float(current.tags.get(METRIC_TAG + metric)) if current is not None else None
-    cand_value = to_float(cand.tags.get(METRIC_TAG + metric))
+    # what the gate judges on, and what the record keeps of it
+    judged = {
+        "version": str(cand.version),
+        "metric": metric,
+        "mode": mode,
+        "min_delta": min_delta,
+        "alias": alias,
+        "candidate_value": to_float(cand.tags.get(METRIC_TAG + metric)),
+        "champion_version": str(current.version) if current is not None else None,
+        "champion_value": (
+            to_float(current.tags.get(METRIC_TAG + metric)) if current is not None else None
+        ),
+    }
     promoted, reason = decide(
-        version=version,
-        metric=metric,
-        mode=mode,
-        min_delta=min_delta,
-        alias=alias,
-        candidate_value=cand_value,
+        **judged,
         recorded_metrics=sorted(
             k[len(METRIC_TAG) :] for k in cand.tags if k.startswith(METRIC_TAG)
         ),
         verified=cand.tags.get(f"{TAG_PREFIX}export_verified", "unknown"),
         require_verified=require_verified,
-        champion_version=champ_version,
-        champion_value=champ_value,
     )
     return PromotionDecision(
-        name=name,
-        version=version,
-        alias=alias,
-        metric=metric,
-        mode=mode,
-        min_delta=min_delta,
-        promoted=promoted,
-        reason=reason,
-        candidate_value=cand_value,
-        champion_version=champ_version,
-        champion_value=champ_value,
+        name=name, **judged, promoted=promoted, reason=reason,
         decided_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
