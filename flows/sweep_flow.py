@@ -16,7 +16,7 @@ The study is asked and told in memory and written through to its database
 (``flows/sweep_study.py``); a trial is pruned against a copy of the study's finished trials and
 touches no database (``tasks/trial.py``); what a round told (the trials' ends in the study's
 database, their MLflow child runs from ``curves.jsonl``: ``flows/sweep_runs.py``) is written on
-background threads while the next round trains, started once it is asked and submitted. What a
+one background thread while the next round trains, started once it is asked and submitted. What a
 trial costs beyond its fit: ``bench/sweep.py``, ``bench/RESULTS.md``. Per trial (16 × 15
 epochs, one at a time, 2 shared cores; medians of the per-trial timestamps): the ask 2 ms, its
 RUNNING row 3-9 ms (one transaction of SQLAlchemy ORM), the tell 0.2 ms, the Prefect task's
@@ -28,11 +28,11 @@ trips). Tried and dropped: the writes in a child process of their own (spared th
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import time
 import warnings
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -278,17 +278,20 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
     # each ask does not depend on which worker finished first.
     runs = ChildRuns(_tracking_client(cfg), parent, name)
     t0 = time.perf_counter()
-    try:
-        with runner:  # started here whatever the flow's own runner is (a schedule: the default)
-            while (todo := sweep.trials - _finished(study.study)) > 0:
-                _round(cfg, study, space, min(sweep.parallel, todo), runner, trial_task, data,
-                       home, runs, out)
-        study.close()
-        child_runs = runs.close(study.study, folder_of, data.content_hash)
-    finally:
-        with contextlib.suppress(Exception):  # raised by close() above, unless already raising
-            study.close()  # the trials told are in the database whatever happened
-        runs.shutdown()  # and their child runs queued are written
+    # One background thread writes what each round told (the trials' ends into the study's
+    # database, then their child runs) while the next round trains; leaving the block waits for
+    # what it was given, whatever happened.
+    with ThreadPoolExecutor(1, thread_name_prefix="sweep-writes") as writer:
+        try:
+            with runner:  # started here whatever the flow's own runner is (a schedule: default)
+                while (todo := sweep.trials - _finished(study.study)) > 0:
+                    _round(cfg, study, space, min(sweep.parallel, todo), runner, trial_task,
+                           data, home, runs, writer, out)
+        finally:  # the trials told are written whatever happened
+            study.start_writes(writer)
+            runs.start_writes(writer)
+        study.close(writer)  # a failed write is raised here
+        child_runs = runs.close(writer, study.study, folder_of, data.content_hash)
     out.trial_seconds = time.perf_counter() - t0
     out.finished = _finished(study.study)
 
@@ -322,7 +325,7 @@ def _sweep(cfg: PipelineConfig, storage: str, name: str, runner: Any) -> SweepRe
 
 def _round(
     cfg: PipelineConfig, study: SweepStudy, space: dict[str, Any], n: int, runner: Any,
-    task: Any, data: Any, home: Path, runs: ChildRuns, out: SweepResult,
+    task: Any, data: Any, home: Path, runs: ChildRuns, writer: Executor, out: SweepResult,
 ) -> None:
     """Ask ``n`` trials, run them at once on ``runner``, tell their outcomes in asked order;
     their child runs are queued on ``runs``.
@@ -347,8 +350,8 @@ def _round(
         running.append((t, folder, cached, runner.submit(task, params)))
     # The last round's database rows and child runs are written while this one trains; started
     # before these asks, their writes held the study database's write lock the asks wait for.
-    study.start_writes()
-    runs.start_writes()
+    study.start_writes(writer)
+    runs.start_writes(writer)
     for t, folder, cached, fut in running:
         fut.wait()
         try:

@@ -13,7 +13,7 @@ and its run's), so every finished trial in the study has one child run.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,13 @@ from trainer.loggers.mlflow import write_params, write_rows
 
 
 class ChildRuns:
-    """Write trials' child runs under ``parent`` on a background thread."""
+    """Write trials' child runs under ``parent`` on the sweep's background thread."""
 
     def __init__(self, client: Any, parent: str, sweep: str) -> None:
         self.client = client
         self.parent = parent
         self.sweep = sweep
         self._experiment = client.get_run(parent).info.experiment_id
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweep-child-runs")
         self._pending: list[Future[tuple[int, str]]] = []
         self._held: list[tuple[Any, Path, str, str, str]] = []
 
@@ -36,36 +35,28 @@ class ChildRuns:
         """Hold the child run of a told ``trial`` (an Optuna FrozenTrial) from ``folder``."""
         self._held.append((trial, Path(folder), state, data_hash, key))
 
-    def start_writes(self) -> None:
-        """Start writing the held runs, on the background thread."""
+    def start_writes(self, writer: Executor) -> None:
+        """Start writing the held runs, on ``writer`` (the sweep's background thread)."""
         held, self._held = self._held, []
-        self._pending.extend(self._pool.submit(self._write, *h) for h in held)
+        self._pending.extend(writer.submit(self._write, *h) for h in held)
 
-    def close(self, study: Any, folder_of: Any, data_hash: str) -> dict[int, str]:
+    def close(self, writer: Executor, study: Any, folder_of: Any,
+              data_hash: str) -> dict[int, str]:
         """Wait for the queued runs; write those finished trials still lack; return the child
         run id of each finished trial by number. ``folder_of(trial)``: its folder and key."""
         from optuna.trial import TrialState
 
-        try:
-            self.start_writes()
-            for f in self._pending:
-                f.result()  # a failed write raises here, on the flow's thread
-            runs = self.existing()
-            for t in study.get_trials(deepcopy=False,
-                                      states=(TrialState.COMPLETE, TrialState.PRUNED)):
-                if t.number not in runs:
-                    folder, key = folder_of(t)
-                    state = "pruned" if t.state == TrialState.PRUNED else "complete"
-                    runs[t.number] = self._write(t, folder, state, data_hash, key)[1]
-            return runs
-        finally:
-            self.shutdown()
-
-    def shutdown(self) -> None:
-        """Write the held runs and wait (errors are raised by :meth:`close`, not here)."""
-        self.start_writes()
-        self._pool.shutdown(wait=True)
-        self._pending = []
+        self.start_writes(writer)
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()  # a failed write raises here, on the flow's thread
+        runs = self.existing()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.number not in runs:
+                folder, key = folder_of(t)
+                state = "pruned" if t.state == TrialState.PRUNED else "complete"
+                runs[t.number] = self._write(t, folder, state, data_hash, key)[1]
+        return runs
 
     def existing(self) -> dict[int, str]:
         """The child runs already in the store: trial number → run id."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,6 @@ class SweepStudy:
             self._mem.set_study_user_attr(self._mem_study, key, value)
         self._db_ids: dict[int, int] = {}  # trial number -> database trial id, while running
         self._replaces: dict[int, int] = {}  # queued trial's number -> the unfinished one's id
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sweep-study-writes")
         self._writes: list[Future[None]] = []
         self._told: list[tuple[int, Any]] = []  # (database id, finished trial) to write
         unfinished = []
@@ -134,21 +133,21 @@ class SweepStudy:
         self._told.append((self._db_ids.pop(trial.number), done))
         return done
 
-    def start_writes(self) -> None:
-        """Start writing the trials told so far to the database, on the background thread."""
+    def start_writes(self, writer: Executor) -> None:
+        """Start writing the trials told so far to the database, on ``writer`` (the sweep's
+        background thread)."""
         told, self._told = self._told, []
-        self._writes.extend(self._writer.submit(self._write_end, *t) for t in told)
+        self._writes.extend(writer.submit(self._write_end, *t) for t in told)
 
     def _write_end(self, db_id: int, done: Any) -> None:
         for step, v in done.intermediate_values.items():
             self._db.set_trial_intermediate_value(db_id, step, v)
         self._db.set_trial_state_values(db_id, done.state, done.values)
 
-    def close(self) -> None:
+    def close(self, writer: Executor) -> None:
         """Write the trials told and wait for the database writes; the first failed one is
         raised here."""
-        self.start_writes()
-        self._writer.shutdown(wait=True)
+        self.start_writes(writer)
         writes, self._writes = self._writes, []
         for w in writes:
             w.result()
