@@ -37,6 +37,10 @@ def run(rank: int, init_file: str, out_dir: str) -> None:
                                  "sum": SumMetric(dist_sync_on_step=True)})
         result["collection_steps"] = [{k: float(v) for k, v in coll(b).items()}
                                       for b in batches]
+        # both ranks done with gloo before either tears it down: a rank that destroys its
+        # group while the peer's last collective still reads from it aborts the peer (SIGABRT,
+        # "terminate called without an active exception", about 1 run in 6)
+        dist.barrier()
         dist.destroy_process_group()
     except BaseException:
         result["exception"] = traceback.format_exc()
